@@ -1,0 +1,61 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "mvvdp_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Multi-view video diffusion policy (MV-VDP) for a Franka arm on ROS 2",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mvvdp_core", "mvvdp_core.*", "mvvdp_ros", "mvvdp_ros.*"]),
+    package_data={"mvvdp_core": ["sim/assets/*"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.*")),
+        (f"share/{PACKAGE}/cuda", glob("cuda/*.*")),
+    ],
+    install_requires=[
+        "numpy>=1.26",
+        "torch>=2.5",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "pillow>=10",
+        "safetensors>=0.4",
+        "diffusers==0.42.1",
+        "peft==0.21.2",
+        "transformers>=4.50",
+        "accelerate>=1.0",
+        "ninja>=1.11",
+    ],
+    extras_require={
+        "sim": ["mujoco==3.3.0", "metaworld==3.1.1", "packaging"],
+        "train": ["tensorboard>=2.16"],
+        "ros": [
+            "ros-kilted-rclpy",
+            "ros-kilted-sensor-msgs",
+            "ros-kilted-std-srvs",
+            "ros-kilted-geometry-msgs",
+            "ros-kilted-visualization-msgs",
+            "ros-kilted-trajectory-msgs",
+            "ros-kilted-diagnostic-msgs",
+            "ros-kilted-rmw-fastrtps-cpp",
+        ],
+        "msgs-build": [
+            "ros-kilted-ament-package",
+            "ros-kilted-ament-cmake",
+            "ros-kilted-ament-cmake-include-directories",
+            "ros-kilted-ament-cmake-ros-core",
+            "ros-kilted-rosidl-core-generators",
+            "ros-kilted-rosidl-default-generators",
+            "catkin-pkg",
+        ],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
+    },
+    entry_points={"console_scripts": ["mvvdp = mvvdp_core.cli:main"]},
+)
