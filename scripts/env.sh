@@ -1,6 +1,7 @@
 # Environment for running mvvdp from this checkout: source it (bash).
 MVVDP_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export MVVDP_ROOT
+export PYTHONPATH="$MVVDP_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$MVVDP_ROOT/.venv/bin:$PATH"
 if [ -d "$MVVDP_ROOT/build/msgs_install" ]; then
   export AMENT_PREFIX_PATH="$MVVDP_ROOT/build/msgs_install:$MVVDP_ROOT/.venv${AMENT_PREFIX_PATH:+:$AMENT_PREFIX_PATH}"

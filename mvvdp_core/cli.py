@@ -1,0 +1,30 @@
+"""`mvvdp` command: one entry point, each subcommand implemented by a module's `main(argv)`."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("mvvdp_core.demo", "project a synthetic scene into the three views and write PNGs"),
+    "bringup": ("mvvdp_ros.bringup", "start the ROS 2 graph (simulated robot by default)"),
+    "tiny-checkpoint": ("mvvdp_core.model.checkpoint", "build and save a tiny random checkpoint"),
+    "record": ("mvvdp_core.data.record", "record demonstrations from the simulated robot"),
+    "train": ("mvvdp_core.train.cli", "train the video model LoRA and the rotation/gripper head"),
+    "metaworld": ("mvvdp_core.sim.metaworld_harness", "Meta-World seven-task collect/train/evaluate"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUBCOMMANDS:
+        width = max(map(len, SUBCOMMANDS))
+        lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+        print("usage: mvvdp <command> [options]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
