@@ -1,0 +1,150 @@
+"""Training samples from recorded episodes: one condition frame and the next `future_frames` frames.
+
+Every sample is rebuilt from the camera clouds: an optional SE(3) augmentation moves the camera extrinsics
+and the end-effector poses, the clouds are merged and cropped to the workspace, projected into the views,
+and the end-effector positions become Gaussian heatmaps (all through mvvdp_core.geometry, the same code the
+robot runs). Frames past the end of an episode repeat its last step.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mvvdp_core.actions import ROTATION_BINS, euler_to_bins
+from mvvdp_core.data.augment import (
+    AugmentConfig,
+    sample_scene_transform,
+    transform_extrinsics,
+    transform_poses,
+)
+from mvvdp_core.data.episode import Episode, Step
+from mvvdp_core.geometry.clouds import merge_clouds
+from mvvdp_core.geometry.heatmaps import colorize_heatmaps, ee_heatmaps
+from mvvdp_core.geometry.projection import project_views
+from mvvdp_core.geometry.workspace import Workspace
+from mvvdp_core.rotations import matrix_to_euler
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How samples are cut from episodes and rendered."""
+
+    workspace: Workspace = field(default_factory=Workspace)
+    future_frames: int = 24
+    frame_stride: int = 1  # recorded steps between consecutive frames
+    sigma: float = 1.5  # heatmap std in pixels
+    splat_radius: float = 0.008  # metres
+    augment: AugmentConfig | None = None
+    rotation_bins: int = ROTATION_BINS
+    cache_steps: int = 256  # decoded steps kept in memory
+
+    def __post_init__(self) -> None:
+        if self.future_frames < 1 or self.frame_stride < 1:
+            raise ValueError(
+                f"future_frames and frame_stride must be >= 1, got {self.future_frames}, {self.frame_stride}"
+            )
+        if not self.sigma > 0:
+            raise ValueError(f"heatmap sigma must be > 0 pixels, got {self.sigma}")
+
+
+def frame_indices(start: int, episode_length: int, future_frames: int, stride: int) -> np.ndarray:
+    """Condition step plus future steps start + k * stride, clamped to the last step (tail padding)."""
+    if episode_length < 1 or not 0 <= start < episode_length:
+        raise IndexError(f"start step {start} outside an episode of {episode_length} steps")
+    return np.minimum(start + stride * np.arange(future_frames + 1), episode_length - 1)
+
+
+def relative_rotation_bins(rotations: np.ndarray, num_bins: int = ROTATION_BINS) -> np.ndarray:
+    """(1 + F, 3, 3) rotations -> (F, 3) bins of R_0^T R_t as extrinsic xyz Euler angles."""
+    relative = np.einsum("ji,tjk->tik", rotations[0], rotations[1:])
+    return np.asarray(euler_to_bins(matrix_to_euler(relative), num_bins))
+
+
+def gripper_open(closed: np.ndarray) -> np.ndarray:
+    """Recorded 'closed' flags -> the action convention: 1 = open, 0 = closed."""
+    return (1 - np.asarray(closed, dtype=np.int64)).astype(np.int64)
+
+
+class EpisodeDataset(Dataset):
+    """Samples (condition frame, future frames) from a list of episodes.
+
+    Each item is a dict of tensors, F = future_frames, V = number of views, R = view resolution:
+      rgb (1 + F, V, 3, R, R) in [0, 1]; heatmap (1 + F, V, R, R); heatmap_rgb (1 + F, V, 3, R, R) in [0, 1];
+      positions (1 + F, 3) metres (index 0 is the condition frame); rotations (1 + F, 3, 3);
+      rotation_bins (F, 3) int64; gripper (1 + F,) int64 with 1 = open; episode, step int64.
+    """
+
+    def __init__(self, episodes: list[Episode], config: SampleConfig, seed: int = 0) -> None:
+        if not episodes:
+            raise ValueError("no episodes: record some before building a dataset")
+        empty = [str(e.root) for e in episodes if len(e) == 0]
+        if empty:
+            raise ValueError(f"episodes without any step: {empty}")
+        self.episodes = episodes
+        self.config = config
+        self.index = [(e, s) for e in range(len(episodes)) for s in range(len(episodes[e]))]
+        self._rng = np.random.default_rng(seed)
+        self._cache: OrderedDict[tuple[int, int], Step] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _step(self, episode: int, step: int) -> Step:
+        key = (episode, step)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        loaded = self.episodes[episode].step(step)
+        self._cache[key] = loaded
+        while len(self._cache) > self.config.cache_steps:
+            self._cache.popitem(last=False)
+        return loaded
+
+    def frames(self, item: int) -> tuple[int, np.ndarray]:
+        """(episode index, step indices of the condition frame and the future frames) of one item."""
+        episode, start = self.index[item]
+        cfg = self.config
+        return episode, frame_indices(start, len(self.episodes[episode]), cfg.future_frames, cfg.frame_stride)
+
+    def render_frame(self, step: Step, scene_transform: np.ndarray | None) -> torch.Tensor:
+        """Project one step's clouds (moved by scene_transform) into the views: (V, 3, R, R) in [0, 1]."""
+        clouds = list(step.clouds.values())
+        extrinsics = [c.base_T_camera for c in clouds]
+        if scene_transform is not None:
+            extrinsics = [transform_extrinsics(scene_transform, e) for e in extrinsics]
+        points, colors = merge_clouds(
+            [c.points for c in clouds], [c.colors for c in clouds], extrinsics, self.config.workspace
+        )
+        cfg = self.config
+        views = project_views(points, colors, cfg.workspace, cfg.splat_radius, backend="torch")
+        return views.rgb
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        episode_index, steps = self.frames(item)
+        episode = self.episodes[episode_index]
+        positions = np.stack([episode.records[s].ee_position for s in steps])
+        rotations = np.stack([episode.records[s].ee_rotation for s in steps])
+        closed = np.array([episode.records[s].gripper_closed for s in steps])
+        transform = None
+        if cfg.augment is not None:
+            transform = sample_scene_transform(self._rng, positions, cfg.workspace, cfg.augment)
+            positions, rotations = transform_poses(transform, positions, rotations)
+        rgb = torch.stack([self.render_frame(self._step(episode_index, int(s)), transform) for s in steps])
+        heat = ee_heatmaps(torch.as_tensor(positions, dtype=torch.float32), cfg.workspace, cfg.sigma)
+        return {
+            "rgb": rgb.float(),
+            "heatmap": heat.float(),
+            "heatmap_rgb": colorize_heatmaps(heat).float(),
+            "positions": torch.as_tensor(positions, dtype=torch.float32),
+            "rotations": torch.as_tensor(rotations, dtype=torch.float32),
+            "rotation_bins": torch.as_tensor(relative_rotation_bins(rotations, cfg.rotation_bins)),
+            "gripper": torch.as_tensor(gripper_open(closed)),
+            "episode": torch.tensor(episode_index),
+            "step": torch.tensor(int(steps[0])),
+        }
