@@ -70,6 +70,19 @@ def gripper_open(closed: np.ndarray) -> np.ndarray:
     return (1 - np.asarray(closed, dtype=np.int64)).astype(np.int64)
 
 
+def render_step_views(
+    step: Step, workspace: Workspace, splat_radius: float = 0.008, scene_transform: np.ndarray | None = None
+) -> torch.Tensor:
+    """One step's camera clouds (moved by scene_transform) -> projected views (V, 3, R, R) in [0, 1]."""
+    clouds = list(step.clouds.values())
+    extrinsics = [c.base_T_camera for c in clouds]
+    if scene_transform is not None:
+        extrinsics = [transform_extrinsics(scene_transform, e) for e in extrinsics]
+    points = [c.points for c in clouds]
+    points, colors = merge_clouds(points, [c.colors for c in clouds], extrinsics, workspace)
+    return project_views(points, colors, workspace, splat_radius, backend="torch").rgb
+
+
 class EpisodeDataset(Dataset):
     """Samples (condition frame, future frames) from a list of episodes.
 
@@ -111,19 +124,6 @@ class EpisodeDataset(Dataset):
         cfg = self.config
         return episode, frame_indices(start, len(self.episodes[episode]), cfg.future_frames, cfg.frame_stride)
 
-    def render_frame(self, step: Step, scene_transform: np.ndarray | None) -> torch.Tensor:
-        """Project one step's clouds (moved by scene_transform) into the views: (V, 3, R, R) in [0, 1]."""
-        clouds = list(step.clouds.values())
-        extrinsics = [c.base_T_camera for c in clouds]
-        if scene_transform is not None:
-            extrinsics = [transform_extrinsics(scene_transform, e) for e in extrinsics]
-        points, colors = merge_clouds(
-            [c.points for c in clouds], [c.colors for c in clouds], extrinsics, self.config.workspace
-        )
-        cfg = self.config
-        views = project_views(points, colors, cfg.workspace, cfg.splat_radius, backend="torch")
-        return views.rgb
-
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         cfg = self.config
         episode_index, steps = self.frames(item)
@@ -135,7 +135,8 @@ class EpisodeDataset(Dataset):
         if cfg.augment is not None:
             transform = sample_scene_transform(self._rng, positions, cfg.workspace, cfg.augment)
             positions, rotations = transform_poses(transform, positions, rotations)
-        rgb = torch.stack([self.render_frame(self._step(episode_index, int(s)), transform) for s in steps])
+        views = [self._step(episode_index, int(s)) for s in steps]
+        rgb = torch.stack([render_step_views(v, cfg.workspace, cfg.splat_radius, transform) for v in views])
         heat = ee_heatmaps(torch.as_tensor(positions, dtype=torch.float32), cfg.workspace, cfg.sigma)
         return {
             "rgb": rgb.float(),
