@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-steps", type=int, default=1000, help="optimiser steps for each module")
     parser.add_argument("--camera-resolution", type=int, default=128, help="RGB-D camera pixels per side")
     parser.add_argument("--steps-per-chunk", type=int, default=24, help="chunk targets run per prediction")
+    parser.add_argument("--vae-steps", type=int, default=None, help="VAE fitting steps (tiny: default 300)")
+    parser.add_argument("--future-frames", type=int, default=None, help="chunk length (model default 24)")
+    parser.add_argument("--inference-steps", type=int, default=None, help="denoising steps (default: 5)")
     parser.add_argument("--out", required=True, help="output folder (demos, checkpoint, results)")
     parser.add_argument("--seed", type=int, default=0)
     return parser
@@ -271,12 +274,14 @@ def main(argv: list[str] | None = None) -> int:
         task_dir = data_dir / task
         if not (task_dir.is_dir() and any(task_dir.iterdir())):
             collect_demos(task, args.demos, task_dir, args.camera_resolution)
+    overrides = {} if args.future_frames is None else {"future_frames": args.future_frames}
     settings = TrainSettings(
         config=args.config, steps=args.train_steps, base_model=args.base_model, seed=args.seed,
         workspace_center=METAWORLD_WORKSPACE_CENTER, workspace_edge=METAWORLD_WORKSPACE_EDGE,
+        vae_steps=args.vae_steps, config_overrides=overrides, checkpoint_every=max(args.train_steps // 4, 1),
     )  # fmt: skip
     checkpoint, model_info = train_from_episodes([data_dir / t for t in args.tasks], out / "model", settings)
-    predictor = load_chunk_predictor(checkpoint, TASK_INSTRUCTIONS)
+    predictor = load_chunk_predictor(checkpoint, args.inference_steps)
     results = evaluate(args.tasks, predictor, args.trials, args.max_steps, args.camera_resolution,
                        args.steps_per_chunk)
     notes = (

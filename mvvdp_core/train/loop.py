@@ -175,6 +175,38 @@ def _cycle(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
         yield from loader
 
 
+class MemoizedDataset(torch.utils.data.Dataset):
+    """Keeps every item once built: for datasets without augmentation, whose items never change."""
+
+    def __init__(self, dataset: EpisodeDataset) -> None:
+        self.dataset = dataset
+        self.items: dict[int, dict[str, torch.Tensor]] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        if item not in self.items:
+            self.items[item] = {**self.dataset[item], "item": torch.tensor(item)}
+        return self.items[item]
+
+
+class LatentCache:
+    """Clean latents per dataset item, for items that never change (no augmentation, frozen VAE)."""
+
+    def __init__(self) -> None:
+        self.latents: dict[int, torch.Tensor] = {}
+
+    def __call__(self, vae: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        items = [int(i) for i in batch["item"]]
+        missing = [k for k, i in enumerate(items) if i not in self.latents]
+        if missing:
+            fresh = encode_latents(vae, {key: value[missing] for key, value in batch.items()})
+            for k, latent in zip(missing, fresh, strict=True):
+                self.latents[items[k]] = latent
+        return torch.stack([self.latents[i] for i in items])
+
+
 def _seed_worker(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     if info is not None:
@@ -267,8 +299,13 @@ def train(
         workspace=workspace, future_frames=config.future_frames, frame_stride=settings.frame_stride,
         sigma=config.sigma, augment=augment, rotation_bins=config.rotation_bins,
     )  # fmt: skip
-    dataset = EpisodeDataset(episodes, sample_config, seed=settings.seed + accelerator.process_index)
     plain = EpisodeDataset(episodes, SampleConfig(**{**asdict(sample_config), "augment": None}))
+    dataset: torch.utils.data.Dataset = (
+        EpisodeDataset(episodes, sample_config, seed=settings.seed + accelerator.process_index)
+        if augment is not None
+        else MemoizedDataset(plain)
+    )
+    latent_cache = LatentCache() if augment is None and settings.num_workers == 0 else None
     loader = DataLoader(
         dataset, batch_size=settings.batch_size, shuffle=True, num_workers=settings.num_workers,
         worker_init_fn=_seed_worker, drop_last=len(dataset) >= settings.batch_size,
@@ -321,7 +358,8 @@ def train(
     )  # fmt: skip
     for step in bar:
         batch = next(batches)
-        latents = encode_latents(parts.vae, batch)
+        encode = latent_cache if latent_cache is not None else encode_latents
+        latents = encode(parts.vae, batch)
         task_text = torch.stack([text[episode_tasks[int(e)]] for e in batch["episode"]])
         with accelerator.autocast():
             vloss = video_loss(transformer, latents, task_text, config.num_train_timesteps, config.flow_shift,
@@ -335,8 +373,8 @@ def train(
         accelerator.backward(hloss.total)
         head_optimizer.step()
         head_optimizer.zero_grad(set_to_none=True)
-        video_losses.append(float(vloss.total))
-        head_losses.append(float(hloss.total))
+        video_losses.append(vloss.total.item())
+        head_losses.append(hloss.total.item())
         if not (math.isfinite(video_losses[-1]) and math.isfinite(head_losses[-1])):
             raise FloatingPointError(f"loss became non-finite at step {step}: video {vloss.total}, "
                                      f"head {hloss.total}")
@@ -349,7 +387,7 @@ def train(
                 "head/gripper_accuracy": hloss.gripper_accuracy,
             }  # fmt: skip
             for name, value in scalars.items():
-                writer.add_scalar(name, float(value), step)
+                writer.add_scalar(name, float(torch.as_tensor(value).detach()), step)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:

@@ -38,7 +38,11 @@ def fit_vae(
     generator: torch.Generator | None = None,
     progress: bool = True,
 ) -> list[float]:
-    """Fit the VAE on random clips of the batches' videos; returns the loss per step. Leaves it frozen."""
+    """Fit the VAE on random clips of the batches' videos; returns the loss per step. Leaves it frozen.
+
+    Each step reconstructs one random RGB view and one random heatmap view of each sample (the VAE treats
+    views independently, so this only thins the batch).
+    """
     if steps < 0:
         raise ValueError(f"VAE steps must be >= 0, got {steps}")
     device = next(vae.parameters()).device
@@ -52,8 +56,10 @@ def fit_vae(
         videos = sample_videos(next(batches)).to(device=device, dtype=vae.dtype)  # (B, 2R, 1 + F, 3, H, W)
         frames = videos.shape[2]
         start = int(torch.randint(0, max(frames - clip, 0) + 1, (1,), generator=generator))
-        videos = videos[:, :, start : start + clip]
-        weights = blob_weights(videos, videos.shape[1] // 2, blob_weight)
+        num_rgb = videos.shape[1] // 2
+        pick = torch.randint(0, num_rgb, (2,), generator=generator)
+        videos = videos[:, [int(pick[0]), num_rgb + int(pick[1])], start : start + clip]
+        weights = blob_weights(videos, 1, blob_weight)
         decoded = vae.decode(vae.encode(videos))
         loss = (weights * (decoded - videos).square()).mean()
         optimizer.zero_grad(set_to_none=True)

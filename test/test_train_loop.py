@@ -1,0 +1,119 @@
+"""Training: losses fall, a tiny model fit on one episode decodes positions closer to the truth, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_data_dataset import scene_step
+
+from mvvdp_core.data.dataset import EpisodeDataset, SampleConfig
+from mvvdp_core.data.recorder import Recorder
+from mvvdp_core.model.checkpoint import load_checkpoint
+from mvvdp_core.rotations import euler_to_matrix
+from mvvdp_core.train.head import head_loss
+from mvvdp_core.train.loop import (
+    TrainSettings,
+    build_parts,
+    latest_checkpoint,
+    load_episodes,
+    model_config,
+    train,
+    validation_errors,
+)
+from mvvdp_core.train.video import encode_latents, video_loss
+
+FUTURE = 4  # short chunks keep the tests fast; the structure is the paper's (1 + 4k frames)
+SIGMA = 3.0  # heatmap std in pixels: a wider blob at the tiny model's 64 px views
+
+
+def record_line_episode(root: Path, steps: int = 9) -> Path:
+    """The end effector moves along a straight line, turning about z and closing the gripper half-way."""
+    writer = Recorder(root).start_episode(["cam_a", "cam_b"], task="reach")
+    for t in range(steps):
+        ee = np.array([0.35 + 0.035 * t, -0.15 + 0.03 * t, 0.45 - 0.025 * t])
+        rot = euler_to_matrix(np.array([0.0, 0.0, np.deg2rad(5.0 * t)]))
+        writer.add_step(scene_step(t, ee, rot, closed=t >= steps // 2))
+    writer.close(success=True)
+    return root
+
+
+def settings(**overrides: object) -> TrainSettings:
+    base = dict(
+        config="tiny", config_overrides={"future_frames": FUTURE, "sigma": SIGMA}, augment=False,
+        progress=False, val_episodes=1, vae_steps=0, seed=0,
+    )  # fmt: skip
+    base.update(overrides)
+    return TrainSettings(**base)
+
+
+def fixed_losses(parts, config, batch) -> tuple[float, float]:
+    """Video and head losses on one batch with fixed noise and timesteps (comparable across training)."""
+    with torch.no_grad():
+        latents = encode_latents(parts.vae, batch)
+        text = parts.text_embeddings["reach"].unsqueeze(0).expand(latents.shape[0], -1, -1)
+        video = video_loss(parts.transformer, latents, text, config.num_train_timesteps, config.flow_shift,
+                           generator=torch.Generator().manual_seed(7))
+        head = head_loss(parts.head, latents, batch["positions"], batch["rotation_bins"], batch["gripper"],
+                         config.workspace(), generator=torch.Generator().manual_seed(7))
+    return float(video.total), float(head.total)
+
+
+def plain_dataset(episodes, config) -> EpisodeDataset:
+    sample = SampleConfig(workspace=config.workspace(), future_frames=FUTURE, sigma=SIGMA)
+    return EpisodeDataset(episodes, sample)
+
+
+@pytest.fixture(scope="module")
+def line_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return record_line_episode(tmp_path_factory.mktemp("line"))
+
+
+def test_training_lowers_both_losses(line_data: Path, tmp_path: Path) -> None:
+    run = settings(steps=40, lr=1e-3, head_lr=1e-3, checkpoint_every=40, val_episodes=0)
+    episodes = load_episodes(line_data)
+    config = model_config(run, episodes)
+    data = plain_dataset(episodes, config)
+    batch = torch.utils.data.default_collate([data[i] for i in range(0, 8, 2)])
+    before = fixed_losses(build_parts(run, config, ["reach"]), config, batch)
+    result = train(line_data, tmp_path, run)
+    parts, _ = load_checkpoint(result.checkpoint)
+    after = fixed_losses(parts, config, batch)
+    assert after[0] < 0.8 * before[0], f"video loss {before[0]:.4f} -> {after[0]:.4f}"
+    assert after[1] < 0.5 * before[1], f"head loss {before[1]:.4f} -> {after[1]:.4f}"
+    assert len(result.video_losses) == 40 and all(np.isfinite(result.head_losses))
+
+
+def test_fit_on_one_episode_decodes_positions_closer_to_truth(line_data: Path, tmp_path: Path) -> None:
+    run = settings(steps=150, lr=1e-3, head_lr=1e-3, vae_steps=150, vae_lr=3e-3, checkpoint_every=150)
+    episodes = load_episodes(line_data)
+    config = model_config(run, episodes)
+    plain = plain_dataset(episodes, config)
+    starts = [0, 2, 4]
+    initial = np.mean([validation_errors(build_parts(run, config, ["reach"]), config, plain, [0], None, s)
+                       for s in starts])
+    result = train(line_data, tmp_path, run)
+    parts, _ = load_checkpoint(result.checkpoint)
+    fitted = np.mean([validation_errors(parts, config, plain, [0], None, s) for s in starts])
+    assert fitted < 0.7 * initial, f"mean position error {initial:.3f} m -> {fitted:.3f} m"
+    assert (result.checkpoint / "trajectory_episode_000000.png").stat().st_size > 1000
+
+
+def test_resume_continues_from_the_saved_step(line_data: Path, tmp_path: Path) -> None:
+    first = train(line_data, tmp_path, settings(steps=3, checkpoint_every=2))
+    assert first.start_step == 0 and first.checkpoint.name == "step_0000003"
+    saved, _ = load_checkpoint(first.checkpoint)
+    resumed = train(line_data, tmp_path, settings(steps=5, checkpoint_every=2), resume=True)
+    assert resumed.start_step == 3 and resumed.end_step == 5 and len(resumed.video_losses) == 2
+    assert latest_checkpoint(tmp_path).name == "step_0000005"
+    state = torch.load(resumed.checkpoint / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 5 and state["video_optimizer"]["state"]
+    # The resumed run started from the saved weights: its VAE (frozen) is the saved one, bit for bit.
+    final, _ = load_checkpoint(resumed.checkpoint)
+    for a, b in zip(saved.vae.parameters(), final.vae.parameters(), strict=True):
+        assert torch.equal(a, b)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert kept == ["step_0000002", "step_0000003", "step_0000004", "step_0000005"][-3:]
+    assert not list((tmp_path / "checkpoints").glob(".tmp*"))
