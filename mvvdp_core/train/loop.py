@@ -17,7 +17,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -299,7 +299,7 @@ def train(
         workspace=workspace, future_frames=config.future_frames, frame_stride=settings.frame_stride,
         sigma=config.sigma, augment=augment, rotation_bins=config.rotation_bins,
     )  # fmt: skip
-    plain = EpisodeDataset(episodes, SampleConfig(**{**asdict(sample_config), "augment": None}))
+    plain = EpisodeDataset(episodes, replace(sample_config, augment=None))
     dataset: torch.utils.data.Dataset = (
         EpisodeDataset(episodes, sample_config, seed=settings.seed + accelerator.process_index)
         if augment is not None
