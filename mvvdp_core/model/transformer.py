@@ -16,6 +16,29 @@ from torch import nn
 from mvvdp_core.model.view_attention import TokenLayout, ViewAttention
 
 
+class _LayoutState:
+    """The token layout of the forward pass in progress (None outside one)."""
+
+    layout: TokenLayout | None = None
+
+
+class _ViewAttentionHook:
+    """Forward hook on a base block: its output goes through one view-attention module.
+
+    A callable object rather than a closure so that copies of the model (copy.deepcopy) hook their own
+    modules.
+    """
+
+    def __init__(self, attention: ViewAttention, state: _LayoutState) -> None:
+        self.attention = attention
+        self.state = state
+
+    def __call__(self, _module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
+        if self.state.layout is None:
+            raise RuntimeError("a base block ran outside MultiViewWanTransformer.forward")
+        return self.attention(output, self.state.layout)
+
+
 class MultiViewWanTransformer(nn.Module):
     def __init__(self, base: WanTransformer3DModel, num_views: int, view_attention_heads: int) -> None:
         super().__init__()
@@ -27,16 +50,9 @@ class MultiViewWanTransformer(nn.Module):
             ViewAttention(dim, view_attention_heads, eps=cfg.eps) for _ in range(len(base.blocks))
         )
         self.view_attention.to(dtype=next(base.parameters()).dtype)
-        self._layout: TokenLayout | None = None
-        self._hooks = [block.register_forward_hook(self._make_hook(i)) for i, block in enumerate(base.blocks)]
-
-    def _make_hook(self, index: int):
-        def hook(_module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
-            if self._layout is None:
-                raise RuntimeError("the base blocks were called outside MultiViewWanTransformer.forward")
-            return self.view_attention[index](output, self._layout)
-
-        return hook
+        self._state = _LayoutState()
+        for block, attention in zip(base.blocks, self.view_attention, strict=True):
+            block.register_forward_hook(_ViewAttentionHook(attention, self._state))
 
     @classmethod
     def from_config(cls, transformer_kwargs: dict[str, Any], num_views: int, view_attention_heads: int):
@@ -81,7 +97,7 @@ class MultiViewWanTransformer(nn.Module):
             raise ValueError(f"text embeddings must be (B, L, D), got {tuple(text.shape)}")
         text = text.expand(b, -1, -1).repeat_interleave(v, dim=0).to(latents.dtype)
         p_t, p_h, p_w = self.patch_size
-        self._layout = TokenLayout(views=v, frames=f // p_t, height=h // p_h, width=w // p_w)
+        self._state.layout = TokenLayout(views=v, frames=f // p_t, height=h // p_h, width=w // p_w)
         try:
             out = self.base(
                 hidden_states=latents.reshape(b * v, c, f, h, w),
@@ -90,5 +106,5 @@ class MultiViewWanTransformer(nn.Module):
                 return_dict=False,
             )[0]
         finally:
-            self._layout = None
+            self._state.layout = None
         return out.reshape(b, v, *out.shape[1:])
