@@ -147,7 +147,7 @@ class MVVDPPolicy:
         position = torch.as_tensor(obs.ee_position, dtype=torch.float64)
         maps = ee_heatmaps(position, self.workspace, sigma=self.config.sigma)  # (V, H, W)
         colored = colorize_heatmaps(maps.float())  # (V, 3, H, W)
-        return torch.cat([obs.rgb.float(), colored], 0).unsqueeze(0).to(self.device)
+        return torch.cat([obs.rgb.float().to(self.device), colored.to(self.device)], 0).unsqueeze(0)
 
     def text_embedding(self, task: str) -> torch.Tensor:
         if task not in self.parts.text_embeddings:
