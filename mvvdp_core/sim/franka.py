@@ -371,6 +371,16 @@ class FrankaSim:
         mujoco.mju_mat2Quat(quat, data.site_xmat[self._tcp])
         return data.site_xpos[self._tcp].copy(), _wxyz_to_xyzw(quat)
 
+    def forward_kinematics(self, joint_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fingertip pose (position (3,), quaternion xyzw (4,)) of the model for (7,) arm joint angles."""
+        q = np.asarray(joint_positions, dtype=np.float64)
+        if q.shape != (7,) or not np.all(np.isfinite(q)):
+            raise ValueError(f"joint positions must be 7 finite angles, got {q!r}")
+        d = mujoco.MjData(self.model)
+        d.qpos[self._arm_qpos] = q
+        mujoco.mj_kinematics(self.model, d)
+        return self._site_pose(d)
+
     def object_poses(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per cube: centre position (3,) and quaternion xyzw (4,) in the base frame."""
         return {
