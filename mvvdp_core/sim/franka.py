@@ -139,6 +139,8 @@ def _look_at_quat(position: np.ndarray, target: np.ndarray) -> np.ndarray:
 def build_mjcf(config: SimConfig, cameras: tuple[CameraSpec, ...]) -> str:
     """MJCF text of the scene: FR3 arm from FR3_DH, hand, table, cubes, cameras."""
     arm_class_geom = 'contype="2" conaffinity="1"'
+    # Nearly hard contacts for fingers and cubes (time constant = 2 physics steps): grasps barely sink in.
+    stiff_contact = f'solref="{2 * config.timestep:.6g} 1" solimp="0.95 0.99 0.001"'
     bodies: list[str] = []
     # Child origin of each link in its own frame, for the link capsules.
     origins = []
@@ -168,7 +170,10 @@ def build_mjcf(config: SimConfig, cameras: tuple[CameraSpec, ...]) -> str:
         )
         closing.append(f"{indent * (i + 2)}</body>\n")
     hand_indent = indent * 9
-    pad = 'friction="1.5 0.01 0.001" condim="4" contype="2" conaffinity="1" rgba="0.2 0.2 0.2 1"'
+    pad = (
+        'friction="1.5 0.01 0.001" condim="4" contype="2" conaffinity="1" rgba="0.2 0.2 0.2 1" '
+        f"{stiff_contact}"
+    )
     hand = (
         f'{hand_indent}<body name="fr3_hand" pos="0 0 {FLANGE_D}" quat="{_fmt(_quat_z(HAND_YAW))}" '
         f'gravcomp="1">\n'
@@ -214,7 +219,7 @@ def build_mjcf(config: SimConfig, cameras: tuple[CameraSpec, ...]) -> str:
             f'    <body name="object{k}" pos="{0.4 + 0.1 * k} 0 {TABLE_TOP_Z + h}">\n'
             f'      <freejoint name="object{k}_free"/>\n'
             f'      <geom name="object{k}" type="box" size="{h} {h} {h}" rgba="{_fmt(rgba)}" mass="0.05" '
-            f'friction="1.2 0.01 0.001" condim="4" contype="1" conaffinity="3"/>\n'
+            f'friction="1.2 0.01 0.001" condim="4" contype="1" conaffinity="3" {stiff_contact}/>\n'
             f"    </body>\n"
         )
 
@@ -233,7 +238,8 @@ def build_mjcf(config: SimConfig, cameras: tuple[CameraSpec, ...]) -> str:
   <statistic center="0.5 0 0.3" extent="2"/>
   <visual>
     <global offwidth="{config.width}" offheight="{config.height}"/>
-    <quality shadowsize="0"/>
+    <!-- no multisampling: every pixel's colour belongs to the surface its depth measures -->
+    <quality shadowsize="0" offsamples="0"/>
     <map znear="0.01" zfar="5"/>
     <headlight ambient="0.4 0.4 0.4" diffuse="0.6 0.6 0.6" specular="0 0 0"/>
   </visual>
