@@ -16,12 +16,15 @@ Cameras use the REP-103 body frame (x forward, y left, z up), like the ZED wrapp
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
-import mujoco
-import numpy as np
+os.environ.setdefault("MUJOCO_GL", "egl")  # off-screen on CPU (Mesa); osmesa is the fallback backend
 
-from mvvdp_core.geometry.workspace import Workspace
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mvvdp_core.geometry.workspace import Workspace  # noqa: E402
 
 # Modified DH (Craig) per joint: (a_{i-1}, d_i, alpha_{i-1}); FR3 shares the Panda's values.
 FR3_DH: tuple[tuple[float, float, float], ...] = (
@@ -463,7 +466,15 @@ class FrankaSim:
 
     def _get_renderer(self) -> mujoco.Renderer:
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.config.height, self.config.width)
+            try:
+                self._renderer = mujoco.Renderer(self.model, self.config.height, self.config.width)
+            except Exception as err:
+                backend = os.environ.get("MUJOCO_GL")
+                raise RuntimeError(
+                    f"off-screen rendering failed with MUJOCO_GL={backend}: {err}. Set MUJOCO_GL=egl "
+                    "(Mesa EGL) or MUJOCO_GL=osmesa with PYOPENGL_PLATFORM=osmesa (libosmesa6) before "
+                    "mujoco is imported"
+                ) from err
             flags = self._renderer.scene.flags
             flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
