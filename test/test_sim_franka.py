@@ -193,6 +193,8 @@ def test_bad_targets_are_rejected(sim: FrankaSim, position: list, quat: list, me
 def test_bad_gripper_and_config_values_are_rejected(sim: FrankaSim) -> None:
     with pytest.raises(ValueError, match="finite"):
         sim.set_gripper_width(float("nan"))
+    with pytest.raises(ValueError, match="in \\[0, 0.08\\]"):
+        sim.set_gripper_width(0.5)
     with pytest.raises(ValueError, match="width"):
         SimConfig(width=0)
     with pytest.raises(ValueError, match="num_objects"):

@@ -110,9 +110,9 @@ def default_cameras(workspace: Workspace | None = None) -> tuple[CameraSpec, ...
     target = (cx, cy, cz - 0.25 * workspace.edge)
     reach, height = 1.3 * workspace.edge, cz + 0.45 * workspace.edge
     return (
-        CameraSpec("zed_front", (cx + reach, cy, height), target),
-        CameraSpec("zed_left", (cx, cy + reach, height), target),
-        CameraSpec("zed_right", (cx, cy - reach, height), target),
+        CameraSpec(CAMERA_NAMES[0], (cx + reach, cy, height), target),
+        CameraSpec(CAMERA_NAMES[1], (cx, cy + reach, height), target),
+        CameraSpec(CAMERA_NAMES[2], (cx, cy - reach, height), target),
     )
 
 
@@ -121,7 +121,13 @@ def _fmt(values: np.ndarray | tuple[float, ...]) -> str:
 
 
 def _quat_x(angle: float) -> np.ndarray:
+    """MuJoCo (wxyz) quaternion of a rotation about x."""
     return np.array([math.cos(angle / 2), math.sin(angle / 2), 0.0, 0.0])
+
+
+def _quat_z(angle: float) -> np.ndarray:
+    """MuJoCo (wxyz) quaternion of a rotation about z."""
+    return np.array([math.cos(angle / 2), 0.0, 0.0, math.sin(angle / 2)])
 
 
 def _look_at_quat(position: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -234,6 +240,7 @@ def build_mjcf(config: SimConfig, cameras: tuple[CameraSpec, ...]) -> str:
             f'    <camera name="{cam.name}" pos="{_fmt(pos)}" quat="{_fmt(quat)}" fovy="{cam.fovy_deg}"/>\n'
         )
 
+    actuator_xml = "\n".join(f"    {a}" for a in actuators)
     table_half = (0.6, 0.8, TABLE_HEIGHT / 2)
     return f"""<mujoco model="fr3_table">
   <compiler angle="radian" autolimits="true"/>
@@ -258,14 +265,10 @@ def build_mjcf(config: SimConfig, cameras: tuple[CameraSpec, ...]) -> str:
 {arm}    </body>
 {"".join(objects)}{"".join(camera_xml)}  </worldbody>
   <actuator>
-    {chr(10).join("    " + a for a in actuators).strip()}
+{actuator_xml}
   </actuator>
 </mujoco>
 """
-
-
-def _quat_z(angle: float) -> np.ndarray:
-    return np.array([math.cos(angle / 2), 0.0, 0.0, math.sin(angle / 2)])
 
 
 def _wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
@@ -403,10 +406,12 @@ class FrankaSim:
         self._target_pos, self._target_quat = _check_pose(position, quat_xyzw)
 
     def set_gripper_width(self, width: float) -> None:
-        """Target opening in metres, clipped to [0, 0.08]; ValueError for NaN."""
+        """Target opening in metres in [0, 0.08] (up to 1 mm beyond is clipped); ValueError otherwise."""
         width = float(width)
         if not np.isfinite(width):
             raise ValueError(f"gripper width must be finite, got {width}")
+        if not -1e-3 <= width <= MAX_GRIPPER_WIDTH + 1e-3:
+            raise ValueError(f"gripper width must be in [0, {MAX_GRIPPER_WIDTH}] m, got {width}")
         self._target_width = float(np.clip(width, 0.0, MAX_GRIPPER_WIDTH))
 
     def step(self, n: int = 1) -> None:
