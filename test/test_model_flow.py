@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mvvdp_core.model.flow import (
+    diffusion_loss,
     euler_sample,
     inference_sigmas,
     sample_training_sigmas,
@@ -64,3 +65,17 @@ def test_euler_sampler_seeded():
     )
     torch.testing.assert_close(run(7), run(7), rtol=0, atol=0)
     assert not torch.equal(run(7), run(8))
+
+
+def test_diffusion_loss_weights_rgb_and_heatmap_views():
+    target = torch.zeros(1, 6, 2, 3, 2, 2)
+    prediction = torch.zeros_like(target)
+    prediction[:, :3, :, 1:] = 1.0  # RGB views off by 1 on future frames
+    prediction[:, 3:, :, 1:] = 2.0  # heatmap views off by 2
+    prediction[:, :, :, 0] = 100.0  # condition frame: masked out
+    _, _, mask = training_target(target, torch.zeros_like(target), torch.tensor([0.5]))
+    loss = diffusion_loss(prediction, target, mask, num_rgb_views=3, rgb_weight=0.5)
+    assert float(loss) == pytest.approx(0.5 * 1.0 + 0.5 * 4.0)
+    assert float(diffusion_loss(prediction, target, mask, 3, 1.0)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="rgb_weight"):
+        diffusion_loss(prediction, target, mask, 3, 1.5)

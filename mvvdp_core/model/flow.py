@@ -113,3 +113,27 @@ def euler_sample(
         if on_step is not None:
             on_step(i)
     return x
+
+
+def diffusion_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    num_rgb_views: int,
+    rgb_weight: float,
+) -> torch.Tensor:
+    """Paper eq. 3: rgb_weight * MSE(RGB views) + (1 - rgb_weight) * MSE(heatmap views), over masked frames.
+
+    Tensors are (B, V, C, F, H, W) with the RGB views first; mask is 0 on the condition frames.
+    """
+    if not 0.0 <= rgb_weight <= 1.0:
+        raise ValueError(f"rgb_weight must be in [0, 1], got {rgb_weight}")
+    if prediction.shape != target.shape or mask.shape != target.shape:
+        raise ValueError("prediction, target and mask must have the same shape")
+    if not 0 < num_rgb_views < target.shape[1]:
+        raise ValueError(f"num_rgb_views {num_rgb_views} must split the {target.shape[1]} views")
+    error = (prediction.float() - target.float()).square() * mask
+    rgb, heat = error[:, :num_rgb_views], error[:, num_rgb_views:]
+    rgb_loss = rgb.sum() / mask[:, :num_rgb_views].sum().clamp_min(1)
+    heat_loss = heat.sum() / mask[:, num_rgb_views:].sum().clamp_min(1)
+    return rgb_weight * rgb_loss + (1 - rgb_weight) * heat_loss
