@@ -188,7 +188,7 @@ class MVVDPPolicy:
         with self._timed(timings, "heatmaps"):
             frames = self.condition_frames(obs)
         with self._timed(timings, "encode"):
-            condition = parts.vae.encode_condition(frames.to(parts.vae.dtype)).to(self.dtype)
+            condition = parts.vae.encode_condition(frames).float()  # the sampler integrates in float32
         shape = (1, cfg.num_views, cfg.latent_channels, cfg.latent_frames, cfg.latent_size, cfg.latent_size)
         step_start = [time.perf_counter()]
 
@@ -201,7 +201,7 @@ class MVVDPPolicy:
         self._sync()
         step_start[0] = time.perf_counter()
         latents = euler_sample(
-            lambda x, t: parts.transformer(x, t, text),
+            lambda x, t: parts.transformer(x.to(self.dtype), t, text).float(),
             condition,
             shape,
             steps,

@@ -89,7 +89,10 @@ def build_transformer(
 
 def random_text_embeddings(config: MVVDPConfig, tasks: list[str], seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return {task: torch.randn(config.text_len, config.text_dim, generator=generator) for task in tasks}
+    return {
+        task: torch.randn(config.text_len, config.text_dim, generator=generator, device="cpu")
+        for task in tasks
+    }
 
 
 def build_model_parts(config: MVVDPConfig, seed: int = 0, tasks: list[str] | None = None) -> ModelParts:
@@ -155,6 +158,10 @@ def load_config(path: str | Path) -> MVVDPConfig:
         raise CheckpointError(f"invalid {file}: {error}") from error
 
 
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple | list) else value
+
+
 def _load_base(
     config: MVVDPConfig, path: Path, dtype: torch.dtype
 ) -> tuple[WanTransformer3DModel, AutoencoderKLWan]:
@@ -171,10 +178,10 @@ def _load_base(
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise CheckpointError(f"cannot load the base diffusers model from {root}: {error}") from error
     mismatched = {
-        k: (v, base.config[k]) for k, v in config.transformer.items() if k in base.config and
-        (list(v) if isinstance(v, tuple) else v) != (list(base.config[k]) if isinstance(base.config[k], tuple)
-                                                    else base.config[k])
-    }  # fmt: skip
+        key: (wanted, base.config[key])
+        for key, wanted in config.transformer.items()
+        if key in base.config and _plain(wanted) != _plain(base.config[key])
+    }
     if mismatched:
         raise CheckpointError(
             f"base transformer in {root} differs from config.json (config, found): {mismatched}"

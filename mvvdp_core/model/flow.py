@@ -101,7 +101,7 @@ def euler_sample(
     frame_dim); shape is the full latent shape. Noise is drawn on the CPU from `generator` so a seed gives the
     same result on every device.
     """
-    noise = torch.randn(shape, generator=generator, dtype=torch.float32).to(condition)
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu").to(condition)
     x = impose_condition(noise, condition, cond_frames, frame_dim)
     sigmas = inference_sigmas(num_steps, shift)
     batch = shape[0]
