@@ -1,5 +1,6 @@
 """The CUDA projection kernel: nvcc compile check, CPU-harness parity with the torch reference, GPU parity."""
 
+import functools
 import itertools
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ def random_cloud(seed: int, count: int, channels: int) -> tuple[torch.Tensor, to
     return points, torch.rand(count, channels, generator=generator)
 
 
+@functools.cache
 def structured_clouds() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Clouds full of ties: lattices at equal depths, duplicates, points on faces and corners."""
     steps = torch.arange(-0.5, 0.5001, 0.0125)

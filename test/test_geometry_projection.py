@@ -90,7 +90,7 @@ def test_farther_surface_never_overwrites_a_nearer_one():
     points = torch.cat([far, near])
     colors = torch.cat([torch.zeros(far.shape[0], 1), torch.ones(near.shape[0], 1)])
     zordered = project_views_torch(points, colors, WS, 0.0)
-    splatted = project_views_torch(points, colors, WS, 0.02)
+    splatted = project_views_torch(points, colors, WS, 0.012)
     near_pixels = zordered.rgb[0, 0] == 1.0
     assert near_pixels.sum() > 500
     assert torch.all(splatted.rgb[0, 0][near_pixels] == 1.0)
