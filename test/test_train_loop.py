@@ -72,7 +72,7 @@ def line_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_training_lowers_both_losses(line_data: Path, tmp_path: Path) -> None:
-    run = settings(steps=40, lr=1e-3, head_lr=1e-3, checkpoint_every=40, val_episodes=0)
+    run = settings(steps=60, lr=1e-3, head_lr=1e-3, checkpoint_every=60, val_episodes=0)
     episodes = load_episodes(line_data)
     config = model_config(run, episodes)
     data = plain_dataset(episodes, config)
@@ -81,13 +81,13 @@ def test_training_lowers_both_losses(line_data: Path, tmp_path: Path) -> None:
     result = train(line_data, tmp_path, run)
     parts, _ = load_checkpoint(result.checkpoint)
     after = fixed_losses(parts, config, batch)
-    assert after[0] < 0.8 * before[0], f"video loss {before[0]:.4f} -> {after[0]:.4f}"
+    assert after[0] < 0.85 * before[0], f"video loss {before[0]:.4f} -> {after[0]:.4f}"
     assert after[1] < 0.5 * before[1], f"head loss {before[1]:.4f} -> {after[1]:.4f}"
-    assert len(result.video_losses) == 40 and all(np.isfinite(result.head_losses))
+    assert len(result.video_losses) == 60 and all(np.isfinite(result.head_losses))
 
 
 def test_fit_on_one_episode_decodes_positions_closer_to_truth(line_data: Path, tmp_path: Path) -> None:
-    run = settings(steps=150, lr=1e-3, head_lr=1e-3, vae_steps=150, vae_lr=3e-3, checkpoint_every=150)
+    run = settings(steps=90, lr=1e-3, head_lr=1e-3, vae_steps=90, vae_lr=3e-3, checkpoint_every=90)
     episodes = load_episodes(line_data)
     config = model_config(run, episodes)
     plain = plain_dataset(episodes, config)
