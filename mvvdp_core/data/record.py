@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -18,6 +19,9 @@ from mvvdp_core.data.episode import CameraCloud, Step
 from mvvdp_core.data.recorder import Recorder
 from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.rotations import quaternion_to_matrix
+
+if TYPE_CHECKING:
+    from mvvdp_core.sim.franka import FrankaSim
 
 PICK_TASK = "pick up the cube"
 
@@ -49,7 +53,7 @@ def pick_targets(cube: np.ndarray, script: PickScript) -> list[tuple[np.ndarray,
     return plan
 
 
-def record_step(sim: object, gripper_closed: bool) -> Step:
+def record_step(sim: FrankaSim, gripper_closed: bool) -> Step:
     """The simulator's current state as a recorded step."""
     extrinsics = sim.camera_extrinsics()
     clouds = {

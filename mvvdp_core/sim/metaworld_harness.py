@@ -73,13 +73,16 @@ def expert_policy(task: str) -> object:
 class TaskEnv:
     """One Meta-World task with seeded random initialisations and the three RGB-D cameras."""
 
-    def __init__(self, task: str, seed: int, camera_resolution: int = 128) -> None:
+    def __init__(
+        self, task: str, seed: int, camera_resolution: int = 128, max_path_length: int = 500
+    ) -> None:
         import metaworld
 
         _check_task(task)
         self.task = task
         self.benchmark = metaworld.MT1(task, seed=seed)
         self.env = self.benchmark.train_classes[task]()
+        self.env.max_path_length = max_path_length  # the env refuses to step past it
         self.cameras = RGBDCameras(self.env.model, camera_resolution)
         self.time = 0.0
 
@@ -136,7 +139,7 @@ def collect_demos(
     """
     if num_demos < 1 or max_steps < 1:
         raise ValueError(f"num_demos and max_steps must be >= 1, got {num_demos}, {max_steps}")
-    sim = TaskEnv(task, DEMO_SEED, camera_resolution)
+    sim = TaskEnv(task, DEMO_SEED, camera_resolution, max_path_length=max(max_steps, 500))
     recorder = Recorder(out_dir)
     paths = []
     try:
@@ -211,7 +214,7 @@ def evaluate(
     """trials episodes per task from the evaluation seed's random initialisations."""
     results: dict[str, list[TrialResult]] = {}
     for task in tasks:
-        sim = TaskEnv(task, EVAL_SEED, camera_resolution)
+        sim = TaskEnv(task, EVAL_SEED, camera_resolution, max_path_length=max(max_steps, 500))
         if trials > sim.num_variations:
             raise ValueError(f"at most {sim.num_variations} trials per task, got {trials}")
         try:
