@@ -1,0 +1,54 @@
+"""`mvvdp train` command line: settings files, flags, bad input, one real run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from test_train_loop import record_line_episode
+
+from mvvdp_core.cli import main as mvvdp
+from mvvdp_core.train.cli import build_parser, settings_from_args
+from mvvdp_core.train.loop import TrainSettings, latest_checkpoint
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+def test_settings_files_and_flags(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["--data", "d", "--out", "o", "--settings", str(CONFIG_DIR / "train_tiny.yaml"), "--steps", "7"]
+    )
+    settings = settings_from_args(args)
+    assert settings.config == "tiny" and settings.steps == 7  # the flag wins over the file
+    assert settings.lr == 1e-4 and settings.weight_decay == 0.0 and settings.head_weight_decay == 1e-5
+    wan = build_parser().parse_args(
+        ["--data", "d", "--out", "o", "--settings", str(CONFIG_DIR / "train_wan22.yaml"), "--base-model", "m"]
+    )
+    assert settings_from_args(wan).base_model == "m" and settings_from_args(wan).mixed_precision == "bf16"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stepz: 3\n")
+    with pytest.raises(ValueError, match="stepz"):
+        settings_from_args(build_parser().parse_args(["--data", "d", "--out", "o", "--settings", str(bad)]))
+    with pytest.raises(ValueError, match="base-model"):
+        TrainSettings(config="wan22")
+    with pytest.raises(ValueError, match="config"):
+        TrainSettings(config="huge")
+
+
+def test_mvvdp_train_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = record_line_episode(tmp_path / "data", steps=5)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump({"config_overrides": {"future_frames": 4}, "vae_steps": 0,
+                                        "progress": False, "val_episodes": 1, "augment": True}))
+    out = tmp_path / "run"
+    common = ["train", "--data", str(data), "--out", str(out), "--config", "tiny"]
+    common += ["--settings", str(settings)]
+    assert mvvdp([*common, "--steps", "2"]) == 0
+    assert "trained steps 1..2" in capsys.readouterr().out
+    assert mvvdp([*common, "--steps", "3", "--resume"]) == 0
+    assert "trained steps 3..3" in capsys.readouterr().out
+    assert latest_checkpoint(out).name == "step_0000003"
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        mvvdp(["train", "--data", str(tmp_path / "missing"), "--out", str(out), "--steps", "1"])
