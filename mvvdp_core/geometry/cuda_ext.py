@@ -57,8 +57,8 @@ def load_extension() -> ModuleType | None:
                 name=EXTENSION_NAME,
                 sources=[str(src / name) for name in KERNEL_SOURCES],
                 extra_include_paths=[str(src)],
-                extra_cflags=["-O3", "-std=c++17"],
-                extra_cuda_cflags=["-O3", "-std=c++17"],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3"],
                 verbose=False,
             )
         except Exception as exc:  # compiler errors come in several exception types
