@@ -13,7 +13,7 @@ from mvvdp_core.data.dataset import EpisodeDataset, SampleConfig
 from mvvdp_core.data.recorder import Recorder
 from mvvdp_core.model.checkpoint import load_checkpoint
 from mvvdp_core.rotations import euler_to_matrix
-from mvvdp_core.train.head import head_loss
+from mvvdp_core.train.head import head_objective
 from mvvdp_core.train.loop import (
     TrainSettings,
     build_parts,
@@ -56,8 +56,9 @@ def fixed_losses(parts, config, batch) -> tuple[float, float]:
         text = parts.text_embeddings["reach"].unsqueeze(0).expand(latents.shape[0], -1, -1)
         video = video_loss(parts.transformer, latents, text, config.num_train_timesteps, config.flow_shift,
                            generator=torch.Generator().manual_seed(7))
-        head = head_loss(parts.head, latents, batch["positions"], batch["rotation_bins"], batch["gripper"],
-                         config.workspace(), generator=torch.Generator().manual_seed(7))
+        targets = batch["positions"], batch["rotation_bins"], batch["gripper"]
+        head = head_objective(parts.head, latents, *targets, config.workspace(),
+                              generator=torch.Generator().manual_seed(7))
     return float(video.total), float(head.total)
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from mvvdp_core.geometry.workspace import Workspace
+from mvvdp_core.model.head import head_loss
 
 
 @dataclass
 class HeadLoss:
-    total: torch.Tensor
-    rotation: torch.Tensor  # sum of the three Euler-angle losses
-    gripper: torch.Tensor
+    total: torch.Tensor  # paper eq. 4: three Euler-angle cross-entropies + the gripper's
     rotation_accuracy: torch.Tensor
     gripper_accuracy: torch.Tensor
 
@@ -29,7 +27,7 @@ def true_peaks(positions: torch.Tensor, workspace: Workspace) -> torch.Tensor:
     return workspace.to_view(positions.double())[..., :2].float()
 
 
-def head_loss(
+def head_objective(
     head: torch.nn.Module,
     latents: torch.Tensor,
     positions: torch.Tensor,
@@ -45,14 +43,9 @@ def head_loss(
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents)
     peaks = true_peaks(positions[:, 1:], workspace).to(latents.device)
     rotation_logits, gripper_logits = head(latents + noise_std * noise, peaks)
-    bins = rotation_logits.shape[-1]
-    rotation = sum(
-        F.cross_entropy(rotation_logits[:, :, a].reshape(-1, bins).float(), rotation_bins[..., a].reshape(-1))
-        for a in range(3)
-    )
-    future_gripper = gripper[:, 1:].reshape(-1)
-    grip = F.cross_entropy(gripper_logits.reshape(-1, 2).float(), future_gripper)
+    future_gripper = gripper[:, 1:]
+    total = head_loss(rotation_logits, gripper_logits, rotation_bins, future_gripper)
     with torch.no_grad():
         rotation_accuracy = (rotation_logits.argmax(-1) == rotation_bins).float().mean()
-        gripper_accuracy = (gripper_logits.reshape(-1, 2).argmax(-1) == future_gripper).float().mean()
-    return HeadLoss(rotation + grip, rotation.detach(), grip.detach(), rotation_accuracy, gripper_accuracy)
+        gripper_accuracy = (gripper_logits.argmax(-1) == future_gripper).float().mean()
+    return HeadLoss(total, rotation_accuracy, gripper_accuracy)

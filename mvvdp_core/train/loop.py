@@ -37,7 +37,7 @@ from mvvdp_core.model.checkpoint import (
 )
 from mvvdp_core.model.config import MVVDPConfig
 from mvvdp_core.policy import MVVDPPolicy
-from mvvdp_core.train.head import head_loss
+from mvvdp_core.train.head import head_objective
 from mvvdp_core.train.plots import plot_trajectories
 from mvvdp_core.train.predictor import observation_from_step
 from mvvdp_core.train.vae import fit_vae
@@ -368,8 +368,8 @@ def train(
         video_optimizer.step()
         video_optimizer.zero_grad(set_to_none=True)
         with accelerator.autocast():
-            hloss = head_loss(head, latents, batch["positions"], batch["rotation_bins"], batch["gripper"],
-                              workspace, settings.head_latent_noise, generator)
+            targets = batch["positions"], batch["rotation_bins"], batch["gripper"]
+            hloss = head_objective(head, latents, *targets, workspace, settings.head_latent_noise, generator)
         accelerator.backward(hloss.total)
         head_optimizer.step()
         head_optimizer.zero_grad(set_to_none=True)
@@ -382,7 +382,7 @@ def train(
         if writer is not None and (step % settings.log_every == 0 or step == settings.steps):
             scalars = {
                 "video/loss": vloss.total, "video/rgb": vloss.rgb, "video/heatmap": vloss.heatmap,
-                "head/loss": hloss.total, "head/rotation": hloss.rotation, "head/gripper": hloss.gripper,
+                "head/loss": hloss.total,
                 "head/rotation_accuracy": hloss.rotation_accuracy,
                 "head/gripper_accuracy": hloss.gripper_accuracy,
             }  # fmt: skip
