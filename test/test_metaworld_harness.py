@@ -74,3 +74,10 @@ def test_one_task_one_trial_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     trials = json.loads((tmp_path / "results.json").read_text())["trials"]["button-press-topdown-v3"]
     assert len(trials) == 1 and 1 <= trials[0]["steps"] <= 8
     assert trials[0]["success"] or trials[0]["chunks"] == 2  # 8 steps, 4 targets per chunk
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="unknown task 'door-smash-v3'"):
+        TaskEnv("door-smash-v3", seed=0)
+    with pytest.raises(ValueError, match="unknown task"):
+        main(["--tasks", "door-smash-v3", "--out", "/nonexistent"])
