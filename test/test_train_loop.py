@@ -109,7 +109,7 @@ def test_resume_continues_from_the_saved_step(line_data: Path, tmp_path: Path) -
     resumed = train(line_data, tmp_path, settings(steps=5, checkpoint_every=2), resume=True)
     assert resumed.start_step == 3 and resumed.end_step == 5 and len(resumed.video_losses) == 2
     assert latest_checkpoint(tmp_path).name == "step_0000005"
-    state = torch.load(resumed.checkpoint / "trainer_state.pt", weights_only=False)
+    state = torch.load(resumed.checkpoint / "trainer_state.pt", weights_only=True)
     assert state["step"] == 5 and state["video_optimizer"]["state"]
     # The resumed run started from the saved weights: its VAE (frozen) is the saved one, bit for bit.
     final, _ = load_checkpoint(resumed.checkpoint)

@@ -285,7 +285,7 @@ def train(
     previous = latest_checkpoint(out) if resume else None
     if previous is not None:
         parts, config = load_checkpoint(previous)
-        state = torch.load(previous / TRAINER_STATE, weights_only=False)
+        state = torch.load(previous / TRAINER_STATE, weights_only=True)
         missing = sorted(set(tasks) - set(parts.text_embeddings))
         if missing:
             raise ValueError(f"checkpoint {previous} has no text embedding for tasks {missing}")
@@ -320,6 +320,11 @@ def train(
     if previous is None and vae_steps > 0:
         vae_losses = fit_vae(parts.vae, _cycle(loader), vae_steps, settings.vae_lr, generator=generator,
                              progress=settings.progress and accelerator.is_main_process)
+        if accelerator.num_processes > 1:  # every process fitted its own copy: keep the first one's
+            from accelerate.utils import broadcast
+
+            for param in parts.vae.parameters():
+                param.data.copy_(broadcast(param.data.clone(), from_process=0))
     parts.vae.requires_grad_(False).eval()
     trainable = [p for p in parts.transformer.parameters() if p.requires_grad]
     video_optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
