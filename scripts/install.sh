@@ -6,7 +6,7 @@ PYTHON=${PYTHON:-python3.11}
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
-  for pkg in libegl1 libgl1 libosmesa6 libegl-mesa0 cmake; do
+  for pkg in libegl1 libgl1 libegl-mesa0 cmake; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then

@@ -1,0 +1,193 @@
+"""Orthographic projection of a coloured cloud into the workspace views: z-ordering, screen-space splatting.
+
+Per view every point gets a pixel and a depth. Depth and point index are packed into one 64-bit key (high 32
+bits: the float32 bit pattern of the non-negative depth, which orders like the depth; low 32 bits: the point
+index) and each pixel keeps the smallest key. Splatting then lets each pixel j take the key of the nearest
+pixel k within the splat radius whose depth is strictly smaller (ties: smaller key, i.e. smaller depth, then
+smaller point index). It reads only the z-ordered key image, so a farther surface never covers a nearer one.
+Keys are finally unpacked into feature and depth images.
+
+The CUDA kernel (cuda/) implements the same three steps on the same keys; this module is the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mvvdp_core.geometry.workspace import Workspace
+
+# Key of an empty pixel: larger than every packed key (its depth bits 0x7FFFFFFF exceed those of +inf).
+EMPTY_KEY = 0x7FFF_FFFF_FFFF_FFFF
+LOW_MASK = 0xFFFF_FFFF
+MAX_POINTS = 2**31 - 1
+
+
+@dataclass
+class ProjectedViews:
+    """rgb (V, C, H, W) in [0, 1], background 0; depth (V, H, W) m from the camera face, background +inf."""
+
+    rgb: torch.Tensor
+    depth: torch.Tensor
+
+
+def splat_extent(splat_radius: float, workspace: Workspace) -> tuple[int, int]:
+    """(reach, max squared pixel distance) of the splat disc: offsets with dx^2 + dy^2 <= max_d2 count."""
+    if not (math.isfinite(splat_radius) and splat_radius >= 0):
+        raise ValueError(f"splat_radius must be a finite length >= 0 in metres, got {splat_radius!r}")
+    radius_px = splat_radius / workspace.pixel_size
+    max_d2 = int(math.floor(radius_px * radius_px + 1e-9))
+    return math.isqrt(max_d2), max_d2
+
+
+def prepare_inputs(
+    points: np.ndarray | torch.Tensor, colors: np.ndarray | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate and convert to float32 points (N, 3) and float32 colours (N, C) on the points' device."""
+    if isinstance(points, np.ndarray):
+        points = torch.from_numpy(np.ascontiguousarray(points))
+    if isinstance(colors, np.ndarray):
+        colors = torch.from_numpy(np.ascontiguousarray(colors))
+    if not isinstance(points, torch.Tensor) or not isinstance(colors, torch.Tensor):
+        raise ValueError("points and colors must be numpy arrays or torch tensors")
+    if points.ndim != 2 or points.shape[1] != 3 or not points.is_floating_point():
+        raise ValueError(f"points must be a floating (N, 3) array, got {tuple(points.shape)} {points.dtype}")
+    if colors.ndim != 2 or colors.shape[0] != points.shape[0] or colors.shape[1] < 1:
+        raise ValueError(
+            f"colors must have shape (N, C) with N = {points.shape[0]} and C >= 1, got {tuple(colors.shape)}"
+        )
+    if points.shape[0] == 0:
+        raise ValueError("empty cloud: no points to project")
+    if points.shape[0] > MAX_POINTS:
+        raise ValueError(f"at most {MAX_POINTS} points fit the 32-bit point index, got {points.shape[0]}")
+    if colors.dtype == torch.uint8:
+        colors = colors.to(torch.float32) / 255.0
+    elif not colors.is_floating_point():
+        raise ValueError(f"colors must be uint8 or floating point, got {colors.dtype}")
+    points = points.to(torch.float32)
+    if not torch.isfinite(points).all():
+        raise ValueError("points contain NaN or infinite coordinates")
+    return points.contiguous(), colors.to(device=points.device, dtype=torch.float32).contiguous()
+
+
+def view_pixels(points: torch.Tensor, workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat pixel index into (V, H, W) images and depth per (view, point), both (V, N).
+
+    Points outside the cube get index -1. Depth is float32, clamped to >= +0.0 (never -0.0).
+    """
+    res = workspace.resolution
+    coords = workspace.to_view(points).permute(1, 0, 2)  # (V, N, 3): column, row, depth
+    inside = workspace.contains(points)
+    col = coords[..., 0].floor().clamp(0, res - 1).to(torch.int64)
+    row = coords[..., 1].floor().clamp(0, res - 1).to(torch.int64)
+    views = torch.arange(coords.shape[0], device=points.device).unsqueeze(1)
+    flat = (views * res + row) * res + col
+    flat = torch.where(inside.unsqueeze(0), flat, torch.full_like(flat, -1))
+    depth = coords[..., 2].clamp(0.0, workspace.edge) + 0.0  # adding +0.0 turns -0.0 into +0.0
+    return flat, depth.to(torch.float32).contiguous()
+
+
+def pack_keys(depth: torch.Tensor, point_index: torch.Tensor) -> torch.Tensor:
+    """int64 keys from float32 depths >= 0 and point indices < 2^31."""
+    depth_bits = depth.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
+    return (depth_bits << 32) | point_index.to(torch.int64)
+
+
+def zorder_keys(flat: torch.Tensor, depth: torch.Tensor, num_pixels: int) -> torch.Tensor:
+    """Minimum key per pixel of the points landing on it, EMPTY_KEY where none does; shape (num_pixels,)."""
+    num_points = flat.shape[1]
+    point_index = torch.arange(num_points, device=flat.device).expand_as(flat)
+    keys = pack_keys(depth, point_index)
+    valid = flat >= 0
+    image = torch.full((num_pixels,), EMPTY_KEY, dtype=torch.int64, device=flat.device)
+    return image.scatter_reduce(0, flat[valid], keys[valid], reduce="amin", include_self=True)
+
+
+def splat_offsets(reach: int, max_d2: int) -> list[tuple[int, list[tuple[int, int]]]]:
+    """Offsets (dy, dx) of the splat disc, grouped by squared distance, nearest first; the centre excluded."""
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            d2 = dy * dy + dx * dx
+            if 0 < d2 <= max_d2:
+                groups.setdefault(d2, []).append((dy, dx))
+    return sorted(groups.items())
+
+
+def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
+    """Screen-space splatting on a (V, H, W) key image; returns a new key image."""
+    if max_d2 == 0:
+        return keys
+    num_views, height, width = keys.shape
+    padded = torch.full(
+        (num_views, height + 2 * reach, width + 2 * reach), EMPTY_KEY, dtype=torch.int64, device=keys.device
+    )
+    padded[:, reach : reach + height, reach : reach + width] = keys
+    own_depth_bits = keys >> 32
+    empty = torch.full_like(keys, EMPTY_KEY)
+    result = keys.clone()
+    found = torch.zeros_like(keys, dtype=torch.bool)
+    for _, offsets in splat_offsets(reach, max_d2):
+        ring_best = empty
+        for dy, dx in offsets:
+            neighbour = padded[:, reach + dy : reach + dy + height, reach + dx : reach + dx + width]
+            nearer = (neighbour >> 32) < own_depth_bits
+            ring_best = torch.minimum(ring_best, torch.where(nearer, neighbour, empty))
+        take = ~found & (ring_best != EMPTY_KEY)
+        result = torch.where(take, ring_best, result)
+        found |= take
+    return result
+
+
+def unpack_keys(keys: torch.Tensor, colors: torch.Tensor) -> ProjectedViews:
+    """Key image (V, H, W) -> ProjectedViews with colours (N, C) looked up by point index."""
+    empty = keys == EMPTY_KEY
+    depth = (keys >> 32).to(torch.int32).view(torch.float32)
+    depth = torch.where(empty, torch.full_like(depth, math.inf), depth)
+    index = torch.where(empty, torch.zeros_like(keys), keys & LOW_MASK)
+    rgb = colors[index]  # (V, H, W, C)
+    rgb = torch.where(empty.unsqueeze(-1), torch.zeros_like(rgb), rgb)
+    return ProjectedViews(rgb=rgb.permute(0, 3, 1, 2).contiguous(), depth=depth.contiguous())
+
+
+def project_views_torch(
+    points: np.ndarray | torch.Tensor,
+    colors: np.ndarray | torch.Tensor,
+    workspace: Workspace,
+    splat_radius: float = 0.008,
+) -> ProjectedViews:
+    """Reference projection in vectorised torch (CPU or CUDA tensors). Points outside the cube are ignored."""
+    points, colors = prepare_inputs(points, colors)
+    reach, max_d2 = splat_extent(splat_radius, workspace)
+    res = workspace.resolution
+    num_views = len(workspace.views)
+    flat, depth = view_pixels(points, workspace)
+    keys = zorder_keys(flat, depth, num_views * res * res).view(num_views, res, res)
+    return unpack_keys(splat_keys(keys, reach, max_d2), colors)
+
+
+def project_views(
+    points: np.ndarray | torch.Tensor,
+    colors: np.ndarray | torch.Tensor,
+    workspace: Workspace,
+    splat_radius: float = 0.008,
+    backend: str = "auto",
+) -> ProjectedViews:
+    """Project a base-frame cloud into the workspace views.
+
+    backend: "torch" (reference), "cuda" (kernel; error if unavailable) or "auto" (the kernel when the points
+    are on a GPU and it builds, else torch).
+    """
+    if backend not in ("auto", "torch", "cuda"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'cuda', got {backend!r}")
+    on_gpu = isinstance(points, torch.Tensor) and points.is_cuda
+    if backend == "torch" or (backend == "auto" and not on_gpu):
+        return project_views_torch(points, colors, workspace, splat_radius)
+    from mvvdp_core.geometry import cuda_ext
+
+    if backend == "auto" and cuda_ext.load_extension() is None:
+        return project_views_torch(points, colors, workspace, splat_radius)
+    return cuda_ext.project_views_cuda(points, colors, workspace, splat_radius)
