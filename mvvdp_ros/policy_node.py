@@ -160,8 +160,8 @@ class PolicyNode(Node):
         center = np.array([views.workspace_center.x, views.workspace_center.y, views.workspace_center.z])
         if not (np.allclose(center, self.workspace.center, atol=1e-6)
                 and abs(views.workspace_edge - self.workspace.edge) < 1e-6):
-            raise ValueError(f"views cover workspace {center.tolist()}/{views.workspace_edge} m but the model "
-                             f"uses {list(self.workspace.center)}/{self.workspace.edge} m")
+            raise ValueError(f"views cover workspace {center.tolist()}/{views.workspace_edge} m, the model "
+                             f"{list(self.workspace.center)}/{self.workspace.edge} m")
         names, rgb, _depth = views_from_msg(views)
         if tuple(names) != tuple(self.workspace.views):
             raise ValueError(f"views {names} do not match the model's {list(self.workspace.views)}")
