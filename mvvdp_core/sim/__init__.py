@@ -1,0 +1,1 @@
+"""Simulation: MuJoCo FR3 scene with three RGB-D cameras (franka)."""

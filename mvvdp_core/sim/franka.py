@@ -1,0 +1,558 @@
+"""Simulated Franka FR3 on a table with three fixed RGB-D cameras (MuJoCo, no ROS).
+
+The arm is built from the published FR3 kinematics (modified Denavit-Hartenberg parameters, joint limits)
+with capsule links, a parallel two-finger hand (0-0.08 m) and a few coloured cubes on the table. The base
+frame fr3_link0 is the world origin; the table top is the plane z = TABLE_TOP_Z.
+
+Control mirrors a Cartesian impedance controller: a target end-effector pose (position + quaternion xyzw)
+is followed by a joint reference that moves towards it with damped-least-squares differential IK (rate
+limited, so motion is a straight line at bounded speed), and stiff joint servos with gravity compensation
+track that reference. The gripper takes a target width.
+
+Cameras use the REP-103 body frame (x forward, y left, z up), like the ZED wrapper's
+`<name>_left_camera_frame`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # off-screen on CPU (Mesa); osmesa is the fallback backend
+
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mvvdp_core.geometry.workspace import Workspace  # noqa: E402
+
+# Modified DH (Craig) per joint: (a_{i-1}, d_i, alpha_{i-1}); FR3 shares the Panda's values.
+FR3_DH: tuple[tuple[float, float, float], ...] = (
+    (0.0, 0.333, 0.0),
+    (0.0, 0.0, -math.pi / 2),
+    (0.0, 0.316, math.pi / 2),
+    (0.0825, 0.0, math.pi / 2),
+    (-0.0825, 0.384, -math.pi / 2),
+    (0.0, 0.0, math.pi / 2),
+    (0.088, 0.0, math.pi / 2),
+)
+FLANGE_D = 0.107  # flange along link 7's z axis
+HAND_YAW = -math.pi / 4  # hand mounted on the flange rotated by -45 deg about z
+TCP_OFFSET = 0.1034  # fingertip centre point along the hand's z axis
+FR3_JOINT_LIMITS: tuple[tuple[float, float], ...] = (
+    (-2.7437, 2.7437),
+    (-1.7837, 1.7837),
+    (-2.9007, 2.9007),
+    (-3.0421, -0.1518),
+    (-2.8065, 2.8065),
+    (0.5445, 4.5169),
+    (-3.0159, 3.0159),
+)
+FR3_TORQUE_LIMITS: tuple[float, ...] = (87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0)
+HOME_Q: tuple[float, ...] = (0.0, -math.pi / 4, 0.0, -3 * math.pi / 4, 0.0, math.pi / 2, math.pi / 4)
+MAX_GRIPPER_WIDTH = 0.08
+TABLE_TOP_Z = 0.0
+TABLE_HEIGHT = 0.76
+CAMERA_NAMES: tuple[str, ...] = ("zed_front", "zed_left", "zed_right")
+
+# Rotation from the MuJoCo camera frame (x right, y up, looking along -z) to the body frame
+# (x forward, y left, z up): columns are the body axes expressed in MuJoCo camera coordinates.
+CAM_FROM_BODY = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]])
+
+OBJECT_COLORS: tuple[tuple[float, float, float], ...] = (
+    (0.85, 0.15, 0.15),
+    (0.15, 0.7, 0.2),
+    (0.15, 0.3, 0.9),
+    (0.95, 0.8, 0.1),
+    (0.7, 0.2, 0.8),
+)
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """A fixed camera: position, the point it looks at (base frame, metres) and vertical field of view."""
+
+    name: str
+    position: tuple[float, float, float]
+    look_at: tuple[float, float, float]
+    fovy_deg: float = 60.0
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    width: int = 192
+    height: int = 144
+    num_objects: int = 3
+    cube_half: float = 0.025
+    timestep: float = 0.002
+    max_linear_speed: float = 0.3  # m/s of the joint reference's Cartesian motion
+    max_angular_speed: float = 1.5  # rad/s
+    ik_damping: float = 0.05
+    cameras: tuple[CameraSpec, ...] | None = None  # None: default_cameras(Workspace())
+
+    def __post_init__(self) -> None:
+        for key in ("width", "height"):
+            value = getattr(self, key)
+            if int(value) != value or not 16 <= value <= 2048:
+                raise ValueError(f"camera {key} must be an integer in [16, 2048], got {value!r}")
+        if not 0 <= self.num_objects <= len(OBJECT_COLORS):
+            raise ValueError(f"num_objects must be in [0, {len(OBJECT_COLORS)}], got {self.num_objects}")
+        for key in ("timestep", "max_linear_speed", "max_angular_speed", "ik_damping", "cube_half"):
+            value = getattr(self, key)
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"{key} must be a positive number, got {value!r}")
+
+
+def default_cameras(workspace: Workspace | None = None) -> tuple[CameraSpec, ...]:
+    """Front, left and right cameras 1.3 m from the workspace centre, raised, looking at its lower half."""
+    workspace = workspace or Workspace()
+    cx, cy, cz = workspace.center
+    target = (cx, cy, cz - 0.25 * workspace.edge)
+    reach, height = 1.3 * workspace.edge, cz + 0.45 * workspace.edge
+    return (
+        CameraSpec(CAMERA_NAMES[0], (cx + reach, cy, height), target),
+        CameraSpec(CAMERA_NAMES[1], (cx, cy + reach, height), target),
+        CameraSpec(CAMERA_NAMES[2], (cx, cy - reach, height), target),
+    )
+
+
+def _fmt(values: np.ndarray | tuple[float, ...]) -> str:
+    return " ".join(f"{float(v):.9g}" for v in values)
+
+
+def _quat_x(angle: float) -> np.ndarray:
+    """MuJoCo (wxyz) quaternion of a rotation about x."""
+    return np.array([math.cos(angle / 2), math.sin(angle / 2), 0.0, 0.0])
+
+
+def _quat_z(angle: float) -> np.ndarray:
+    """MuJoCo (wxyz) quaternion of a rotation about z."""
+    return np.array([math.cos(angle / 2), 0.0, 0.0, math.sin(angle / 2)])
+
+
+def _look_at_quat(position: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """MuJoCo (wxyz) orientation of a camera at position looking at target with world z up in the image."""
+    forward = target - position
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    if np.linalg.norm(right) < 1e-6:
+        raise ValueError("camera must not look straight up or down")
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    mat = np.stack([right, up, -forward], axis=1)  # columns: camera x, y, z in world
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, mat.reshape(-1))
+    return quat
+
+
+def build_mjcf(config: SimConfig, cameras: tuple[CameraSpec, ...]) -> str:
+    """MJCF text of the scene: FR3 arm from FR3_DH, hand, table, cubes, cameras."""
+    arm_class_geom = 'contype="2" conaffinity="1"'
+    # Nearly hard contacts for fingers and cubes (time constant = 2 physics steps): grasps barely sink in.
+    stiff_contact = f'solref="{2 * config.timestep:.6g} 1" solimp="0.95 0.99 0.001"'
+    bodies: list[str] = []
+    # Child origin of each link in its own frame, for the link capsules.
+    origins = []
+    for a, d, alpha in FR3_DH:
+        origins.append(np.array([a, -math.sin(alpha) * d, math.cos(alpha) * d]))
+    radii = (0.06, 0.06, 0.055, 0.055, 0.05, 0.045, 0.04)
+    closing: list[str] = []
+    indent = "    "
+    for i, ((_a, _d, alpha), origin) in enumerate(zip(FR3_DH, origins, strict=True)):
+        n = i + 1
+        lo, hi = FR3_JOINT_LIMITS[i]
+        child = origins[i + 1] if i + 1 < len(origins) else np.array([0.0, 0.0, FLANGE_D])
+        geoms = [
+            f'<geom name="link{n}_motor" type="capsule" fromto="0 0 -0.06 0 0 0.06" size="{radii[i]}" '
+            f'rgba="0.92 0.92 0.92 1" {arm_class_geom}/>'
+        ]
+        if np.linalg.norm(child) > 1e-3:
+            geoms.append(
+                f'<geom name="link{n}_bar" type="capsule" fromto="0 0 0 {_fmt(child)}" '
+                f'size="{radii[i] * 0.85}" rgba="0.92 0.92 0.92 1" {arm_class_geom}/>'
+            )
+        bodies.append(
+            f'{indent * (i + 2)}<body name="fr3_link{n}" pos="{_fmt(origin)}" quat="{_fmt(_quat_x(alpha))}" '
+            f'gravcomp="1">\n'
+            f'{indent * (i + 3)}<joint name="fr3_joint{n}" range="{lo} {hi}" armature="0.1" damping="1"/>\n'
+            + "".join(f"{indent * (i + 3)}{g}\n" for g in geoms)
+        )
+        closing.append(f"{indent * (i + 2)}</body>\n")
+    hand_indent = indent * 9
+    pad = (
+        'friction="1.5 0.01 0.001" condim="4" contype="2" conaffinity="1" rgba="0.2 0.2 0.2 1" '
+        f"{stiff_contact}"
+    )
+    hand = (
+        f'{hand_indent}<body name="fr3_hand" pos="0 0 {FLANGE_D}" quat="{_fmt(_quat_z(HAND_YAW))}" '
+        f'gravcomp="1">\n'
+        f'{hand_indent}  <geom name="hand_palm" type="box" pos="0 0 0.03" size="0.025 0.1 0.025" '
+        f'rgba="0.92 0.92 0.92 1" {arm_class_geom}/>\n'
+        f'{hand_indent}  <site name="tcp" pos="0 0 {TCP_OFFSET}" size="0.005" rgba="1 0 0 0"/>\n'
+        f'{hand_indent}  <body name="fr3_leftfinger" pos="0 0 0.0584" gravcomp="1">\n'
+        f'{hand_indent}    <joint name="fr3_finger_joint1" type="slide" axis="0 1 0" range="0 0.04" '
+        f'armature="0.01" damping="2"/>\n'
+        f'{hand_indent}    <geom name="left_pad" type="box" pos="0 0.009 0.0375" size="0.01 0.009 0.0175" '
+        f"{pad}/>\n"
+        f"{hand_indent}  </body>\n"
+        f'{hand_indent}  <body name="fr3_rightfinger" pos="0 0 0.0584" gravcomp="1">\n'
+        f'{hand_indent}    <joint name="fr3_finger_joint2" type="slide" axis="0 -1 0" range="0 0.04" '
+        f'armature="0.01" damping="2"/>\n'
+        f'{hand_indent}    <geom name="right_pad" type="box" pos="0 -0.009 0.0375" size="0.01 0.009 0.0175" '
+        f"{pad}/>\n"
+        f"{hand_indent}  </body>\n"
+        f"{hand_indent}</body>\n"
+    )
+    arm = "".join(bodies) + hand + "".join(reversed(closing))
+
+    actuators = []
+    for i in range(7):
+        lo, hi = FR3_JOINT_LIMITS[i]
+        kp, kv = (4500.0, 450.0) if i < 4 else (2000.0, 200.0)
+        torque = FR3_TORQUE_LIMITS[i]
+        actuators.append(
+            f'<position name="act_joint{i + 1}" joint="fr3_joint{i + 1}" kp="{kp}" kv="{kv}" '
+            f'ctrlrange="{lo} {hi}" forcerange="{-torque} {torque}"/>'
+        )
+    for j in (1, 2):
+        actuators.append(
+            f'<position name="act_finger{j}" joint="fr3_finger_joint{j}" kp="400" kv="20" ctrlrange="0 0.04" '
+            f'forcerange="-70 70"/>'
+        )
+
+    objects = []
+    h = config.cube_half
+    for k in range(config.num_objects):
+        rgba = (*OBJECT_COLORS[k], 1.0)
+        objects.append(
+            f'    <body name="object{k}" pos="{0.4 + 0.1 * k} 0 {TABLE_TOP_Z + h}">\n'
+            f'      <freejoint name="object{k}_free"/>\n'
+            f'      <geom name="object{k}" type="box" size="{h} {h} {h}" rgba="{_fmt(rgba)}" mass="0.05" '
+            f'friction="1.2 0.01 0.001" condim="4" contype="1" conaffinity="3" {stiff_contact}/>\n'
+            f"    </body>\n"
+        )
+
+    camera_xml = []
+    for cam in cameras:
+        pos = np.asarray(cam.position, dtype=np.float64)
+        quat = _look_at_quat(pos, np.asarray(cam.look_at, dtype=np.float64))
+        camera_xml.append(
+            f'    <camera name="{cam.name}" pos="{_fmt(pos)}" quat="{_fmt(quat)}" fovy="{cam.fovy_deg}"/>\n'
+        )
+
+    actuator_xml = "\n".join(f"    {a}" for a in actuators)
+    table_half = (0.6, 0.8, TABLE_HEIGHT / 2)
+    return f"""<mujoco model="fr3_table">
+  <compiler angle="radian" autolimits="true"/>
+  <option timestep="{config.timestep}" integrator="implicitfast"/>
+  <statistic center="0.5 0 0.3" extent="2"/>
+  <visual>
+    <global offwidth="{config.width}" offheight="{config.height}"/>
+    <!-- no multisampling: every pixel's colour belongs to the surface its depth measures -->
+    <quality shadowsize="0" offsamples="0"/>
+    <map znear="0.01" zfar="5"/>
+    <headlight ambient="0.4 0.4 0.4" diffuse="0.6 0.6 0.6" specular="0 0 0"/>
+  </visual>
+  <worldbody>
+    <geom name="floor" type="plane" pos="0 0 {TABLE_TOP_Z - TABLE_HEIGHT}" size="4 4 0.1"
+          rgba="0.35 0.35 0.38 1" contype="1" conaffinity="3"/>
+    <light name="top" pos="0.5 0 2.5" dir="0 0 -1" diffuse="0.5 0.5 0.5" castshadow="false"/>
+    <geom name="table" type="box" pos="0.45 0 {TABLE_TOP_Z - table_half[2]}" size="{_fmt(table_half)}"
+          rgba="0.55 0.42 0.3 1" contype="1" conaffinity="3"/>
+    <body name="fr3_link0">
+      <geom name="link0" type="capsule" fromto="-0.04 0 0.03 0 0 0.25" size="0.075" rgba="0.92 0.92 0.92 1"
+            contype="0" conaffinity="0"/>
+{arm}    </body>
+{"".join(objects)}{"".join(camera_xml)}  </worldbody>
+  <actuator>
+{actuator_xml}
+  </actuator>
+</mujoco>
+"""
+
+
+def _wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
+    return np.array([q[1], q[2], q[3], q[0]])
+
+
+def _xyzw_to_wxyz(q: np.ndarray) -> np.ndarray:
+    return np.array([q[3], q[0], q[1], q[2]])
+
+
+def _check_pose(position: np.ndarray, quat_xyzw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    position = np.asarray(position, dtype=np.float64)
+    quat_xyzw = np.asarray(quat_xyzw, dtype=np.float64)
+    if position.shape != (3,):
+        raise ValueError(f"target position must have shape (3,), got {position.shape}")
+    if quat_xyzw.shape != (4,):
+        raise ValueError(f"target quaternion must have shape (4,) as xyzw, got {quat_xyzw.shape}")
+    if not np.all(np.isfinite(position)):
+        raise ValueError(f"target position must be finite, got {position}")
+    if not np.all(np.isfinite(quat_xyzw)):
+        raise ValueError(f"target quaternion must be finite, got {quat_xyzw}")
+    norm = float(np.linalg.norm(quat_xyzw))
+    if abs(norm - 1.0) > 1e-3:
+        raise ValueError(f"target quaternion must be unit length (xyzw), got norm {norm:.6f}")
+    return position, quat_xyzw / norm
+
+
+class FrankaSim:
+    """MuJoCo FR3 + gripper + cubes + three RGB-D cameras. Base frame fr3_link0 = world origin."""
+
+    def __init__(self, config: SimConfig | None = None, workspace: Workspace | None = None) -> None:
+        config = config or SimConfig()
+        workspace = workspace or Workspace()
+        self.config = config
+        self.workspace = workspace
+        self.cameras = config.cameras if config.cameras is not None else default_cameras(workspace)
+        names = [c.name for c in self.cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"camera names must be unique, got {names}")
+        self.model = mujoco.MjModel.from_xml_string(build_mjcf(config, self.cameras))
+        self.data = mujoco.MjData(self.model)
+        self._ik_data = mujoco.MjData(self.model)
+        m = self.model
+        self._arm_qpos = np.array([m.jnt_qposadr[m.joint(f"fr3_joint{i}").id] for i in range(1, 8)])
+        self._arm_dof = np.array([m.jnt_dofadr[m.joint(f"fr3_joint{i}").id] for i in range(1, 8)])
+        self._finger_qpos = np.array([m.jnt_qposadr[m.joint(f"fr3_finger_joint{j}").id] for j in (1, 2)])
+        self._arm_act = np.array([m.actuator(f"act_joint{i}").id for i in range(1, 8)])
+        self._finger_act = np.array([m.actuator(f"act_finger{j}").id for j in (1, 2)])
+        self._tcp = m.site("tcp").id
+        self._limits = np.array(FR3_JOINT_LIMITS)
+        self._objects = [m.body(f"object{k}").id for k in range(config.num_objects)]
+        self._object_qpos = [m.jnt_qposadr[m.joint(f"object{k}_free").id] for k in range(config.num_objects)]
+        self._renderer: mujoco.Renderer | None = None
+        self._jacp = np.zeros((3, m.nv))
+        self._jacr = np.zeros((3, m.nv))
+        self.reset(0)
+
+    # ---- state ---------------------------------------------------------------------------------------------
+    @property
+    def timestep(self) -> float:
+        return float(self.model.opt.timestep)
+
+    @property
+    def time(self) -> float:
+        """Simulated seconds since the last reset."""
+        return float(self.data.time)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Home the arm, open the gripper and scatter the cubes on the table (reproducible for a seed)."""
+        rng = np.random.default_rng(seed)
+        mujoco.mj_resetData(self.model, self.data)
+        self.data.qpos[self._arm_qpos] = HOME_Q
+        self.data.qpos[self._finger_qpos] = MAX_GRIPPER_WIDTH / 2
+        placed: list[np.ndarray] = []
+        h = self.config.cube_half
+        for adr in self._object_qpos:
+            for _ in range(1000):
+                xy = np.array([rng.uniform(0.35, 0.7), rng.uniform(-0.3, 0.3)])
+                if all(np.linalg.norm(xy - p) > 6 * h for p in placed):
+                    break
+            else:
+                raise RuntimeError("could not place the objects without overlap")
+            placed.append(xy)
+            yaw = rng.uniform(-math.pi, math.pi)
+            self.data.qpos[adr : adr + 3] = (xy[0], xy[1], TABLE_TOP_Z + h)
+            self.data.qpos[adr + 3 : adr + 7] = _quat_z(yaw)
+        self.data.ctrl[self._arm_act] = HOME_Q
+        self.data.ctrl[self._finger_act] = MAX_GRIPPER_WIDTH / 2
+        mujoco.mj_forward(self.model, self.data)
+        self._q_ref = np.array(HOME_Q, dtype=np.float64)
+        pos, quat = self.ee_pose()
+        self._target_pos, self._target_quat = pos, quat
+        self._target_width = MAX_GRIPPER_WIDTH
+
+    def joint_positions(self) -> np.ndarray:
+        """(7,) arm joint angles in radians."""
+        return self.data.qpos[self._arm_qpos].copy()
+
+    def gripper_finger_positions(self) -> np.ndarray:
+        """(2,) finger joint positions in metres; their sum is the opening width."""
+        return self.data.qpos[self._finger_qpos].copy()
+
+    def gripper_width(self) -> float:
+        return float(self.data.qpos[self._finger_qpos].sum())
+
+    def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fingertip centre point in the base frame: position (3,) and quaternion xyzw (4,)."""
+        return self._site_pose(self.data)
+
+    def _site_pose(self, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:
+        quat = np.zeros(4)
+        mujoco.mju_mat2Quat(quat, data.site_xmat[self._tcp])
+        return data.site_xpos[self._tcp].copy(), _wxyz_to_xyzw(quat)
+
+    def forward_kinematics(self, joint_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fingertip pose (position (3,), quaternion xyzw (4,)) of the model for (7,) arm joint angles."""
+        q = np.asarray(joint_positions, dtype=np.float64)
+        if q.shape != (7,) or not np.all(np.isfinite(q)):
+            raise ValueError(f"joint positions must be 7 finite angles, got {q!r}")
+        d = mujoco.MjData(self.model)
+        d.qpos[self._arm_qpos] = q
+        mujoco.mj_kinematics(self.model, d)
+        return self._site_pose(d)
+
+    def object_poses(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per cube: centre position (3,) and quaternion xyzw (4,) in the base frame."""
+        return {
+            self.model.body(b).name: (self.data.xpos[b].copy(), _wxyz_to_xyzw(self.data.xquat[b]))
+            for b in self._objects
+        }
+
+    # ---- control -------------------------------------------------------------------------------------------
+    def set_target_pose(self, position: np.ndarray, quat_xyzw: np.ndarray) -> None:
+        """Target end-effector pose (base frame); ValueError for bad shapes, NaN or a non-unit quaternion."""
+        self._target_pos, self._target_quat = _check_pose(position, quat_xyzw)
+
+    def set_gripper_width(self, width: float) -> None:
+        """Target opening in metres in [0, 0.08] (up to 1 mm beyond is clipped); ValueError otherwise."""
+        width = float(width)
+        if not np.isfinite(width):
+            raise ValueError(f"gripper width must be finite, got {width}")
+        if not -1e-3 <= width <= MAX_GRIPPER_WIDTH + 1e-3:
+            raise ValueError(f"gripper width must be in [0, {MAX_GRIPPER_WIDTH}] m, got {width}")
+        self._target_width = float(np.clip(width, 0.0, MAX_GRIPPER_WIDTH))
+
+    def step(self, n: int = 1) -> None:
+        """Advance n physics steps (timestep seconds each), updating the joint reference before each."""
+        if int(n) != n or n < 0:
+            raise ValueError(f"step count must be a non-negative integer, got {n!r}")
+        self.data.ctrl[self._finger_act] = self._target_width / 2
+        for _ in range(int(n)):
+            self._update_reference()
+            self.data.ctrl[self._arm_act] = self._q_ref
+            mujoco.mj_step(self.model, self.data)
+
+    def _update_reference(self) -> None:
+        """One damped-least-squares step of the joint reference towards the target pose, rate limited."""
+        m, d = self.model, self._ik_data
+        d.qpos[self._arm_qpos] = self._q_ref
+        mujoco.mj_kinematics(m, d)
+        mujoco.mj_comPos(m, d)
+        pos, quat = self._site_pose(d)
+        dt = self.timestep
+        err_pos = self._target_pos - pos
+        err_rot = _rotation_error(self._target_quat, quat)
+        err_pos *= min(1.0, self.config.max_linear_speed * dt / max(np.linalg.norm(err_pos), 1e-12))
+        err_rot *= min(1.0, self.config.max_angular_speed * dt / max(np.linalg.norm(err_rot), 1e-12))
+        mujoco.mj_jacSite(m, d, self._jacp, self._jacr, self._tcp)
+        jac = np.vstack([self._jacp[:, self._arm_dof], self._jacr[:, self._arm_dof]])
+        lam2 = self.config.ik_damping**2
+        jjt_inv = np.linalg.inv(jac @ jac.T + lam2 * np.eye(6))
+        dq = jac.T @ jjt_inv @ np.concatenate([err_pos, err_rot])
+        # Nullspace pull towards the home posture keeps the redundant joint away from its limits.
+        nullspace = np.eye(7) - jac.T @ jjt_inv @ jac
+        dq += nullspace @ (np.asarray(HOME_Q) - self._q_ref) * (0.5 * dt)
+        margin = 0.02
+        self._q_ref = np.clip(self._q_ref + dq, self._limits[:, 0] + margin, self._limits[:, 1] - margin)
+
+    # ---- cameras -------------------------------------------------------------------------------------------
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.cameras)
+
+    def camera_extrinsics(self) -> dict[str, np.ndarray]:
+        """base_T_camera (4, 4) per camera, camera frame = body frame (x forward, y left, z up)."""
+        out = {}
+        for name in self.camera_names:
+            cam = self.model.camera(name).id
+            pose = np.eye(4)
+            pose[:3, :3] = self.data.cam_xmat[cam].reshape(3, 3) @ CAM_FROM_BODY
+            pose[:3, 3] = self.data.cam_xpos[cam]
+            out[name] = pose
+        return out
+
+    def camera_intrinsics(self, name: str) -> tuple[float, float, float]:
+        """(focal length in pixels, cx, cy) of a camera's pinhole image."""
+        fovy = math.radians(float(self.model.camera(name).fovy[0]))
+        focal = 0.5 * self.config.height / math.tan(fovy / 2)
+        return focal, self.config.width / 2, self.config.height / 2
+
+    def _get_renderer(self) -> mujoco.Renderer:
+        if self._renderer is None:
+            try:
+                self._renderer = mujoco.Renderer(self.model, self.config.height, self.config.width)
+            except Exception as err:
+                backend = os.environ.get("MUJOCO_GL")
+                raise RuntimeError(
+                    f"off-screen rendering failed with MUJOCO_GL={backend}: {err}. Set MUJOCO_GL=egl "
+                    "(Mesa EGL) or MUJOCO_GL=osmesa with PYOPENGL_PLATFORM=osmesa (libosmesa6) before "
+                    "mujoco is imported"
+                ) from err
+            flags = self._renderer.scene.flags
+            flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+            flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+            flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = False
+        return self._renderer
+
+    def render_clouds(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per camera (in camera_names order): points (H, W, 3) float32 in the camera body frame, NaN where
+        nothing was hit, and colours (H, W, 3) uint8."""
+        renderer = self._get_renderer()
+        h, w = self.config.height, self.config.width
+        far = 0.999 * self.model.vis.map.zfar * self.model.stat.extent
+        cols = np.arange(w) + 0.5
+        rows = np.arange(h) + 0.5
+        out = []
+        for name in self.camera_names:
+            renderer.update_scene(self.data, camera=name)
+            renderer.disable_depth_rendering()
+            rgb = renderer.render().copy()
+            renderer.enable_depth_rendering()
+            depth = renderer.render().astype(np.float64)
+            renderer.disable_depth_rendering()
+            focal, cx, cy = self.camera_intrinsics(name)
+            depth[depth >= far] = np.nan
+            # MuJoCo renders with row 0 at the top; depth is along the viewing axis (body x).
+            left = -(cols[None, :] - cx) / focal * depth
+            up = -(rows[:, None] - cy) / focal * depth
+            points = np.stack([depth, left, up], axis=-1).astype(np.float32)
+            out.append((points, rgb))
+        return out
+
+    def close(self) -> None:
+        """Free the off-screen GL context."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def __enter__(self) -> FrankaSim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _rotation_error(target_xyzw: np.ndarray, current_xyzw: np.ndarray) -> np.ndarray:
+    """World-frame rotation vector taking the current orientation to the target."""
+    q_err = np.zeros(4)
+    q_cur_inv = np.zeros(4)
+    mujoco.mju_negQuat(q_cur_inv, _xyzw_to_wxyz(current_xyzw))
+    mujoco.mju_mulQuat(q_err, _xyzw_to_wxyz(target_xyzw), q_cur_inv)
+    if q_err[0] < 0:
+        q_err = -q_err
+    vec = np.zeros(3)
+    mujoco.mju_quat2Vel(vec, q_err, 1.0)
+    return vec
+
+
+def camera_config_entries(sim: FrankaSim) -> list[dict[str, object]]:
+    """The cameras as the perception node's YAML lists them: name, topic, frame_id, translation, rotation."""
+    entries = []
+    for name, pose in sim.camera_extrinsics().items():
+        quat = np.zeros(4)
+        mujoco.mju_mat2Quat(quat, pose[:3, :3].reshape(-1))
+        xyzw = _wxyz_to_xyzw(quat)
+        if xyzw[3] < 0:
+            xyzw = -xyzw
+        entries.append(
+            {
+                "name": name,
+                "topic": f"/{name}/zed_node/point_cloud/cloud_registered",
+                "frame_id": f"{name}_left_camera_frame",
+                "translation": [round(float(v), 6) for v in pose[:3, 3]],
+                "rotation": [round(float(v), 6) for v in xyzw],
+            }
+        )
+    return entries

@@ -1,0 +1,200 @@
+"""`sim_robot`: the simulated FR3 (mvvdp_core.sim.franka.FrankaSim) behind the real robot's ROS interface.
+
+Publishes the three ZED-style registered clouds, the end-effector pose and the gripper joint states; takes a
+target pose (as a Cartesian impedance controller would) and a gripper width. Physics runs in a timer, kept in
+step with the ROS clock times a real-time factor; every message is stamped with the ROS time that corresponds
+to the simulated instant it shows.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from rclpy.time import Time as RosTime
+from sensor_msgs.msg import JointState, PointCloud2
+from std_msgs.msg import Float64
+
+from mvvdp_core.sim.franka import FrankaSim, SimConfig
+from mvvdp_ros.pointcloud import cloud_to_msg
+
+MAX_CATCH_UP_S = 0.25  # beyond this lag the simulation skips wall time instead of racing to catch up
+
+
+def _float_param(description: str, low: float, high: float) -> ParameterDescriptor:
+    return ParameterDescriptor(
+        description=description,
+        read_only=True,
+        floating_point_range=[FloatingPointRange(from_value=low, to_value=high, step=0.0)],
+    )
+
+
+def _int_param(description: str, low: int, high: int) -> ParameterDescriptor:
+    return ParameterDescriptor(
+        description=description,
+        read_only=True,
+        integer_range=[IntegerRange(from_value=low, to_value=high, step=1)],
+    )
+
+
+def _str_param(description: str) -> ParameterDescriptor:
+    return ParameterDescriptor(description=description, read_only=True)
+
+
+class SimRobotNode(Node):
+    def __init__(self) -> None:
+        super().__init__("sim_robot")
+        p = self.declare_parameter
+        cloud_rate = p(
+            "cloud_rate", 5.0, _float_param("Point cloud publish rate per camera (Hz)", 0.1, 60.0)
+        ).value
+        pose_rate = p(
+            "pose_rate", 50.0, _float_param("End-effector pose and gripper state rate (Hz)", 1.0, 1000.0)
+        ).value
+        physics_tick = p(
+            "physics_tick_rate", 100.0, _float_param("Physics timer rate (Hz)", 10.0, 1000.0)
+        ).value
+        self._rtf = p(
+            "realtime_factor", 1.0, _float_param("Simulated seconds per wall-clock second", 0.01, 10.0)
+        ).value
+        width = p("camera_width", 192, _int_param("Simulated camera image width (pixels)", 16, 2048)).value
+        height = p("camera_height", 144, _int_param("Simulated camera image height (pixels)", 16, 2048)).value
+        seed = p("seed", 0, _int_param("Seed of the object placement", 0, 2**31 - 1)).value
+        num_objects = p("num_objects", 3, _int_param("Cubes on the table", 0, 5)).value
+        self._base_frame = p("base_frame", "fr3_link0", _str_param("Robot base frame")).value
+        cloud_topic = p(
+            "cloud_topic",
+            "/{name}/zed_node/point_cloud/cloud_registered",
+            _str_param("Cloud topic; {name} = camera"),
+        ).value
+        self._cloud_frame = p(
+            "cloud_frame_id", "{name}_left_camera_frame", _str_param("Cloud frame id; {name} = camera")
+        ).value
+        pose_topic = p(
+            "pose_topic", "/franka_robot_state_broadcaster/current_pose", _str_param("EE pose out")
+        ).value
+        gripper_state_topic = p(
+            "gripper_state_topic", "/franka_gripper/joint_states", _str_param("Fingers out")
+        ).value
+        target_topic = p(
+            "target_pose_topic", "/cartesian_impedance_controller/target_pose", _str_param("Target pose in")
+        ).value
+        gripper_cmd_topic = p(
+            "gripper_command_topic", "/mvvdp/gripper_command", _str_param("Gripper width in")
+        ).value
+
+        self.sim = FrankaSim(SimConfig(width=width, height=height, num_objects=num_objects))
+        self.sim.reset(seed)
+        self._cloud_pubs = {
+            name: self.create_publisher(PointCloud2, cloud_topic.format(name=name), qos_profile_sensor_data)
+            for name in self.sim.camera_names
+        }
+        self._pose_pub = self.create_publisher(PoseStamped, pose_topic, 10)
+        self._gripper_pub = self.create_publisher(JointState, gripper_state_topic, 10)
+        self.create_subscription(PoseStamped, target_topic, self._on_target_pose, 10)
+        self.create_subscription(Float64, gripper_cmd_topic, self._on_gripper_command, 10)
+
+        self._start = self.get_clock().now()
+        self.create_timer(1.0 / physics_tick, self._advance_physics)
+        self.create_timer(1.0 / pose_rate, self._publish_state)
+        self.create_timer(1.0 / cloud_rate, self._publish_clouds)
+        self.get_logger().info(
+            f"simulating FR3 at {1 / self.sim.timestep:.0f} Hz physics, x{self._rtf} real time; "
+            f"{len(self._cloud_pubs)} cameras {width}x{height} at {cloud_rate} Hz"
+        )
+
+    # ---- time ----------------------------------------------------------------------------------------------
+    def _sim_stamp(self) -> Time:
+        """ROS time of the current simulated instant."""
+        nanoseconds = self._start.nanoseconds + int(round(self.sim.time / self._rtf * 1e9))
+        return RosTime(nanoseconds=nanoseconds, clock_type=self._start.clock_type).to_msg()
+
+    def _advance_physics(self) -> None:
+        elapsed = (self.get_clock().now() - self._start).nanoseconds * 1e-9
+        lag = elapsed * self._rtf - self.sim.time
+        if lag > MAX_CATCH_UP_S:
+            # Drop the excess wall time so stamps stay tied to the simulated instant.
+            skipped = (lag - MAX_CATCH_UP_S) / self._rtf
+            self._start = RosTime(
+                nanoseconds=self._start.nanoseconds + int(skipped * 1e9), clock_type=self._start.clock_type
+            )
+            lag = MAX_CATCH_UP_S
+        steps = int(math.floor(lag / self.sim.timestep))
+        if steps > 0:
+            self.sim.step(steps)
+
+    # ---- commands ------------------------------------------------------------------------------------------
+    def _on_target_pose(self, msg: PoseStamped) -> None:
+        if msg.header.frame_id and msg.header.frame_id != self._base_frame:
+            self.get_logger().error(
+                f"target pose in frame {msg.header.frame_id!r} ignored; expected {self._base_frame!r}",
+                throttle_duration_sec=1.0,
+            )
+            return
+        position = np.array([msg.pose.position.x, msg.pose.position.y, msg.pose.position.z])
+        o = msg.pose.orientation
+        try:
+            self.sim.set_target_pose(position, np.array([o.x, o.y, o.z, o.w]))
+        except ValueError as err:
+            self.get_logger().error(f"target pose rejected: {err}", throttle_duration_sec=1.0)
+
+    def _on_gripper_command(self, msg: Float64) -> None:
+        try:
+            self.sim.set_gripper_width(msg.data)
+        except ValueError as err:
+            self.get_logger().error(f"gripper command rejected: {err}", throttle_duration_sec=1.0)
+
+    # ---- outputs -------------------------------------------------------------------------------------------
+    def _publish_state(self) -> None:
+        stamp = self._sim_stamp()
+        pos, quat = self.sim.ee_pose()
+        pose = PoseStamped()
+        pose.header.stamp = stamp
+        pose.header.frame_id = self._base_frame
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(v) for v in pos)
+        o = pose.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in quat)
+        self._pose_pub.publish(pose)
+
+        joints = JointState()
+        joints.header.stamp = stamp
+        joints.name = ["fr3_finger_joint1", "fr3_finger_joint2"]
+        joints.position = [float(v) for v in self.sim.gripper_finger_positions()]
+        self._gripper_pub.publish(joints)
+
+    def _publish_clouds(self) -> None:
+        stamp = self._sim_stamp()
+        for name, (points, colors) in zip(self.sim.camera_names, self.sim.render_clouds(), strict=True):
+            frame_id = self._cloud_frame.format(name=name)
+            self._cloud_pubs[name].publish(cloud_to_msg(points, colors, frame_id, stamp))
+
+    def destroy_node(self) -> None:
+        self.sim.close()
+        super().destroy_node()
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = None
+    try:
+        node = SimRobotNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
