@@ -8,8 +8,9 @@ Modes:
   preview  chunks arrive pending; only a chunk approved through `approve()` runs, starting at approval;
   auto     chunks with status "auto" run as they arrive, their steps timed from the observation stamp
            (steps whose time has passed are skipped), replacing the running chunk.
-Hold (publish the pose latched when holding started, keep the gripper) when: the ee state is stale, the
-policy heartbeat is stale while a chunk runs, `stop()` was called, or a chunk finished and settled.
+While a chunk runs, a stale ee state or policy heartbeat cancels it and the executor holds (publishes the
+pose latched when holding started, keeps the gripper); so do `stop()` and a chunk that finished and settled.
+Before any chunk ran, nothing is sent.
 """
 
 from __future__ import annotations
@@ -167,11 +168,10 @@ class ChunkExecutor:
     def tick(self, now: float, dt: float) -> Command:
         if self._ee is None:
             return Command(None, "idle", "no end-effector state yet")
-        problem = self._hold_cause(now, need_heartbeat=self.running is not None)
+        problem = self._hold_cause(now, need_heartbeat=True) if self.running is not None else ""
         if problem:
-            if self.running is not None:
-                self._log(f"chunk {self.running.chunk_id}: cancelled, {problem}")
-                self.running = None
+            self._log(f"chunk {self.running.chunk_id}: cancelled, {problem}")
+            self.running = None
             self._enter_hold(problem)
         if self.running is None:
             if self._hold is None:
