@@ -203,6 +203,17 @@ def test_nan_and_stale_clouds_are_rejected_and_nothing_moves(graph) -> None:
     assert np.linalg.norm(node.ee_now() - before) < 0.003
 
 
+def test_preview_refuses_a_stale_observation(graph) -> None:
+    node, procs, _tmp = graph
+    procs.signal_node("perception", signal.SIGSTOP)  # views stop; the last one ages past max_observation_age
+    try:
+        node.spin_for(4.5)
+        response = node.call(node.preview, Preview.Request(task="", num_steps=1))
+    finally:
+        procs.signal_node("perception", signal.SIGCONT)
+    assert not response.success and "views are stale" in response.message, response.message
+
+
 def test_killing_the_policy_makes_the_executor_hold(graph) -> None:
     node, procs, _tmp = graph
     response, _chunk = node.previewed_chunk()

@@ -1,6 +1,8 @@
 """The graph description: node set per mode/sim, and its parameter files and overrides as rcl parses them."""
 
 import importlib.util
+import os
+import random
 
 import numpy as np
 import pytest
@@ -8,6 +10,8 @@ import yaml
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 wheels) not installed")
 pytest.importorskip("mvvdp_msgs.msg", reason="mvvdp_msgs not built (scripts/build_msgs.sh)")
+
+os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 200))
 
 from mvvdp_core.graph import build_graph, default_config_dir, format_parameter  # noqa: E402
 from mvvdp_core.perception import load_cameras  # noqa: E402
