@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Pose, PoseStamped
-from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -16,6 +15,7 @@ from mvvdp_core.safety import PoseTarget
 
 if TYPE_CHECKING:
     import torch
+
     from mvvdp_core.actions import ActionChunk
 
 _IMAGE_ENCODINGS = {"rgb8": (np.uint8, 3), "mono8": (np.uint8, 1), "32FC1": (np.float32, 1)}
@@ -104,10 +104,11 @@ def pose_stamped(target: PoseTarget, stamp: float | Time, frame_id: str) -> Pose
 # ---- action chunks ------------------------------------------------------------------------------------
 def chunk_to_msg(chunk: ActionChunk, frame_id: str, status: str):
     """Core ActionChunk (absolute Euler 'xyz' extrinsic) -> mvvdp_msgs/ActionChunk."""
+    from mvvdp_core.rotations import euler_to_quaternion
     from mvvdp_msgs.msg import ActionChunk as ActionChunkMsg
 
     positions = np.asarray(chunk.positions, dtype=np.float64)
-    quaternions = Rotation.from_euler("xyz", np.asarray(chunk.euler, dtype=np.float64)).as_quat()
+    quaternions = euler_to_quaternion(np.asarray(chunk.euler, dtype=np.float64))
     return ActionChunkMsg(
         header=header(float(chunk.stamp), frame_id),
         chunk_id=int(chunk.chunk_id),

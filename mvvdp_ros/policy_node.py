@@ -22,13 +22,13 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from mvvdp_core.policy import MVVDPPolicy, Observation, PolicyOutput
 from mvvdp_core.preview import confidence_color, overlay_heatmaps, preview_frames, save_preview
+from mvvdp_core.rotations import quaternion_to_matrix
 from mvvdp_msgs.msg import ActionChunk, ProjectedViews
 from mvvdp_msgs.srv import Preview
 from mvvdp_ros.conversions import (
@@ -135,7 +135,8 @@ class PolicyNode(Node):
     def _on_pose(self, msg: PoseStamped) -> None:
         position, quaternion = pose_from_msg(msg.pose)
         if np.isfinite(position).all() and np.isfinite(quaternion).all() and np.linalg.norm(quaternion) > 0:
-            self._ee = (self._now(), position, Rotation.from_quat(quaternion).as_matrix())
+            rotation = quaternion_to_matrix(quaternion / np.linalg.norm(quaternion))
+            self._ee = (self._now(), position, rotation)
 
     def _on_gripper(self, msg: JointState) -> None:
         self._gripper = float(np.clip(sum(msg.position) / self.params["gripper_open_width"], 0.0, 1.0))
