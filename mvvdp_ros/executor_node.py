@@ -37,6 +37,10 @@ PARAMETERS = {
     "state_topic": ("/mvvdp/executor/state", "executor state for monitoring (std_msgs/String)"),
     "execute_service": ("/mvvdp/execute", "approve or reject a pending chunk (mvvdp_msgs/Execute)"),
     "stop_service": ("/mvvdp/stop", "cancel and hold (std_srvs/Trigger)"),
+    "gripper_interface": ("topic", "topic: width on gripper_command_topic; franka: move/grasp actions"),
+    "franka_gripper_namespace": ("/franka_gripper", "franka_gripper node namespace (franka interface)"),
+    "gripper_speed": (0.1, "finger speed for franka_gripper move/grasp (m/s)"),
+    "grasp_force": (30.0, "grasp force for franka_gripper grasp (N)"),
     "gripper_open_width": (0.08, "gripper width commanded for 'open' (m)"),
     "gripper_closed_width": (0.0, "gripper width commanded for 'closed' (m)"),
     "max_chunk_age": (1.0, "auto: drop chunks older than this on arrival (s)"),
@@ -83,6 +87,10 @@ class ExecutorNode(Node):
         self.create_subscription(Header, p["heartbeat_topic"], self._on_heartbeat, sensor)
         self.target_pub = self.create_publisher(PoseStamped, p["target_pose_topic"], QoSProfile(depth=1))
         self.gripper_pub = self.create_publisher(Float64, p["gripper_command_topic"], QoSProfile(depth=1))
+        if p["gripper_interface"] not in ("topic", "franka"):
+            raise ValueError(f"gripper_interface must be topic or franka, got {p['gripper_interface']!r}")
+        self._franka = self._franka_gripper_clients() if p["gripper_interface"] == "franka" else None
+        self._sent_gripper: float | None = None
         self.state_pub = self.create_publisher(String, p["state_topic"], reliable)
         self.create_service(Execute, p["execute_service"], self._on_execute)
         self.create_service(Trigger, p["stop_service"], self._on_stop)
@@ -141,14 +149,40 @@ class ExecutorNode(Node):
         self._flush_events()
         if command.target is not None:
             self.target_pub.publish(pose_stamped(command.target, now, self.params["base_frame"]))
-            p = self.params
-            width = p["gripper_closed_width"] + command.target.gripper * (
-                p["gripper_open_width"] - p["gripper_closed_width"])
-            self.gripper_pub.publish(Float64(data=float(width)))
+            self._command_gripper(command.target.gripper)
         detail = f" chunk={command.chunk_id} step={command.step}" if command.chunk_id is not None else ""
         limited = f" limited={','.join(command.limited)}" if command.limited else ""
         reason = f" reason={command.reason}" if command.reason else ""
         self.state_pub.publish(String(data=f"{command.state}{detail}{limited}{reason}"))
+
+    def _franka_gripper_clients(self):
+        """Action clients of franka_gripper's move/grasp (robot install with franka_msgs only)."""
+        try:
+            from franka_msgs.action import Grasp, Move
+            from rclpy.action import ActionClient
+        except ImportError as err:
+            raise ValueError("gripper_interface franka needs franka_msgs, which is not installed") from err
+        ns = self.params["franka_gripper_namespace"].rstrip("/")
+        return {"move": (Move, ActionClient(self, Move, f"{ns}/move")),
+                "grasp": (Grasp, ActionClient(self, Grasp, f"{ns}/grasp"))}
+
+    def _command_gripper(self, opening: float) -> None:
+        p = self.params
+        width = p["gripper_closed_width"] + opening * (p["gripper_open_width"] - p["gripper_closed_width"])
+        if self._franka is None:
+            self.gripper_pub.publish(Float64(data=float(width)))
+            return
+        if self._sent_gripper == opening:  # actions are sent once per open/close change
+            return
+        self._sent_gripper = opening
+        if opening >= 0.5:
+            action, client = self._franka["move"]
+            goal = action.Goal(width=float(width), speed=p["gripper_speed"])
+        else:
+            action, client = self._franka["grasp"]
+            goal = action.Goal(width=float(width), speed=p["gripper_speed"], force=p["grasp_force"])
+            goal.epsilon.inner = goal.epsilon.outer = float(p["gripper_open_width"])
+        client.send_goal_async(goal)
 
     def _flush_events(self) -> None:
         for line in self.core.events:

@@ -99,3 +99,17 @@ def test_bad_calibration_files_are_named(tmp_path) -> None:
         load_cameras(path)
     with pytest.raises(FileNotFoundError):
         load_cameras(tmp_path / "missing.yaml")
+
+
+def test_executor_names_bad_or_unavailable_gripper_interfaces() -> None:
+    from mvvdp_ros.executor_node import ExecutorNode
+
+    rclpy.init()
+    try:
+        with pytest.raises(ValueError, match="gripper_interface must be"):
+            ExecutorNode(cli_args=["--ros-args", "-p", "gripper_interface:=serial"])
+        if importlib.util.find_spec("franka_msgs") is None:
+            with pytest.raises(ValueError, match="franka_msgs"):
+                ExecutorNode(cli_args=["--ros-args", "-p", "gripper_interface:=franka"])
+    finally:
+        rclpy.shutdown()
