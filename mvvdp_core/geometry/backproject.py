@@ -18,12 +18,13 @@ from mvvdp_core.geometry.workspace import VIEW_ROTATIONS, Workspace
 
 FRAME_CHUNK = 8
 PEAK_SEARCH_REACH = 3  # pixels around the grid point's projection searched for the peak pixel
+MIN_SUPPORT = 0.05  # a view votes for an axis only if its normalised map reaches this near the chosen point
 
 
 @dataclass
 class BackProjection:
     """positions (T, 3) base frame; peak (T,) mean normalised view value there (0..1, sharpness);
-    view_spread (T,) metres, largest disagreement between views on a shared axis."""
+    view_spread (T,) metres, largest disagreement between the views' own peaks on a shared axis."""
 
     positions: torch.Tensor
     peak: torch.Tensor
@@ -88,15 +89,15 @@ def _log_parabola(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor)
 
 def _subpixel_peak(
     image: torch.Tensor, col: torch.Tensor, row: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sub-pixel (column, row) of the peak near integer pixel (col, row), per frame; image (T, H, W)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sub-pixel (column, row) and value of the peak pixel near integer pixel (col, row); image (T, H, W)."""
     frames, height, width = image.shape
     frame = torch.arange(frames, device=image.device)
     reach = torch.arange(-PEAK_SEARCH_REACH, PEAK_SEARCH_REACH + 1, device=image.device)
     rows = (row.unsqueeze(1) + reach).clamp(0, height - 1)  # (T, S)
     cols = (col.unsqueeze(1) + reach).clamp(0, width - 1)
     window = image[frame[:, None, None], rows[:, :, None], cols[:, None, :]]  # (T, S, S)
-    best = window.flatten(1).argmax(dim=1)
+    best_value, best = window.flatten(1).max(dim=1)
     span = reach.numel()
     peak_row = rows[frame, best // span]
     peak_col = cols[frame, best % span]
@@ -115,7 +116,27 @@ def _subpixel_peak(
     )
     sub_row = mid_row.to(image.dtype) + 0.5 + row_offset
     sub_col = mid_col.to(image.dtype) + 0.5 + col_offset
-    return sub_col, sub_row
+    return sub_col, sub_row, best_value
+
+
+def _view_estimates(
+    norm: torch.Tensor, workspace: Workspace, coords: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per view the base point (T, V, 3) of its refined peak near coords (T, V, 3) and the peak value (T, V).
+
+    Only the two base axes a view sees are meaningful in its estimate.
+    """
+    res = workspace.resolution
+    estimates, values = [], []
+    for v in range(norm.shape[1]):
+        col = coords[:, v, 0].floor().clamp(0, res - 1).to(torch.int64)
+        row = coords[:, v, 1].floor().clamp(0, res - 1).to(torch.int64)
+        sub_col, sub_row, value = _subpixel_peak(norm[:, v], col, row)
+        view_coords = coords.clone()
+        view_coords[:, v, 0], view_coords[:, v, 1] = sub_col, sub_row
+        estimates.append(workspace.from_view(view_coords)[:, v])
+        values.append(value)
+    return torch.stack(estimates, dim=1), torch.stack(values, dim=1)
 
 
 def _sample(image: torch.Tensor, col: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
@@ -158,25 +179,28 @@ def backproject_heatmaps(
     grid_point = lower + (grid_index.to(maps.dtype) + 0.5) * (workspace.edge / grid_resolution)
     grid_coords = workspace.to_view(grid_point)  # (T, V, 3)
 
-    frames = maps.shape[0]
-    estimates = torch.zeros(frames, num_views, 3, dtype=maps.dtype, device=maps.device)
-    for v in range(num_views):
-        col = grid_coords[:, v, 0].floor().clamp(0, res - 1).to(torch.int64)
-        row = grid_coords[:, v, 1].floor().clamp(0, res - 1).to(torch.int64)
-        sub_col, sub_row = _subpixel_peak(norm[:, v], col, row)
-        view_coords = grid_coords.clone()
-        view_coords[:, v, 0], view_coords[:, v, 1] = sub_col, sub_row
-        estimates[:, v] = workspace.from_view(view_coords)[:, v]
-
     seen = torch.ones(num_views, 3, dtype=torch.bool, device=maps.device)
     for v, (_, _, forward_axis) in enumerate(_view_axes(workspace)):
         seen[v, forward_axis] = False
-    counts = seen.sum(dim=0)  # views seeing each base axis
-    total = torch.where(seen, estimates, torch.zeros_like(estimates)).sum(dim=1)
+
+    # Position: each view's peak next to the best grid point; views with no mass there do not vote.
+    estimates, support = _view_estimates(norm, workspace, grid_coords)
+    votes = seen & (support > MIN_SUPPORT).unsqueeze(-1)  # (T, V, 3)
+    counts = votes.sum(dim=1)
+    total = torch.where(votes, estimates, torch.zeros_like(estimates)).sum(dim=1)
     positions = torch.where(counts > 0, total / counts.clamp_min(1), grid_point)
-    upper_est = torch.where(seen, estimates, torch.full_like(estimates, -math.inf)).amax(dim=1)
-    lower_est = torch.where(seen, estimates, torch.full_like(estimates, math.inf)).amin(dim=1)
-    spread = torch.where(counts > 1, upper_est - lower_est, torch.zeros_like(upper_est)).amax(dim=1)
+
+    # Spread: where each view's own global peak puts the shared axes.
+    flat_peak = norm.flatten(2).argmax(dim=2)  # (T, V)
+    peak_coords = grid_coords.clone()
+    peak_coords[..., 0] = (flat_peak % res).to(maps.dtype) + 0.5
+    peak_coords[..., 1] = (flat_peak // res).to(maps.dtype) + 0.5
+    own, own_value = _view_estimates(norm, workspace, peak_coords)
+    has_peak = seen & (own_value > 0).unsqueeze(-1)
+    upper_est = torch.where(has_peak, own, torch.full_like(own, -math.inf)).amax(dim=1)
+    lower_est = torch.where(has_peak, own, torch.full_like(own, math.inf)).amin(dim=1)
+    shared = has_peak.sum(dim=1) > 1
+    spread = torch.where(shared, upper_est - lower_est, torch.zeros_like(upper_est)).amax(dim=1)
 
     coords = workspace.to_view(positions)  # (T, V, 3)
     values = torch.stack([_sample(norm[:, v], coords[:, v, 0], coords[:, v, 1]) for v in range(num_views)], 1)

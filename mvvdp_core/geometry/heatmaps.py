@@ -83,17 +83,27 @@ def colorize_heatmaps(maps: torch.Tensor) -> torch.Tensor:
     value = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
     knots = torch.as_tensor(JET_POSITIONS, dtype=maps.dtype, device=maps.device)
     colors = torch.as_tensor(JET_COLORS, dtype=maps.dtype, device=maps.device)
-    seg = (torch.bucketize(value, knots, right=True) - 1).clamp(0, len(knots) - 2)
-    t = ((value - knots[seg]) / (knots[seg + 1] - knots[seg])).unsqueeze(-1)
-    rgb = colors[seg] * (1 - t) + colors[seg + 1] * t  # (..., H, W, 3)
-    return rgb.movedim(-1, -3).clamp(0.0, 1.0)
+    seg = (torch.bucketize(value, knots, right=True) - 1).clamp(0, len(knots) - 2).flatten()
+    offset = value.flatten() - knots.index_select(0, seg)
+    slopes = (colors[1:] - colors[:-1]) / (knots[1:] - knots[:-1]).unsqueeze(1)  # (K-1, 3)
+    channels = [
+        (colors[:-1, c].index_select(0, seg) + slopes[:, c].index_select(0, seg) * offset).reshape(maps.shape)
+        for c in range(3)
+    ]
+    return torch.stack(channels, dim=-3).clamp(0.0, 1.0)
 
 
 def decolorize_heatmaps(rgb: torch.Tensor) -> torch.Tensor:
     """Jet RGB (..., 3, H, W) -> values (..., H, W) in [0, 1]: position of the nearest jet colour."""
     _check_maps(rgb, "colour heatmaps", channels=3)
     pixels = rgb.movedim(-3, -1).reshape(-1, 3)
-    values = torch.cat([_curve_position(chunk) for chunk in pixels.split(DECODE_CHUNK)])
+    # Exact background colour (jet at 0) decodes to 0 directly; heatmaps are mostly background.
+    zero_colour = torch.as_tensor(JET_COLORS[0], dtype=rgb.dtype, device=rgb.device)
+    todo = (pixels != zero_colour).any(dim=-1).nonzero().squeeze(1)
+    values = torch.zeros(pixels.shape[0], dtype=rgb.dtype, device=rgb.device)
+    for chunk in todo.split(DECODE_CHUNK):
+        # float64: the expanded distances below lose too much to cancellation in float32.
+        values[chunk] = _curve_position(pixels[chunk].double()).to(rgb.dtype)
     return values.reshape(rgb.shape[:-3] + rgb.shape[-2:])
 
 
@@ -105,10 +115,14 @@ def _curve_position(pixels: torch.Tensor) -> torch.Tensor:
     knots = torch.as_tensor(JET_POSITIONS, dtype=pixels.dtype, device=pixels.device)
     colors = torch.as_tensor(JET_COLORS, dtype=pixels.dtype, device=pixels.device)
     start, step = colors[:-1], colors[1:] - colors[:-1]  # (K-1, 3) segments
-    q = pixels.unsqueeze(1)  # (P, 1, 3)
     # A flat stretch of jet (0.11..0.125) is a zero-length segment: decode it to its start.
-    t = (((q - start) * step).sum(-1) / step.square().sum(-1).clamp_min(1e-12)).clamp(0.0, 1.0)
-    dist2 = (q - (start + t.unsqueeze(-1) * step)).square().sum(-1)
+    step_len2 = step.square().sum(-1).clamp_min(1e-12)
+    start_dot_step = (start * step).sum(-1)
+    q_dot_step = pixels @ step.T  # (P, K-1)
+    t = ((q_dot_step - start_dot_step) / step_len2).clamp(0.0, 1.0)
+    # |q - start - t step|^2 without the |q|^2 term shared by all segments.
+    dist2 = -2 * (pixels @ start.T) + start.square().sum(-1) - 2 * t * (q_dot_step - start_dot_step)
+    dist2 = dist2 + t.square() * step_len2
     seg = dist2.argmin(dim=-1, keepdim=True)
     t_best = t.gather(-1, seg).squeeze(-1)
     seg = seg.squeeze(-1)

@@ -126,16 +126,18 @@ def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
         (num_views, height + 2 * reach, width + 2 * reach), EMPTY_KEY, dtype=torch.int64, device=keys.device
     )
     padded[:, reach : reach + height, reach : reach + width] = keys
+    padded_depth_bits = padded >> 32
     own_depth_bits = keys >> 32
     empty = torch.full_like(keys, EMPTY_KEY)
     result = keys.clone()
     found = torch.zeros_like(keys, dtype=torch.bool)
+    ring_best = torch.empty_like(keys)
     for _, offsets in splat_offsets(reach, max_d2):
-        ring_best = empty
+        ring_best.fill_(EMPTY_KEY)
         for dy, dx in offsets:
-            neighbour = padded[:, reach + dy : reach + dy + height, reach + dx : reach + dx + width]
-            nearer = (neighbour >> 32) < own_depth_bits
-            ring_best = torch.minimum(ring_best, torch.where(nearer, neighbour, empty))
+            rows, cols = slice(reach + dy, reach + dy + height), slice(reach + dx, reach + dx + width)
+            nearer = padded_depth_bits[:, rows, cols] < own_depth_bits
+            torch.minimum(ring_best, torch.where(nearer, padded[:, rows, cols], empty), out=ring_best)
         take = ~found & (ring_best != EMPTY_KEY)
         result = torch.where(take, ring_best, result)
         found |= take

@@ -1,0 +1,155 @@
+"""The CUDA projection kernel (cuda/): lazy build, dispatch, and a CPU harness of the same per-element code.
+
+Sources are looked up in $MVVDP_CUDA_SRC, then the repository's cuda/, then <prefix>/share/mvvdp_ros/cuda.
+The extension is built once per process with torch.utils.cpp_extension.load (torch caches the build);
+`unavailable_reason()` says why it could not be used.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from mvvdp_core.geometry.projection import ProjectedViews, prepare_inputs, splat_extent, view_pixels
+from mvvdp_core.geometry.workspace import Workspace
+
+KERNEL_SOURCES = ("projection_binding.cpp", "projection_kernels.cu")
+HEADER = "projection_common.cuh"
+HARNESS_SOURCE = "projection_harness.cpp"
+EXTENSION_NAME = "mvvdp_projection_cuda"
+
+_unavailable: list[str] = []
+
+
+def cuda_source_dir() -> Path | None:
+    """Folder holding the kernel sources, or None."""
+    candidates = []
+    if os.environ.get("MVVDP_CUDA_SRC"):
+        candidates.append(Path(os.environ["MVVDP_CUDA_SRC"]))
+    candidates.append(Path(__file__).resolve().parents[2] / "cuda")
+    candidates.append(Path(sys.prefix) / "share" / "mvvdp_ros" / "cuda")
+    for folder in candidates:
+        if all((folder / name).is_file() for name in (*KERNEL_SOURCES, HEADER)):
+            return folder
+    return None
+
+
+@functools.cache
+def load_extension() -> ModuleType | None:
+    """The compiled extension, or None (see unavailable_reason)."""
+    reason = _why_unbuildable()
+    if reason is None:
+        from torch.utils.cpp_extension import load
+
+        src = cuda_source_dir()
+        assert src is not None
+        try:
+            return load(
+                name=EXTENSION_NAME,
+                sources=[str(src / name) for name in KERNEL_SOURCES],
+                extra_include_paths=[str(src)],
+                extra_cflags=["-O3", "-std=c++17"],
+                extra_cuda_cflags=["-O3", "-std=c++17"],
+                verbose=False,
+            )
+        except Exception as exc:  # compiler errors come in several exception types
+            reason = f"building the CUDA extension failed: {exc}"
+    _unavailable.append(reason)
+    return None
+
+
+def _why_unbuildable() -> str | None:
+    if not torch.cuda.is_available():
+        return "no CUDA GPU (torch.cuda.is_available() is False)"
+    if torch.version.cuda is None:
+        return "this torch build has no CUDA support"
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME is None or not (Path(CUDA_HOME) / "bin" / "nvcc").exists():
+        return "nvcc not found (set CUDA_HOME)"
+    if cuda_source_dir() is None:
+        return "kernel sources not found (set MVVDP_CUDA_SRC to the cuda/ folder)"
+    return None
+
+
+def unavailable_reason() -> str | None:
+    """Why the CUDA kernel cannot be used, or None when it loads."""
+    return None if load_extension() is not None else _unavailable[-1]
+
+
+def project_views_cuda(
+    points: np.ndarray | torch.Tensor,
+    colors: np.ndarray | torch.Tensor,
+    workspace: Workspace,
+    splat_radius: float = 0.008,
+) -> ProjectedViews:
+    """project_views on the CUDA kernel; points and colours must be on a GPU."""
+    extension = load_extension()
+    if extension is None:
+        raise RuntimeError(f"CUDA projection unavailable: {unavailable_reason()}")
+    points, colors = prepare_inputs(points, colors)
+    if not points.is_cuda:
+        raise ValueError("the CUDA backend needs points on a CUDA device")
+    reach, max_d2 = splat_extent(splat_radius, workspace)
+    flat, depth = view_pixels(points, workspace)
+    res = workspace.resolution
+    rgb, depth_image = extension.project(flat.contiguous(), depth, colors, res, res, reach, max_d2)
+    return ProjectedViews(rgb=rgb, depth=depth_image)
+
+
+def build_cpu_harness(build_dir: Path) -> ctypes.CDLL:
+    """Compile the CPU harness of the kernel's per-element code with g++ into build_dir; reused if current."""
+    src = cuda_source_dir()
+    if src is None:
+        raise RuntimeError("kernel sources not found (set MVVDP_CUDA_SRC to the cuda/ folder)")
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        raise RuntimeError("no C++ compiler (g++) found")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    library = build_dir / "libmvvdp_projection_harness.so"
+    sources = [src / HARNESS_SOURCE, src / HEADER]
+    if not library.exists() or library.stat().st_mtime < max(s.stat().st_mtime for s in sources):
+        command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", f"-I{src}", str(sources[0])]
+        command += ["-o", str(library)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"compiling the CPU harness failed:\n{result.stderr}")
+    lib = ctypes.CDLL(str(library))
+    lib.mvvdp_harness_project.restype = ctypes.c_int
+    ptr, i64, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.mvvdp_harness_project.argtypes = [ptr, ptr, i64, i64, ptr, i64, i64, i64, cint, cint, ptr, ptr]
+    return lib
+
+
+def project_views_cpu_harness(
+    harness: ctypes.CDLL,
+    points: np.ndarray | torch.Tensor,
+    colors: np.ndarray | torch.Tensor,
+    workspace: Workspace,
+    splat_radius: float = 0.008,
+) -> ProjectedViews:
+    """project_views through the kernel's per-element functions run serially on the CPU (for parity tests)."""
+    points, colors = prepare_inputs(points, colors)
+    points, colors = points.cpu(), colors.cpu()
+    reach, max_d2 = splat_extent(splat_radius, workspace)
+    flat, depth = view_pixels(points, workspace)
+    flat = flat.contiguous()
+    num_views, res, channels = flat.shape[0], workspace.resolution, colors.shape[1]
+    rgb = torch.empty(num_views, channels, res, res, dtype=torch.float32)
+    depth_image = torch.empty(num_views, res, res, dtype=torch.float32)
+    status = harness.mvvdp_harness_project(
+        flat.data_ptr(), depth.data_ptr(), num_views, flat.shape[1], colors.data_ptr(), channels, res, res,
+        reach, max_d2, rgb.data_ptr(), depth_image.data_ptr(),
+    )  # fmt: skip
+    if status != 0:
+        raise RuntimeError("CPU harness rejected a pixel index outside the images")
+    return ProjectedViews(rgb=rgb, depth=depth_image)

@@ -1,0 +1,243 @@
+"""MV-VDP policy: one observation (three views + end-effector pose) -> an action chunk.
+
+Path: end-effector position -> heatmaps per view -> colorised -> with the three RGB views as six condition
+frames -> VAE encode -> N Euler flow steps -> decode the heatmap views (and the RGB views on request) ->
+decolorise -> back-project to positions; the rotation/gripper head reads the denoised latents and the heatmap
+peaks and gives rotation changes and gripper states, resolved to absolute via the condition pose.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mvvdp_core.actions import ActionChunk, bins_to_relative_euler, relative_to_absolute
+from mvvdp_core.geometry.backproject import BackProjection, backproject_heatmaps
+from mvvdp_core.geometry.heatmaps import colorize_heatmaps, decolorize_heatmaps, ee_heatmaps
+from mvvdp_core.geometry.workspace import Workspace
+from mvvdp_core.model.checkpoint import ModelParts, load_checkpoint, save_checkpoint
+from mvvdp_core.model.config import MVVDPConfig
+from mvvdp_core.model.flow import euler_sample
+
+# A view disagreement of this many pixels halves a step's confidence roughly (exp(-1) at the scale).
+SPREAD_SCALE_PIXELS = 2.0
+
+
+@dataclass
+class Observation:
+    rgb: torch.Tensor  # (3 views, 3, H, W) float in [0, 1], views in VIEW_NAMES order
+    ee_position: np.ndarray  # (3,) base frame, metres
+    ee_rotation: np.ndarray  # (3, 3) base frame
+    gripper: float  # opening in [0, 1]
+    stamp: float  # seconds
+    task: str
+
+    def __post_init__(self) -> None:
+        self.rgb = torch.as_tensor(self.rgb)
+        if self.rgb.ndim != 4 or self.rgb.shape[:2] != (3, 3) or self.rgb.shape[2] != self.rgb.shape[3]:
+            raise ValueError(f"rgb must be (3 views, 3, H, H), got {tuple(self.rgb.shape)}")
+        if not self.rgb.is_floating_point():
+            raise ValueError(f"rgb must be a float tensor in [0, 1], got dtype {self.rgb.dtype}")
+        if not torch.isfinite(self.rgb).all() or self.rgb.min() < 0 or self.rgb.max() > 1:
+            raise ValueError("rgb values must be finite and within [0, 1]")
+        self.ee_position = np.asarray(self.ee_position, dtype=np.float64)
+        self.ee_rotation = np.asarray(self.ee_rotation, dtype=np.float64)
+        if self.ee_position.shape != (3,) or not np.all(np.isfinite(self.ee_position)):
+            raise ValueError(f"ee_position must be 3 finite numbers, got {self.ee_position!r}")
+        if self.ee_rotation.shape != (3, 3) or not np.all(np.isfinite(self.ee_rotation)):
+            raise ValueError(
+                f"ee_rotation must be a finite (3, 3) matrix, got shape {self.ee_rotation.shape}"
+            )
+        if not np.allclose(self.ee_rotation @ self.ee_rotation.T, np.eye(3), atol=1e-4):
+            raise ValueError("ee_rotation is not orthonormal")
+        if not (np.isfinite(self.gripper) and 0.0 <= self.gripper <= 1.0):
+            raise ValueError(f"gripper must be in [0, 1], got {self.gripper!r}")
+        if not np.isfinite(self.stamp):
+            raise ValueError(f"stamp must be finite, got {self.stamp!r}")
+        if not isinstance(self.task, str) or not self.task:
+            raise ValueError("task must be a non-empty string")
+
+
+@dataclass
+class PolicyOutput:
+    chunk: ActionChunk
+    rgb_video: torch.Tensor | None  # (3, T, 3, H, W) predicted RGB views, only with return_video
+    heatmap_video: torch.Tensor  # (3, T, 3, H, W) predicted colorised heatmaps
+    heatmaps: torch.Tensor  # (T, 3, H, W) decolorised scalar heatmaps
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+@dataclass
+class HeatmapDecoding:
+    positions: torch.Tensor  # (T, 3)
+    heatmaps: torch.Tensor  # (T, V, H, W)
+    backprojection: BackProjection
+    step_confidence: np.ndarray  # (T,)
+
+
+def decode_heatmap_video(heatmap_video: torch.Tensor, workspace: Workspace) -> HeatmapDecoding:
+    """Colorised heatmap videos (V, T, 3, H, W) -> positions (T, 3) and per-step confidence.
+
+    A step's confidence is the back-projected peak value (0..1) damped by the disagreement between views.
+    """
+    if (
+        heatmap_video.ndim != 5
+        or heatmap_video.shape[2] != 3
+        or heatmap_video.shape[0] != len(workspace.views)
+    ):
+        raise ValueError(
+            f"heatmap video must be ({len(workspace.views)}, T, 3, H, W), got {tuple(heatmap_video.shape)}"
+        )
+    heatmaps = decolorize_heatmaps(heatmap_video.float()).transpose(0, 1).contiguous()  # (T, V, H, W)
+    projection = backproject_heatmaps(heatmaps, workspace)
+    spread_scale = SPREAD_SCALE_PIXELS * workspace.pixel_size
+    peak = projection.peak.double().clamp(0, 1).cpu().numpy()
+    spread = projection.view_spread.double().cpu().numpy()
+    confidence = np.clip(peak * np.exp(-spread / spread_scale), 0.0, 1.0)
+    return HeatmapDecoding(projection.positions, heatmaps, projection, confidence)
+
+
+def head_to_actions(
+    rotation_logits: torch.Tensor, gripper_logits: torch.Tensor, cond_rotation: np.ndarray, num_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Head logits (T, 3, bins), (T, 2) -> absolute Euler angles (T, 3) and gripper states (T,) in {0, 1}."""
+    bins = rotation_logits.argmax(-1).cpu().numpy()
+    relative = bins_to_relative_euler(bins, num_bins)
+    return relative_to_absolute(cond_rotation, relative), gripper_logits.argmax(-1).cpu().numpy()
+
+
+class MVVDPPolicy:
+    def __init__(self, parts: ModelParts, config: MVVDPConfig) -> None:
+        self.parts = parts
+        self.config = config
+        self.workspace = config.workspace()
+        for module in (parts.transformer, parts.vae, parts.head):
+            module.eval()
+        self.device = next(parts.transformer.parameters()).device
+        self.dtype = next(parts.transformer.parameters()).dtype
+        self._chunk_counter = 0
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> MVVDPPolicy:
+        parts, config = load_checkpoint(path, device=device, dtype=dtype)
+        return cls(parts, config)
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(self.parts, self.config, path)
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self.parts.text_embeddings)
+
+    def condition_frames(self, obs: Observation) -> torch.Tensor:
+        """(1, 2R, 3, H, W): the RGB views followed by the colorised end-effector heatmaps."""
+        size = self.config.image_size
+        if obs.rgb.shape[-1] != size:
+            raise ValueError(
+                f"rgb views must be {size}x{size} for this model, got {tuple(obs.rgb.shape[-2:])}"
+            )
+        position = torch.as_tensor(obs.ee_position, dtype=torch.float64)
+        maps = ee_heatmaps(position, self.workspace, sigma=self.config.sigma)  # (V, H, W)
+        colored = colorize_heatmaps(maps.float())  # (V, 3, H, W)
+        return torch.cat([obs.rgb.float().to(self.device), colored.to(self.device)], 0).unsqueeze(0)
+
+    def text_embedding(self, task: str) -> torch.Tensor:
+        if task not in self.parts.text_embeddings:
+            raise KeyError(f"no text embedding for task {task!r}; this checkpoint knows {self.tasks}")
+        return self.parts.text_embeddings[task].unsqueeze(0).to(self.device, self.dtype)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def _timed(self, timings: dict[str, float], name: str) -> Iterator[None]:
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        timings[name] = time.perf_counter() - start
+
+    @torch.no_grad()
+    def predict(
+        self,
+        obs: Observation,
+        num_steps: int | None = None,
+        return_video: bool = False,
+        seed: int | None = None,
+    ) -> PolicyOutput:
+        cfg = self.config
+        parts = self.parts
+        steps = cfg.num_inference_steps if num_steps is None else num_steps
+        r = cfg.num_rgb_views
+        timings: dict[str, float] = {}
+        generator = torch.Generator().manual_seed(
+            int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item())
+        )
+        self._sync()
+        start = time.perf_counter()
+        text = self.text_embedding(obs.task)
+        with self._timed(timings, "heatmaps"):
+            frames = self.condition_frames(obs)
+        with self._timed(timings, "encode"):
+            condition = parts.vae.encode_condition(frames).float()  # the sampler integrates in float32
+        shape = (1, cfg.num_views, cfg.latent_channels, cfg.latent_frames, cfg.latent_size, cfg.latent_size)
+        step_start = [time.perf_counter()]
+
+        def on_step(i: int) -> None:
+            self._sync()
+            now = time.perf_counter()
+            timings[f"denoise_step_{i}"] = now - step_start[0]
+            step_start[0] = now
+
+        self._sync()
+        step_start[0] = time.perf_counter()
+        latents = euler_sample(
+            lambda x, t: parts.transformer(x.to(self.dtype), t, text).float(),
+            condition,
+            shape,
+            steps,
+            cfg.flow_shift,
+            cfg.num_train_timesteps,
+            generator=generator,
+            on_step=on_step,
+        )
+        timings["denoise"] = sum(v for k, v in timings.items() if k.startswith("denoise_step_"))
+        with self._timed(timings, "decode_heatmaps"):
+            heatmap_video = parts.vae.decode(latents, views=range(r, 2 * r))[
+                0, :, 1:
+            ].float()  # (R, T, 3, H, W)
+        rgb_video = None
+        if return_video:
+            with self._timed(timings, "decode_rgb"):
+                rgb_video = parts.vae.decode(latents, views=range(r))[0, :, 1:].float()
+        with self._timed(timings, "backproject"):
+            decoded = decode_heatmap_video(heatmap_video, self.workspace)
+        with self._timed(timings, "head"):
+            peaks = self.workspace.to_view(decoded.positions.double())[..., :2].float()  # (T, R, 2) pixels
+            rotation_logits, gripper_logits = parts.head(latents, peaks.unsqueeze(0).to(self.device))
+            euler, gripper = head_to_actions(
+                rotation_logits[0], gripper_logits[0], obs.ee_rotation, cfg.rotation_bins
+            )
+        self._sync()
+        timings["total"] = time.perf_counter() - start
+        chunk = ActionChunk(
+            positions=decoded.positions.double().cpu().numpy(),
+            euler=euler,
+            gripper=gripper,
+            time_from_start=cfg.control_period * np.arange(1, cfg.future_frames + 1),
+            stamp=obs.stamp,
+            confidence=float(decoded.step_confidence.mean()),
+            step_confidence=decoded.step_confidence,
+            chunk_id=self._chunk_counter,
+        )
+        self._chunk_counter += 1
+        return PolicyOutput(chunk, rgb_video, heatmap_video, decoded.heatmaps, timings)

@@ -1,0 +1,163 @@
+"""Torch reference projection: analytic pixels, z-test, splatting, channels, input validation."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from mvvdp_core.geometry import Workspace, project_views, project_views_torch
+
+WS = Workspace()  # centre (0.5, 0, 0.4), edge 1 m, 256 px
+
+
+def finite_pixels(depth: torch.Tensor) -> list[list[int]]:
+    return torch.isfinite(depth).nonzero().tolist()
+
+
+def test_point_lands_on_expected_pixel_in_each_view():
+    # (0.3, 0.2, 0.6) is (-0.2, +0.2, +0.2) from the centre.
+    # top (right -y, down -x, looks -z): col 0.3*256=76.8, row 0.7*256=179.2, depth 0.9-0.6=0.3
+    # front (right +y, down -z, looks -x): col 179.2, row 76.8, depth 1.0-0.3=0.7
+    # side (right -x, down -z, looks -y): col 179.2, row 76.8, depth 0.5-0.2=0.3
+    views = project_views_torch(torch.tensor([[0.3, 0.2, 0.6]]), torch.tensor([[0.1, 0.2, 0.3]]), WS, 0.0)
+    assert finite_pixels(views.depth[0]) == [[179, 76]]
+    assert finite_pixels(views.depth[1]) == [[76, 179]]
+    assert finite_pixels(views.depth[2]) == [[76, 179]]
+    for v, (row, col), depth in zip(
+        range(3), [(179, 76), (76, 179), (76, 179)], [0.3, 0.7, 0.3], strict=True
+    ):
+        assert views.depth[v, row, col].item() == pytest.approx(depth, abs=1e-6)
+        assert torch.equal(views.rgb[v, :, row, col], torch.tensor([0.1, 0.2, 0.3]))
+        assert views.rgb[v].abs().sum().item() == pytest.approx(0.6, abs=1e-6)  # background stays 0
+
+
+def test_points_on_cube_faces_and_corners_are_kept():
+    corners = torch.tensor(
+        list(itertools.product(*zip(WS.lower, WS.upper, strict=True))), dtype=torch.float32
+    )
+    views = project_views_torch(corners, torch.ones(8, 1), WS, 0.0)
+    for v in range(3):
+        # Each view sees the 4 corners of a square; the nearer of each pair is at depth 0.
+        assert sorted(map(tuple, finite_pixels(views.depth[v]))) == [(0, 0), (0, 255), (255, 0), (255, 255)]
+        assert torch.all(views.depth[v][torch.isfinite(views.depth[v])].abs() < 1e-6)
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_nearer_point_wins_whatever_the_order(order):
+    # Three points on one vertical line: the top view must show the highest one.
+    points = torch.tensor([[0.5, 0.0, 0.2], [0.5, 0.0, 0.7], [0.5, 0.0, 0.45]])[list(order)]
+    colors = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])[list(order)]
+    views = project_views_torch(points, colors, WS, 0.0)
+    assert views.depth[0, 128, 128].item() == pytest.approx(0.2)
+    assert torch.equal(views.rgb[0, :, 128, 128], torch.tensor([0, 1.0, 0]))
+
+
+def test_equal_depth_tie_goes_to_smaller_point_index():
+    points = torch.tensor([[0.5, 0.0, 0.4], [0.5, 0.0, 0.4]])
+    colors = torch.tensor([[0.25], [0.75]])
+    assert project_views_torch(points, colors, WS, 0.0).rgb[0, 0, 128, 128].item() == 0.25
+    assert project_views_torch(points, colors.flip(0), WS, 0.0).rgb[0, 0, 128, 128].item() == 0.75
+
+
+def plane_points(z: float, lo: float, hi: float, spacing: float) -> torch.Tensor:
+    xs = torch.arange(lo, hi, spacing)
+    grid = torch.stack(torch.meshgrid(xs + 0.5, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+    return torch.cat([grid, torch.full((grid.shape[0], 1), z)], dim=1)
+
+
+def test_splatting_fills_holes_of_a_sparse_plane():
+    # Horizontal plane sampled every 2 px; splat radius 2.048 px covers every gap.
+    pitch = 2 * WS.pixel_size
+    points = plane_points(0.4, -0.2, 0.2, pitch)
+    colors = torch.rand(points.shape[0], 3)
+    sparse = project_views_torch(points, colors, WS, 0.0)
+    splatted = project_views_torch(points, colors, WS, 0.008)
+    interior = (slice(80, 170), slice(80, 170))
+    assert torch.isfinite(sparse.depth[0][interior]).float().mean() < 0.3
+    assert torch.isfinite(splatted.depth[0][interior]).all()
+    assert torch.allclose(splatted.depth[0][interior], torch.tensor(0.5))
+    # Every splatted colour comes from one of the points.
+    filled = splatted.rgb[0][:, interior[0], interior[1]].reshape(3, -1).T
+    assert torch.isin(filled[:, 0], colors[:, 0]).all()
+
+
+def test_farther_surface_never_overwrites_a_nearer_one():
+    # Dense near patch (z = 0.6) over a sparse far plane (z = 0.2) spanning more of the image.
+    pitch = WS.pixel_size
+    near = plane_points(0.6, -0.05, 0.05, pitch / 2)
+    far = plane_points(0.2, -0.3, 0.3, 3 * pitch)
+    points = torch.cat([far, near])
+    colors = torch.cat([torch.zeros(far.shape[0], 1), torch.ones(near.shape[0], 1)])
+    zordered = project_views_torch(points, colors, WS, 0.0)
+    splatted = project_views_torch(points, colors, WS, 0.012)
+    near_pixels = zordered.rgb[0, 0] == 1.0
+    assert near_pixels.sum() > 500
+    assert torch.all(splatted.rgb[0, 0][near_pixels] == 1.0)
+    assert torch.allclose(splatted.depth[0][near_pixels], torch.tensor(0.3))
+    # In general: splatting only ever lowers depth, in every view.
+    assert torch.all(splatted.depth <= zordered.depth)
+    # The far plane's holes away from the patch are filled with far depth.
+    assert torch.allclose(splatted.depth[0, 60:80, 60:80], torch.tensor(0.7))
+
+
+def test_random_cloud_splat_takes_nearest_nearer_neighbour():
+    torch.manual_seed(0)
+    lower = torch.tensor(WS.lower, dtype=torch.float32)
+    points = lower + torch.rand(3000, 3)
+    colors = torch.rand(3000, 2)
+    zordered = project_views_torch(points, colors, WS, 0.0)
+    splatted = project_views_torch(points, colors, WS, 0.008)
+    changed = splatted.depth != zordered.depth
+    assert changed.any()
+    assert torch.all(splatted.depth[changed] < zordered.depth[changed])
+    # Brute-force check of a few changed pixels against the rule.
+    for v, r, c in changed.nonzero()[:50].tolist():
+        best = None
+        for dr, dc in itertools.product(range(-2, 3), repeat=2):
+            d2 = dr * dr + dc * dc
+            rr, cc = r + dr, c + dc
+            if not (0 < d2 <= 4 and 0 <= rr < 256 and 0 <= cc < 256):
+                continue
+            d = zordered.depth[v, rr, cc].item()
+            if d < zordered.depth[v, r, c].item() and (best is None or (d2, d) < best[:2]):
+                best = (d2, d, rr, cc)
+        assert best is not None
+        assert splatted.depth[v, r, c].item() == best[1]
+
+
+def test_arbitrary_channels_and_uint8_colours():
+    points = torch.tensor([[0.5, 0.0, 0.4]])
+    views = project_views_torch(
+        points, torch.tensor([[0, 51, 102, 153, 204, 255]], dtype=torch.uint8), WS, 0.0
+    )
+    assert views.rgb.shape == (3, 6, 256, 256) and views.depth.shape == (3, 256, 256)
+    assert torch.allclose(views.rgb[1, :, 128, 128], torch.tensor([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]))
+    assert math.isinf(views.depth[1, 0, 0].item())
+
+
+def test_auto_backend_on_cpu_is_the_reference():
+    torch.manual_seed(1)
+    points = torch.tensor(WS.lower, dtype=torch.float32) + torch.rand(500, 3)
+    colors = torch.rand(500, 3)
+    a = project_views(points, colors, WS)
+    b = project_views_torch(points, colors, WS)
+    assert torch.equal(a.rgb, b.rgb) and torch.equal(a.depth, b.depth)
+
+
+def test_bad_inputs_rejected():
+    pts, cols = torch.zeros(2, 3), torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="NaN"):
+        project_views_torch(torch.full((2, 3), math.nan), cols, WS)
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        project_views_torch(torch.zeros(2, 2), cols, WS)
+    with pytest.raises(ValueError, match=r"\(N, C\)"):
+        project_views_torch(pts, torch.zeros(3, 3), WS)
+    with pytest.raises(ValueError, match="empty"):
+        project_views_torch(torch.zeros(0, 3), torch.zeros(0, 3), WS)
+    with pytest.raises(ValueError, match="splat_radius"):
+        project_views_torch(pts, cols, WS, splat_radius=-1.0)
+    with pytest.raises(ValueError, match="backend"):
+        project_views(pts, cols, WS, backend="opengl")
+    with pytest.raises(ValueError, match="uint8 or floating"):
+        project_views_torch(pts, cols.to(torch.int32), WS)

@@ -1,0 +1,114 @@
+"""Multi-view transformer: parity with the base at init, view mixing, timesteps, LoRA, trainable set."""
+
+import copy
+import re
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+
+from mvvdp_core.model.checkpoint import build_transformer
+from mvvdp_core.model.config import MVVDPConfig
+from mvvdp_core.model.lora import trainable_parameters
+
+CONFIG = MVVDPConfig.tiny()
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    base = WanTransformer3DModel(**CONFIG.transformer).eval()
+    reference = copy.deepcopy(base)
+    model = build_transformer(CONFIG, base).eval()
+    return reference, model
+
+
+def _inputs(batch: int = 2):
+    gen = torch.Generator().manual_seed(1)
+    c, f, s = CONFIG.latent_channels, CONFIG.latent_frames, CONFIG.latent_size
+    latents = torch.randn(batch, CONFIG.num_views, c, f, s, s, generator=gen)
+    text = torch.randn(batch, CONFIG.text_len, CONFIG.text_dim, generator=gen)
+    return latents, torch.tensor([700.0, 300.0][:batch]), text
+
+
+@torch.no_grad()
+def test_init_equals_base_model(models):
+    reference, model = models
+    latents, timestep, text = _inputs()
+    out = model(latents, timestep, text)
+    assert out.shape == latents.shape
+    b, v = latents.shape[:2]
+    per_token = model.token_timesteps(timestep, b, *latents.shape[3:], cond_frames=1)
+    expected = reference(
+        hidden_states=latents.flatten(0, 1),
+        timestep=per_token,
+        encoder_hidden_states=text.repeat_interleave(v, 0),
+        return_dict=False,
+    )[0]
+    torch.testing.assert_close(out.flatten(0, 1), expected, atol=1e-6, rtol=0)
+
+
+def test_token_timesteps_zero_on_condition_frame(models):
+    _, model = models
+    steps = model.token_timesteps(torch.tensor([500.0]), 1, 7, 4, 4, cond_frames=1)
+    tokens_per_frame = (4 // 2) * (4 // 2)
+    assert steps.shape == (CONFIG.num_views, 7 * tokens_per_frame)
+    assert bool((steps[:, :tokens_per_frame] == 0).all()) and bool((steps[:, tokens_per_frame:] == 500).all())
+
+
+@torch.no_grad()
+def test_views_independent_at_init_and_mixed_after_training_step(models):
+    _, model = models
+    model = copy.deepcopy(model)
+    latents, timestep, text = _inputs(1)
+    changed = latents.clone()
+    changed[:, 0, :, 1:] += 1.0  # perturb view 0's future frames only
+    base_out, changed_out = model(latents, timestep, text), model(changed, timestep, text)
+    torch.testing.assert_close(base_out[:, 1:], changed_out[:, 1:], atol=1e-6, rtol=0)
+    for module in model.view_attention:
+        torch.nn.init.normal_(module.out.weight, std=0.1)
+    base_out, changed_out = model(latents, timestep, text), model(changed, timestep, text)
+    assert (base_out[:, 1:] - changed_out[:, 1:]).abs().max() > 1e-3
+
+
+def test_trainable_set_is_lora_and_view_attention_exactly(models):
+    _, model = models
+    names = set(trainable_parameters(model))
+    layers = CONFIG.transformer["num_layers"]
+    expected_lora = set()
+    for i in range(layers):
+        for attn in ("attn1", "attn2"):
+            for proj in ("to_q", "to_k", "to_v", "to_out.0"):
+                expected_lora |= {f"base.blocks.{i}.{attn}.{proj}.lora_{ab}.default.weight" for ab in "AB"}
+        for proj in ("ffn.net.0.proj", "ffn.net.2"):
+            expected_lora |= {f"base.blocks.{i}.{proj}.lora_{ab}.default.weight" for ab in "AB"}
+    expected_view = {f"view_attention.{n}" for n, _ in model.view_attention.named_parameters()}
+    assert names == expected_lora | expected_view
+    lora_modules = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
+    assert not any("view_attention" in n for n in lora_modules)
+    assert all(re.fullmatch(CONFIG.lora_targets, n.removeprefix("base.").rsplit(".lora_A", 1)[0])
+               for n in lora_modules)  # fmt: skip
+    rank = model.base.blocks[0].attn1.to_q.lora_A["default"].weight.shape[0]
+    assert rank == CONFIG.lora_rank
+
+
+def test_bad_inputs(models):
+    _, model = models
+    latents, timestep, text = _inputs()
+    with pytest.raises(ValueError, match="latents"):
+        model(latents[:, :3], timestep, text)
+    with pytest.raises(ValueError, match="timestep"):
+        model(latents, torch.tensor([1.0, 2.0, 3.0]), text)
+    with pytest.raises(ValueError, match="text"):
+        model(latents, timestep, text[0])
+
+
+def test_real_preset_matches_wan22_ti2v_5b():
+    config = MVVDPConfig.wan22_ti2v_5b()
+    with torch.device("meta"):
+        base = WanTransformer3DModel(**config.transformer)
+    total = sum(p.numel() for p in base.parameters())
+    assert abs(total - 4.9998e9) < 1e6
+    assert config.latent_frames == 7 and config.latent_size == 16 and config.num_views == 6
+    restored = MVVDPConfig.from_json(config.to_json())
+    assert restored == config
