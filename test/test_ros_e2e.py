@@ -35,8 +35,11 @@ from mvvdp_ros.pointcloud import cloud_to_msg  # noqa: E402
 
 # Safety box around the sim's home pose (0.307, 0, 0.487): targets of a random model get clamped into it.
 BOX_LOWER, BOX_UPPER = np.array([0.28, -0.08, 0.33]), np.array([0.45, 0.08, 0.5])
-TRACK_TOLERANCE = 0.02  # m, final ee position vs the chunk's last safety-filtered target
-HEARTBEAT_TIMEOUT, PERIOD = 0.3, 0.05
+# m, settled ee position vs the chunk's last safety-filtered target; the sim's pose tracking itself is
+# specified to 5 mm / 2 deg, and a random model's orientations at the box corners leave a few mm.
+TRACK_TOLERANCE = 0.01
+SETTLE_TIME = 5.0  # s after the chunk finished
+HEARTBEAT_TIMEOUT, PERIOD = 0.5, 0.05  # watchdog timeout (loose for a shared 2-core CPU), control period
 FRONT_CLOUD = "/zed_front/zed_node/point_cloud/cloud_registered"
 
 
@@ -158,7 +161,7 @@ def test_approved_chunk_is_tracked_within_tolerance(graph) -> None:
     result = node.call(node.execute, Execute.Request(chunk_id=response.chunk_id, approve=True))
     assert result.success, result.message
     finished = lambda: any("finished" in s for t, s in node.states if t > approved_at)  # noqa: E731
-    assert node.spin_for(15.0, finished), "the chunk did not finish"
+    assert node.spin_for(15.0, finished), f"the chunk did not finish: {sorted({s for _, s in node.states})}"
     targets = np.array([p for t, p in node.targets if t > approved_at])
     # Steps start from the measured ee pose, which may sit a few mm outside the box while tracking.
     assert np.all(targets >= BOX_LOWER - 0.005) and np.all(targets <= BOX_UPPER + 0.005)
@@ -167,8 +170,11 @@ def test_approved_chunk_is_tracked_within_tolerance(graph) -> None:
     np.testing.assert_allclose(targets[-1], final_target, atol=1e-6)
     travelled = max(np.linalg.norm(p - start) for t, p in node.ee if t > approved_at)
     assert travelled > 0.02, f"the arm moved only {travelled * 1000:.1f} mm"
-    node.spin_for(0.5)
+    # The tracking arm settles on the held final target (within SETTLE_TIME on a loaded CPU).
+    settled = lambda: np.linalg.norm(node.ee[-1][1] - final_target) < TRACK_TOLERANCE  # noqa: E731
+    node.spin_for(SETTLE_TIME, settled)
     error = np.linalg.norm(node.ee_now() - final_target)
+    print(f"tracking: travelled {travelled * 1000:.0f} mm, final error {error * 1000:.1f} mm")
     assert error < TRACK_TOLERANCE, f"ee {error * 1000:.1f} mm from the last filtered target"
 
 
