@@ -76,8 +76,9 @@ class Robot(Node):
         assert self.spin_until(future.done, timeout), f"no response from {client.srv_name}"
         return future.result()
 
-    def send_chunk(self, chunk_id: int, status: str = "pending", dx: float = 0.01, steps: int = 4) -> None:
-        now = self.get_clock().now().nanoseconds * 1e-9
+    def send_chunk(self, chunk_id: int, status: str = "pending", dx: float = 0.01, steps: int = 4,
+                   stamp_offset: float = 0.0) -> None:
+        now = self.get_clock().now().nanoseconds * 1e-9 + stamp_offset
         msg = ActionChunk(chunk_id=chunk_id, status=status, confidence=0.9)
         msg.header.stamp, msg.header.frame_id = sec_to_stamp(now), "fr3_link0"
         msg.poses = [pose_to_msg(HOME + [dx * (i + 1), 0, 0], [0.0, 0.0, 0.0, 1.0]) for i in range(steps)]
