@@ -1,5 +1,5 @@
 // Torch binding of the CUDA projection kernels.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/extension.h>
 
 #include <limits>
@@ -41,7 +41,7 @@ std::vector<torch::Tensor> project(torch::Tensor flat_index, torch::Tensor depth
       channels, static_cast<int>(height), static_cast<int>(width), static_cast<int>(reach),
       static_cast<int>(max_d2), reinterpret_cast<mvvdp::Key*>(keys.data_ptr<int64_t>()),
       reinterpret_cast<mvvdp::Key*>(splatted.data_ptr<int64_t>()), rgb.data_ptr<float>(),
-      depth_image.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
+      depth_image.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "projection kernels failed: ", cudaGetErrorString(err));
   return {rgb, depth_image};
 }

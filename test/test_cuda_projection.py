@@ -100,6 +100,15 @@ def test_cpu_harness_on_a_small_workspace_with_outside_points(harness):
     assert_identical(cuda_ext.project_views_cpu_harness(harness, points, colors, small, 0.03), expected)
 
 
+def test_source_folder_override(tmp_path, monkeypatch):
+    for name in (*cuda_ext.KERNEL_SOURCES, cuda_ext.HEADER):
+        shutil.copy(cuda_ext.cuda_source_dir() / name, tmp_path / name)
+    monkeypatch.setenv("MVVDP_CUDA_SRC", str(tmp_path))
+    assert cuda_ext.cuda_source_dir() == tmp_path
+    monkeypatch.setenv("MVVDP_CUDA_SRC", str(tmp_path / "missing"))
+    assert cuda_ext.cuda_source_dir() == Path(cuda_ext.__file__).resolve().parents[2] / "cuda"
+
+
 def test_cuda_backend_reports_why_it_is_unavailable():
     if torch.cuda.is_available():
         pytest.skip("a CUDA GPU is present; the unavailable path is not reachable")

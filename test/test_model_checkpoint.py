@@ -134,3 +134,36 @@ def test_tiny_checkpoint_command(tmp_path, capsys):
     policy = MVVDPPolicy.from_checkpoint(out)
     assert policy.tasks == ["stack blocks"]
     assert policy.config == CONFIG
+
+
+@torch.no_grad()
+def test_base_model_path_checkpoint(saved, tmp_path):
+    """A checkpoint pointing at a local diffusers folder stores no base weights and loads the same model."""
+    parts, _ = saved
+    base_dir = tmp_path / "wan_base"
+    reference = load_checkpoint(saved[1])[0]
+    transformer_dir = base_dir / "transformer"
+    transformer_dir.mkdir(parents=True)
+    shutil.copytree(saved[1] / "base" / "transformer", transformer_dir, dirs_exist_ok=True)
+    reference.vae.vae.save_pretrained(str(base_dir / "vae"))
+    config = MVVDPConfig.tiny(base_model_path=str(base_dir))
+    path = save_checkpoint(parts, config, tmp_path / "ckpt")
+    assert not (path / "base").exists()
+    loaded, loaded_config = load_checkpoint(path)
+    assert loaded_config.base_model_path == str(base_dir)
+    s = CONFIG.latent_size
+    latents = torch.randn(1, 6, CONFIG.latent_channels, CONFIG.latent_frames, s, s)
+    text = parts.text_embeddings["default"][None]
+    torch.testing.assert_close(
+        loaded.transformer(latents, torch.tensor([250.0]), text),
+        parts.transformer(latents, torch.tensor([250.0]), text),
+        rtol=0,
+        atol=1e-6,
+    )
+    # A config that disagrees with the base model's own config is refused, naming the difference.
+    other = dict(CONFIG.transformer, num_layers=3)
+    json_config = json.loads((path / "config.json").read_text())
+    json_config["transformer"] = other
+    (path / "config.json").write_text(json.dumps(json_config))
+    with pytest.raises(CheckpointError, match="num_layers"):
+        load_checkpoint(path)

@@ -1,10 +1,13 @@
 """Rotation/gripper head: shapes, use of the heatmap peaks, parameter count at the paper's size."""
 
+import math
+
 import pytest
 import torch
 
 from mvvdp_core.model.checkpoint import build_head
 from mvvdp_core.model.config import MVVDPConfig
+from mvvdp_core.model.head import head_loss
 
 CONFIG = MVVDPConfig.tiny()
 
@@ -36,3 +39,17 @@ def test_paper_size_about_170m_parameters():
     count = sum(p.numel() for p in head.parameters())
     print(f"rotation/gripper head parameters at the real config: {count / 1e6:.1f} M")
     assert abs(count - 170e6) / 170e6 < 0.10
+
+
+def test_head_loss_analytic():
+    rotation_logits = torch.zeros(2, 4, 3, 72)
+    gripper_logits = torch.zeros(2, 4, 2)
+    bins = torch.randint(0, 72, (2, 4, 3))
+    gripper = torch.randint(0, 2, (2, 4))
+    loss = head_loss(rotation_logits, gripper_logits, bins, gripper)
+    assert float(loss) == pytest.approx(3 * math.log(72) + math.log(2), rel=1e-5)
+    confident = torch.full_like(rotation_logits, -30.0).scatter(-1, bins[..., None], 30.0)
+    sure_grip = torch.full_like(gripper_logits, -30.0).scatter(-1, gripper[..., None], 30.0)
+    assert float(head_loss(confident, sure_grip, bins, gripper)) < 1e-6
+    with pytest.raises(ValueError, match="targets"):
+        head_loss(rotation_logits, gripper_logits, bins[:, :2], gripper)

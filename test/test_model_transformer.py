@@ -10,6 +10,7 @@ from diffusers import WanTransformer3DModel
 from mvvdp_core.model.checkpoint import build_transformer
 from mvvdp_core.model.config import MVVDPConfig
 from mvvdp_core.model.lora import trainable_parameters
+from mvvdp_core.model.view_attention import TokenLayout, ViewAttention
 
 CONFIG = MVVDPConfig.tiny()
 
@@ -112,3 +113,23 @@ def test_real_preset_matches_wan22_ti2v_5b():
     assert config.latent_frames == 7 and config.latent_size == 16 and config.num_views == 6
     restored = MVVDPConfig.from_json(config.to_json())
     assert restored == config
+
+
+@torch.no_grad()
+def test_view_attention_knows_views_and_positions():
+    torch.manual_seed(0)
+    attention = ViewAttention(dim=32, num_heads=2, num_views=3)
+    torch.nn.init.normal_(attention.out.weight, std=0.2)
+    layout = TokenLayout(views=3, frames=2, height=2, width=2)
+    tokens = torch.randn(3, 2 * 4, 32)  # B*V = 3, T*H*W = 8
+    out = attention(tokens, layout)
+    assert out.shape == tokens.shape
+    # Frames do not mix: changing frame 1 leaves frame 0 of every view unchanged.
+    changed = tokens.clone()
+    changed[:, 4:] += 1.0
+    torch.testing.assert_close(attention(changed, layout)[:, :4], out[:, :4])
+    # Swapping the contents of two views does not just swap the outputs: the views are told apart.
+    swapped = attention(tokens[[1, 0, 2]], layout)
+    assert (swapped[[1, 0, 2]] - out).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="views"):
+        attention(torch.randn(4, 8, 32), TokenLayout(views=4, frames=2, height=2, width=2))

@@ -16,14 +16,21 @@ def vae():
 
 
 @torch.no_grad()
-def test_encode_decode_shapes_and_condition(vae):
-    size = CONFIG.image_size
+def test_chunk_length_video_gives_latent_frames(vae):
+    size, s = CONFIG.image_size, CONFIG.latent_size
     frames = torch.rand(
-        1, 2, 1 + CONFIG.future_frames, 3, size, size, generator=torch.Generator().manual_seed(0)
+        1, 1, 1 + CONFIG.future_frames, 3, size, size, generator=torch.Generator().manual_seed(0)
     )
+    assert vae.encode(frames).shape == (1, 1, CONFIG.latent_channels, CONFIG.latent_frames, s, s)
+    assert CONFIG.latent_frames == 1 + CONFIG.future_frames // 4
+
+
+@torch.no_grad()
+def test_views_condition_and_decoding(vae):
+    size, s = CONFIG.image_size, CONFIG.latent_size
+    frames = torch.rand(1, 2, 5, 3, size, size, generator=torch.Generator().manual_seed(1))
     latents = vae.encode(frames)
-    s = CONFIG.latent_size
-    assert latents.shape == (1, 2, CONFIG.latent_channels, CONFIG.latent_frames, s, s)
+    assert latents.shape == (1, 2, CONFIG.latent_channels, 2, s, s)
     # Each view is its own video: encoding view 1 alone gives the same latents.
     torch.testing.assert_close(vae.encode(frames[:, 1:]), latents[:, 1:], atol=1e-5, rtol=1e-5)
     # Causal in time: the condition frame's latent is the first latent frame.

@@ -56,7 +56,7 @@ def test_shapes_through_the_whole_path(policy, steps):
     assert all(v >= 0 for v in out.timings.values())
 
 
-def test_deterministic_for_a_seed(policy):
+def test_deterministic_for_a_seed_and_task_dependent(policy):
     obs = _observation()
     first, second = policy.predict(obs, num_steps=1, seed=5), policy.predict(obs, num_steps=1, seed=5)
     assert second.chunk.chunk_id == first.chunk.chunk_id + 1
@@ -64,14 +64,10 @@ def test_deterministic_for_a_seed(policy):
     torch.testing.assert_close(first.heatmap_video, second.heatmap_video, rtol=0, atol=0)
     np.testing.assert_array_equal(first.chunk.positions, second.chunk.positions)
     np.testing.assert_array_equal(first.chunk.euler, second.chunk.euler)
-    other = policy.predict(obs, num_steps=1, seed=6)
-    assert not torch.equal(first.heatmap_video, other.heatmap_video)
-
-
-def test_task_selects_text_embedding(policy):
-    a = policy.predict(_observation(task="default"), num_steps=1, seed=2)
-    b = policy.predict(_observation(task="open drawer"), num_steps=1, seed=2)
-    assert not torch.equal(a.heatmap_video, b.heatmap_video)
+    other_task = policy.predict(_observation(task="open drawer"), num_steps=1, seed=5)
+    assert not torch.equal(
+        first.heatmap_video, other_task.heatmap_video
+    )  # text conditioning reaches the output
     with pytest.raises(KeyError, match="open drawer"):
         policy.predict(_observation(task="unknown task"), num_steps=1)
 

@@ -1,6 +1,7 @@
 """The CUDA projection kernel (cuda/): lazy build, dispatch, and a CPU harness of the same per-element code.
 
-Sources are looked up in $MVVDP_CUDA_SRC, then the repository's cuda/, then <prefix>/share/mvvdp_ros/cuda.
+Sources are looked up in $MVVDP_CUDA_SRC, then the repository's cuda/, then <prefix>/share/mvvdp_ros/cuda
+(Python prefix, AMENT_PREFIX_PATH entries, the prefix this package is installed in).
 The extension is built once per process with torch.utils.cpp_extension.load (torch caches the build);
 `unavailable_reason()` says why it could not be used.
 """
@@ -35,8 +36,14 @@ def cuda_source_dir() -> Path | None:
     candidates = []
     if os.environ.get("MVVDP_CUDA_SRC"):
         candidates.append(Path(os.environ["MVVDP_CUDA_SRC"]))
-    candidates.append(Path(__file__).resolve().parents[2] / "cuda")
-    candidates.append(Path(sys.prefix) / "share" / "mvvdp_ros" / "cuda")
+    here = Path(__file__).resolve()
+    candidates.append(here.parents[2] / "cuda")  # source checkout
+    prefixes = [Path(sys.prefix)] + [
+        Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p
+    ]
+    if len(here.parents) > 5:
+        prefixes.append(here.parents[5])  # <prefix>/lib/pythonX.Y/site-packages/mvvdp_core/geometry/
+    candidates += [prefix / "share" / "mvvdp_ros" / "cuda" for prefix in prefixes]
     for folder in candidates:
         if all((folder / name).is_file() for name in (*KERNEL_SOURCES, HEADER)):
             return folder
@@ -57,8 +64,8 @@ def load_extension() -> ModuleType | None:
                 name=EXTENSION_NAME,
                 sources=[str(src / name) for name in KERNEL_SOURCES],
                 extra_include_paths=[str(src)],
-                extra_cflags=["-O3", "-std=c++17"],
-                extra_cuda_cflags=["-O3", "-std=c++17"],
+                extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3"],
                 verbose=False,
             )
         except Exception as exc:  # compiler errors come in several exception types

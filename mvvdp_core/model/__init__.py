@@ -8,7 +8,7 @@ from mvvdp_core.model.checkpoint import (
     save_checkpoint,
 )
 from mvvdp_core.model.config import HeadConfig, MVVDPConfig
-from mvvdp_core.model.head import RotationGripperHead
+from mvvdp_core.model.head import RotationGripperHead, head_loss
 from mvvdp_core.model.transformer import MultiViewWanTransformer
 from mvvdp_core.model.vae import VideoVAE
 
@@ -21,6 +21,7 @@ __all__ = [
     "RotationGripperHead",
     "VideoVAE",
     "build_model_parts",
+    "head_loss",
     "load_checkpoint",
     "save_checkpoint",
 ]

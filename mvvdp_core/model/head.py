@@ -134,3 +134,23 @@ class RotationGripperHead(nn.Module):
         x = self.norm_out(self.encoder(self.cross(frames, cond)))
         rotation = self.rotation_mlp(x).view(b, t, 3, self.rotation_bins)
         return rotation, self.gripper_mlp(x)
+
+
+def head_loss(
+    rotation_logits: torch.Tensor,
+    gripper_logits: torch.Tensor,
+    rotation_bins: torch.Tensor,
+    gripper: torch.Tensor,
+) -> torch.Tensor:
+    """Paper eq. 4: cross-entropy of the three Euler-angle bins plus that of the gripper state.
+
+    Logits (B, T, 3, bins) and (B, T, 2); targets: rotation_bins (B, T, 3) and gripper (B, T), integers.
+    """
+    if rotation_bins.shape != rotation_logits.shape[:-1] or gripper.shape != gripper_logits.shape[:-1]:
+        raise ValueError("targets must match the logits without their class dimension")
+    per_angle = [
+        F.cross_entropy(rotation_logits[..., i, :].flatten(0, -2).float(), rotation_bins[..., i].flatten())
+        for i in range(3)
+    ]
+    grip = F.cross_entropy(gripper_logits.flatten(0, -2).float(), gripper.flatten())
+    return sum(per_angle) + grip

@@ -47,7 +47,7 @@ class MultiViewWanTransformer(nn.Module):
         cfg = base.config
         dim = cfg.num_attention_heads * cfg.attention_head_dim
         self.view_attention = nn.ModuleList(
-            ViewAttention(dim, view_attention_heads, eps=cfg.eps) for _ in range(len(base.blocks))
+            ViewAttention(dim, view_attention_heads, num_views, eps=cfg.eps) for _ in range(len(base.blocks))
         )
         self.view_attention.to(dtype=next(base.parameters()).dtype)
         self._state = _LayoutState()
