@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{model_info['trainable'] / 1e6:.3f} M trained), train steps: {args.train_steps}, "
         f"wall time: {time.time() - started:.0f} s"
     )
-    table = success_table("MV-VDP (ours)", results, notes)
+    table = success_table(f"MV-VDP ({args.config})", results, notes)
     print(table)
     summary = {
         task: [{"success": r.success, "steps": r.steps, "chunks": r.chunks} for r in trials]
