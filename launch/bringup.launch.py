@@ -5,11 +5,11 @@
 
 from __future__ import annotations
 
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from launch import LaunchDescription
 from mvvdp_core.graph import PACKAGE, build_graph, default_config_dir
 
 ARGUMENTS = {
