@@ -65,6 +65,7 @@ setup(
             "policy_node = mvvdp_ros.policy_node:main",
             "executor_node = mvvdp_ros.executor_node:main",
             "sim_robot_node = mvvdp_ros.sim_robot_node:main",
+            "recorder_node = mvvdp_ros.recorder_node:main",
         ]
     },
 )
