@@ -32,6 +32,7 @@ setup(
         "transformers>=4.50",
         "accelerate>=1.0",
         "ninja>=1.11",
+        "scipy>=1.11",
     ],
     extras_require={
         "sim": ["mujoco==3.3.0", "metaworld==3.1.1", "packaging"],
@@ -57,5 +58,13 @@ setup(
         ],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "ruff>=0.6"],
     },
-    entry_points={"console_scripts": ["mvvdp = mvvdp_core.cli:main"]},
+    entry_points={
+        "console_scripts": [
+            "mvvdp = mvvdp_core.cli:main",
+            "perception_node = mvvdp_ros.perception_node:main",
+            "policy_node = mvvdp_ros.policy_node:main",
+            "executor_node = mvvdp_ros.executor_node:main",
+            "sim_robot_node = mvvdp_ros.sim_robot_node:main",
+        ]
+    },
 )

@@ -1,0 +1,60 @@
+"""ROS 2 launch of the mvvdp graph, built from mvvdp_core.graph (the same description `mvvdp bringup` runs).
+
+    ros2 launch mvvdp_ros bringup.launch.py sim:=true mode:=preview checkpoint:=/path/to/ckpt rviz:=false
+"""
+
+from __future__ import annotations
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchDescription
+from mvvdp_core.graph import PACKAGE, build_graph, default_config_dir
+
+ARGUMENTS = {
+    "sim": ("true", "start the simulated robot and use its camera calibration"),
+    "mode": ("preview", "preview (operator approves each chunk) or auto (closed loop)"),
+    "checkpoint": ("", "checkpoint folder (sim default: a tiny random checkpoint in the cache)"),
+    "out_dir": ("", "folder for preview GIF/PNG files (empty: none)"),
+    "config_dir": ("", "folder holding perception/policy/executor/cameras YAML (empty: the package's)"),
+    "rviz": ("false", "start RViz with config/mvvdp.rviz"),
+}
+
+
+def _is_true(value: str) -> bool:
+    return value.strip().lower() in ("true", "1", "yes", "on")
+
+
+def _package_config_dir() -> str:
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:
+        return str(default_config_dir())
+    try:
+        return f"{get_package_share_directory(PACKAGE)}/config"
+    except PackageNotFoundError:
+        return str(default_config_dir())
+
+
+def _nodes(context) -> list:
+    arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
+    config_dir = arg["config_dir"] or _package_config_dir()
+    specs = build_graph(sim=_is_true(arg["sim"]), mode=arg["mode"], checkpoint=arg["checkpoint"],
+                        out_dir=arg["out_dir"], config_dir=config_dir)
+    actions = [
+        Node(package=PACKAGE, executable=spec.executable, name=spec.name, output="screen",
+             parameters=[*(str(path) for path in spec.params_files), spec.parameters],
+             remappings=list(spec.remaps))
+        for spec in specs
+    ]
+    if _is_true(arg["rviz"]):
+        actions.append(Node(package="rviz2", executable="rviz2", name="rviz", output="screen",
+                            arguments=["-d", f"{config_dir}/mvvdp.rviz"]))
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
+    declared = [DeclareLaunchArgument(name, default_value=default, description=description)
+                for name, (default, description) in ARGUMENTS.items()]
+    return LaunchDescription([*declared, OpaqueFunction(function=_nodes)])

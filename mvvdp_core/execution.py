@@ -1,0 +1,228 @@
+"""Executing action chunks: approval, staleness, timed streaming through the safety filter, watchdog.
+
+`ChunkExecutor` is the executor node's whole logic without ROS: the node feeds it chunks, robot state,
+policy heartbeats and service requests, and every control period asks `tick(now, dt)` for the command to send.
+Times are float seconds on one clock (the node's ROS clock).
+
+Modes:
+  preview  chunks arrive pending; only a chunk approved through `approve()` runs, starting at approval;
+  auto     chunks with status "auto" run as they arrive, their steps timed from the observation stamp
+           (steps whose time has passed are skipped), replacing the running chunk.
+While a chunk runs, a stale ee state or policy heartbeat cancels it and the executor holds (publishes the
+pose latched when holding started, keeps the gripper); so do `stop()` and a chunk that finished and settled.
+Before any chunk ran, nothing is sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mvvdp_core.safety import PoseTarget, SafetyFilter, SafetyLimits, UnsafeTargetError
+
+MODES = ("preview", "auto")
+
+
+@dataclass(frozen=True)
+class TimedChunk:
+    """A chunk in executable form: poses as quaternions, gripper opening in [0, 1], times from `stamp`."""
+
+    chunk_id: int
+    stamp: float
+    positions: np.ndarray  # (T, 3)
+    quaternions: np.ndarray  # (T, 4) xyzw
+    gripper: np.ndarray  # (T,)
+    time_from_start: np.ndarray  # (T,) seconds, non-decreasing
+    confidence: float = 0.0
+
+    def __post_init__(self) -> None:
+        steps = len(self.time_from_start)
+        if steps == 0:
+            raise ValueError(f"chunk {self.chunk_id}: no steps")
+        shapes = {"positions": (steps, 3), "quaternions": (steps, 4), "gripper": (steps,)}
+        for name, shape in shapes.items():
+            if np.shape(getattr(self, name)) != shape:
+                raise ValueError(f"chunk {self.chunk_id}: {name} must have shape {shape}, "
+                                 f"got {np.shape(getattr(self, name))}")
+        times = np.asarray(self.time_from_start, dtype=np.float64)
+        if not np.isfinite(times).all() or np.any(np.diff(times) < 0) or times[0] < 0:
+            raise ValueError(f"chunk {self.chunk_id}: time_from_start must be finite, >= 0, non-decreasing")
+
+    @property
+    def duration(self) -> float:
+        return float(self.time_from_start[-1])
+
+    def step_at(self, elapsed: float) -> int:
+        """Index of the step to aim for `elapsed` s after the chunk's start: the next one not yet due."""
+        index = int(np.searchsorted(self.time_from_start, elapsed, side="left"))
+        return min(index, len(self.time_from_start) - 1)
+
+    def target(self, index: int) -> PoseTarget:
+        position, quaternion = self.positions[index], self.quaternions[index]
+        gripper = float(self.gripper[index])
+        return PoseTarget(np.asarray(position, float), np.asarray(quaternion, float), gripper)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Timing parameters of the executor (seconds)."""
+
+    mode: str = "preview"
+    max_chunk_age: float = 1.0  # auto: a chunk older than this (from its stamp) on arrival is dropped
+    approval_timeout: float = 120.0  # preview: a pending chunk older than this can no longer be approved
+    ee_timeout: float = 0.25  # hold when the last ee state is older than this
+    heartbeat_timeout: float = 0.3  # hold a running chunk when the policy's last heartbeat is older
+    settle_time: float = 0.5  # keep aiming at the final step this long after the chunk's last step time
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"executor mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if not self.settle_time >= 0:
+            raise ValueError(f"settle_time must be >= 0 seconds, got {self.settle_time!r}")
+
+
+@dataclass(frozen=True)
+class Command:
+    """What to send this period: a target (None = send nothing) and the state that produced it."""
+
+    target: PoseTarget | None
+    state: str  # idle | executing | settling | hold
+    reason: str = ""
+    chunk_id: int | None = None
+    step: int | None = None
+    limited: tuple[str, ...] = ()
+
+
+class ChunkExecutor:
+    def __init__(self, config: ExecutorConfig | None = None, limits: SafetyLimits | None = None) -> None:
+        self.config = config or ExecutorConfig()
+        self.safety = SafetyFilter(limits)
+        self.pending: dict[int, TimedChunk] = {}
+        self.running: TimedChunk | None = None
+        self._start = 0.0
+        self._ee: PoseTarget | None = None
+        self._ee_time = -np.inf
+        self._heartbeat_time = -np.inf
+        self._hold: PoseTarget | None = None
+        self._hold_reason = ""
+        self._last_command: PoseTarget | None = None
+        self.events: list[str] = []  # log lines for the node to print, drained by the node
+
+    # ---- inputs -------------------------------------------------------------------------------------
+    def update_state(self, pose: PoseTarget, now: float) -> None:
+        self._ee, self._ee_time = pose, now
+
+    def heartbeat(self, now: float) -> None:
+        self._heartbeat_time = now
+
+    def offer(self, chunk: TimedChunk, status: str, now: float) -> str:
+        """A chunk arrived from the policy; returns what was done with it."""
+        cfg = self.config
+        if cfg.mode == "preview":
+            if status != "pending":
+                return self._log(f"chunk {chunk.chunk_id}: status {status!r} ignored in preview mode")
+            self.pending[chunk.chunk_id] = chunk
+            for old in sorted(self.pending)[:-8]:  # keep the latest few for approval
+                del self.pending[old]
+            return self._log(f"chunk {chunk.chunk_id}: pending approval")
+        if status != "auto":
+            return self._log(f"chunk {chunk.chunk_id}: status {status!r} ignored in auto mode")
+        age = now - chunk.stamp
+        if age > cfg.max_chunk_age:
+            return self._log(f"chunk {chunk.chunk_id}: dropped, stale ({age:.3f} s > {cfg.max_chunk_age} s)")
+        if age > chunk.duration:
+            return self._log(f"chunk {chunk.chunk_id}: dropped, all steps are past due")
+        self._run(chunk, start=chunk.stamp)
+        return self._log(f"chunk {chunk.chunk_id}: executing (auto)")
+
+    def approve(self, chunk_id: int, approve: bool, now: float) -> tuple[bool, str]:
+        """Operator's decision on a pending chunk (preview mode)."""
+        if self.config.mode != "preview":
+            return False, "approval is only used in preview mode"
+        chunk = self.pending.pop(chunk_id, None)
+        if chunk is None:
+            return False, f"unknown chunk {chunk_id} (pending: {sorted(self.pending)})"
+        if not approve:
+            return True, self._log(f"chunk {chunk_id}: rejected by the operator")
+        age = now - chunk.stamp
+        if age > self.config.approval_timeout:
+            return False, self._log(f"chunk {chunk_id}: too old to execute ({age:.1f} s)")
+        problem = self._hold_cause(now, need_heartbeat=True)
+        if problem:
+            return False, self._log(f"chunk {chunk_id}: not executed, {problem}")
+        self._run(chunk, start=now)
+        return True, self._log(f"chunk {chunk_id}: approved, executing")
+
+    def stop(self, now: float) -> str:
+        """Cancel any chunk and hold the current pose."""
+        self.pending.clear()
+        self.running = None
+        self._enter_hold("stop requested")
+        return self._log("stopped: holding the current pose")
+
+    # ---- control period -----------------------------------------------------------------------------
+    def tick(self, now: float, dt: float) -> Command:
+        if self._ee is None:
+            return Command(None, "idle", "no end-effector state yet")
+        problem = self._hold_cause(now, need_heartbeat=True) if self.running is not None else ""
+        if problem:
+            self._log(f"chunk {self.running.chunk_id}: cancelled, {problem}")
+            self.running = None
+            self._enter_hold(problem)
+        if self.running is None:
+            if self._hold is None:
+                return Command(None, "idle")
+            return Command(self._hold, "hold", self._hold_reason)
+        chunk = self.running
+        elapsed = now - self._start
+        if elapsed > chunk.duration + self.config.settle_time:
+            self.running = None
+            self._log(f"chunk {chunk.chunk_id}: finished")
+            self._enter_hold("chunk finished", at=self._last_command)
+            return Command(self._hold, "hold", self._hold_reason)
+        index = chunk.step_at(elapsed)
+        try:
+            result = self.safety.filter(chunk.target(index), self._ee, dt)
+        except UnsafeTargetError as err:
+            self.running = None
+            self._enter_hold(f"unsafe target in chunk {chunk.chunk_id} step {index}: {err}")
+            self._log(self._hold_reason)
+            return Command(self._hold, "hold", self._hold_reason)
+        self._last_command = result.target
+        state = "executing" if elapsed <= chunk.duration else "settling"
+        return Command(result.target, state, "", chunk.chunk_id, index, result.limited)
+
+    # ---- internals ----------------------------------------------------------------------------------
+    def _hold_cause(self, now: float, need_heartbeat: bool) -> str:
+        ee_age = now - self._ee_time
+        if ee_age > self.config.ee_timeout:
+            return f"end-effector state stale ({ee_age:.3f} s)"
+        beat_age = now - self._heartbeat_time
+        if need_heartbeat and beat_age > self.config.heartbeat_timeout:
+            return f"policy heartbeat lost ({beat_age:.3f} s)"
+        return ""
+
+    def _run(self, chunk: TimedChunk, start: float) -> None:
+        if self.running is None:
+            gripper = self._hold.gripper if self._hold is not None else None
+            self.safety.reset(gripper if gripper is not None else (self._ee.gripper if self._ee else None))
+        self.running, self._start = chunk, start
+        self._hold = None
+
+    def _enter_hold(self, reason: str, at: PoseTarget | None = None) -> None:
+        if self._hold is not None and at is None:
+            return  # keep the first latched pose
+        base = at if at is not None else self._ee
+        if base is None:
+            return
+        gripper = self._last_command.gripper if self._last_command is not None else base.gripper
+        self._hold = PoseTarget(base.position.copy(), base.quaternion.copy(), gripper)
+        self._hold_reason = reason
+
+    def _log(self, message: str) -> str:
+        self.events.append(message)
+        return message

@@ -1,0 +1,106 @@
+"""The ROS 2 graph of the stack, described once: which nodes run, with which parameter files and overrides.
+
+Two runners read this description: launch/bringup.launch.py (ROS 2 launch, when installed) and
+`mvvdp bringup` (mvvdp_ros.bringup, plain processes). No ROS imports here.
+
+    sim robot (sim only) --clouds, ee pose, gripper--> perception --views--> policy --chunk--> executor
+    executor --target pose, gripper width--> robot / sim robot
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGE = "mvvdp_ros"
+MODES = ("preview", "auto")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the graph. `module` runs it as `python -m module`; `executable` is its console script."""
+
+    name: str
+    module: str
+    executable: str
+    params_files: tuple[Path, ...] = ()
+    parameters: dict[str, Any] = field(default_factory=dict)
+    remaps: tuple[tuple[str, str], ...] = ()
+
+    def ros_arguments(self) -> list[str]:
+        """`--ros-args ...` for this node: node name, parameter files, overrides, remaps."""
+        args = ["--ros-args", "-r", f"__node:={self.name}"]
+        for path in self.params_files:
+            args += ["--params-file", str(path)]
+        for key, value in self.parameters.items():
+            args += ["-p", f"{key}:={format_parameter(value)}"]
+        for source, target in self.remaps:
+            args += ["-r", f"{source}:={target}"]
+        return args
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        return [python, "-m", self.module, *self.ros_arguments()]
+
+
+def format_parameter(value: Any) -> str:
+    """A parameter value in the YAML flow syntax `--ros-args -p name:=value` parses."""
+    if isinstance(value, str):
+        return yaml.safe_dump(value, default_style='"').strip()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(format_parameter(v) for v in value) + "]"
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def default_config_dir() -> Path:
+    """The checkout's config/ folder, else the installed share/mvvdp_ros/config."""
+    checkout = Path(__file__).resolve().parents[1] / "config"
+    if checkout.is_dir():
+        return checkout
+    installed = Path(sys.prefix) / "share" / PACKAGE / "config"
+    if installed.is_dir():
+        return installed
+    raise FileNotFoundError(f"no config folder at {checkout} or {installed}")
+
+
+def build_graph(
+    sim: bool = True,
+    mode: str = "preview",
+    checkpoint: str = "",
+    out_dir: str = "",
+    config_dir: Path | str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> list[NodeSpec]:
+    """The nodes to start. overrides: node name -> parameters that win over the files."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    config = Path(config_dir) if config_dir else default_config_dir()
+    cameras = config / ("cameras_sim.yaml" if sim else "cameras.yaml")
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - {"sim_robot", "perception", "policy", "executor"}
+    if unknown:
+        raise ValueError(f"overrides for unknown nodes {sorted(unknown)}")
+    for path in (cameras, config / "perception.yaml", config / "policy.yaml", config / "executor.yaml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"graph configuration file missing: {path}")
+
+    def params(name: str, base: dict[str, Any]) -> dict[str, Any]:
+        return {**base, **overrides.get(name, {})}
+
+    nodes = []
+    if sim:
+        nodes.append(NodeSpec("sim_robot", "mvvdp_ros.sim_robot_node", "sim_robot_node",
+                              parameters=params("sim_robot", {})))
+    nodes += [
+        NodeSpec("perception", "mvvdp_ros.perception_node", "perception_node", (config / "perception.yaml",),
+                 params("perception", {"cameras_file": str(cameras)})),
+        NodeSpec("policy", "mvvdp_ros.policy_node", "policy_node", (config / "policy.yaml",),
+                 params("policy", {"checkpoint": checkpoint, "mode": mode, "output_dir": out_dir,
+                                   "create_tiny_checkpoint": sim and not checkpoint})),
+        NodeSpec("executor", "mvvdp_ros.executor_node", "executor_node", (config / "executor.yaml",),
+                 params("executor", {"mode": mode})),
+    ]
+    return nodes

@@ -1,0 +1,161 @@
+"""Perception logic without ROS: camera calibration file, per-cloud checks, stamp synchronisation, views.
+
+The perception node feeds every camera cloud to `CloudSynchronizer.add`, which rejects bad clouds with a
+reason (wrong frame, stamp in the future or too old, no finite point); `take_synced` returns one cloud per
+camera once all cameras have a cloud within the sync tolerance. `project_observation` merges such a set into
+the base frame, crops it to the workspace and projects the views (mvvdp_core.geometry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy.spatial.transform import Rotation
+
+from mvvdp_core.geometry import ProjectedViews, Workspace, merge_clouds, project_views
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    name: str
+    topic: str
+    frame_id: str
+    base_T_camera: np.ndarray  # (4, 4)
+
+
+def pose_matrix(translation: np.ndarray, quaternion_xyzw: np.ndarray) -> np.ndarray:
+    quaternion = np.asarray(quaternion_xyzw, dtype=np.float64)
+    if quaternion.shape != (4,) or abs(np.linalg.norm(quaternion) - 1.0) > 1e-3:
+        raise ValueError(f"rotation must be a unit quaternion xyzw, got {quaternion.tolist()}")
+    matrix = np.eye(4)
+    matrix[:3, :3] = Rotation.from_quat(quaternion).as_matrix()
+    matrix[:3, 3] = np.asarray(translation, dtype=np.float64)
+    return matrix
+
+
+def load_cameras(path: str | Path) -> tuple[str, list[CameraSpec]]:
+    """Read a camera calibration file -> (base frame, cameras).
+
+    Format: `base_frame: <frame>` and `cameras:` a list of {name, topic, frame_id, translation [x, y, z] m,
+    rotation [x, y, z, w]} giving base_T_camera for each camera's cloud frame.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"camera calibration file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("cameras"), list) or not data["cameras"]:
+        raise ValueError(f"{path}: expected a mapping with a non-empty 'cameras' list")
+    cameras = []
+    for i, entry in enumerate(data["cameras"]):
+        missing = [k for k in ("name", "topic", "frame_id", "translation", "rotation") if k not in entry]
+        if missing:
+            raise ValueError(f"{path}: camera {i} lacks {missing}")
+        translation = np.asarray(entry["translation"], dtype=np.float64)
+        if translation.shape != (3,) or not np.isfinite(translation).all():
+            raise ValueError(f"{path}: camera {entry['name']}: translation must be 3 finite numbers")
+        try:
+            matrix = pose_matrix(translation, np.asarray(entry["rotation"], dtype=np.float64))
+        except ValueError as err:
+            raise ValueError(f"{path}: camera {entry['name']}: {err}") from err
+        cameras.append(CameraSpec(str(entry["name"]), str(entry["topic"]), str(entry["frame_id"]), matrix))
+    names = [c.name for c in cameras]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: duplicate camera names {names}")
+    return str(data.get("base_frame", "fr3_link0")), cameras
+
+
+@dataclass(frozen=True)
+class CloudFrame:
+    camera: str
+    stamp: float
+    frame_id: str
+    points: np.ndarray  # (N, 3) camera frame
+    colors: np.ndarray  # (N, 3) uint8
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """Seconds: stamps of one set within `tolerance`; clouds older than `max_age` or more than
+    `future_tolerance` ahead of now are rejected; a camera silent for `camera_timeout` is reported missing."""
+
+    tolerance: float = 0.05
+    max_age: float = 0.5
+    future_tolerance: float = 0.05
+    camera_timeout: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("tolerance", "max_age", "future_tolerance", "camera_timeout"):
+            if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 seconds, got {getattr(self, name)!r}")
+
+
+class CloudSynchronizer:
+    def __init__(self, cameras: list[CameraSpec], config: SyncConfig | None = None) -> None:
+        if not cameras:
+            raise ValueError("at least one camera is needed")
+        self.cameras = {c.name: c for c in cameras}
+        self.config = config or SyncConfig()
+        self.latest: dict[str, CloudFrame] = {}
+        self.last_seen: dict[str, float] = {}
+        self.last_synced_stamp = -np.inf
+
+    def add(self, frame: CloudFrame, now: float) -> str | None:
+        """Store a cloud; returns the reason it was rejected, or None."""
+        camera = self.cameras.get(frame.camera)
+        if camera is None:
+            return f"unknown camera {frame.camera!r}"
+        self.last_seen[frame.camera] = now
+        if frame.frame_id != camera.frame_id:
+            return f"{frame.camera}: wrong frame_id {frame.frame_id!r}, expected {camera.frame_id!r}"
+        age = now - frame.stamp
+        if age < -self.config.future_tolerance:
+            return f"{frame.camera}: stamp {-age:.3f} s in the future"
+        if age > self.config.max_age:
+            return f"{frame.camera}: stale cloud ({age:.3f} s old > max_age {self.config.max_age} s)"
+        points = np.asarray(frame.points)
+        if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
+            return f"{frame.camera}: empty cloud"
+        if not np.isfinite(points).all(axis=1).any():
+            return f"{frame.camera}: cloud holds no finite point (all NaN)"
+        self.latest[frame.camera] = frame
+        return None
+
+    def missing(self, now: float) -> list[str]:
+        """Cameras that have sent nothing for camera_timeout seconds."""
+        limit = self.config.camera_timeout
+        return [n for n in self.cameras if now - self.last_seen.get(n, -np.inf) > limit]
+
+    def take_synced(self, now: float) -> tuple[list[CloudFrame] | None, str | None]:
+        """One fresh cloud per camera within the tolerance (in camera order), or None and why not."""
+        absent = [n for n in self.cameras if n not in self.latest]
+        if absent:
+            return None, f"waiting for {absent}"
+        frames = [self.latest[n] for n in self.cameras]
+        stamps = np.array([f.stamp for f in frames])
+        if now - stamps.min() > self.config.max_age:
+            return None, f"stale set: oldest cloud {now - stamps.min():.3f} s old"
+        if stamps.max() - stamps.min() > self.config.tolerance:
+            return None, f"stamps spread {stamps.max() - stamps.min():.3f} s > tolerance"
+        if stamps.max() <= self.last_synced_stamp:
+            return None, "no new clouds"
+        self.last_synced_stamp = float(stamps.max())
+        return frames, None
+
+
+def project_observation(
+    frames: list[CloudFrame],
+    extrinsics: list[np.ndarray],
+    workspace: Workspace,
+    splat_radius: float = 0.008,
+    backend: str = "auto",
+) -> ProjectedViews:
+    """Merge the clouds (camera frames, base_T_camera extrinsics) and project the workspace views."""
+    clouds, colors = [f.points for f in frames], [f.colors for f in frames]
+    points, colors = merge_clouds(clouds, colors, extrinsics, workspace)
+    return project_views(points, colors, workspace, splat_radius=splat_radius, backend=backend)

@@ -1,0 +1,207 @@
+"""Executor node: streams approved (preview) or auto chunks through the safety filter to the controller.
+
+Thin adapter over mvvdp_core.execution.ChunkExecutor; see that module for the behaviour.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import PoseStamped
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64, Header, String
+from std_srvs.srv import Trigger
+
+from mvvdp_core.execution import ChunkExecutor, ExecutorConfig
+from mvvdp_core.safety import PoseTarget, SafetyLimits
+from mvvdp_msgs.msg import ActionChunk
+from mvvdp_msgs.srv import Execute
+from mvvdp_ros.conversions import chunk_from_msg, pose_from_msg, pose_stamped
+from mvvdp_ros.params import declare_parameters
+
+PARAMETERS = {
+    "mode": ("preview", "preview: run only chunks approved on the execute service; auto: run auto chunks"),
+    "control_rate": (20.0, "control loop rate in Hz (targets sent to the controller)"),
+    "base_frame": ("fr3_link0", "robot base frame of all poses"),
+    "ee_pose_topic": ("/franka_robot_state_broadcaster/current_pose", "end-effector pose (PoseStamped)"),
+    "gripper_state_topic": ("/franka_gripper/joint_states", "gripper finger joints (width = sum)"),
+    "target_pose_topic": ("/cartesian_impedance_controller/target_pose", "controller target pose"),
+    "gripper_command_topic": ("/mvvdp/gripper_command", "gripper target width in metres (Float64)"),
+    "chunk_topic": ("/mvvdp/chunk", "action chunks from the policy"),
+    "heartbeat_topic": ("/mvvdp/heartbeat", "policy heartbeat (std_msgs/Header)"),
+    "state_topic": ("/mvvdp/executor/state", "executor state for monitoring (std_msgs/String)"),
+    "execute_service": ("/mvvdp/execute", "approve or reject a pending chunk (mvvdp_msgs/Execute)"),
+    "stop_service": ("/mvvdp/stop", "cancel and hold (std_srvs/Trigger)"),
+    "gripper_interface": ("topic", "topic: width on gripper_command_topic; franka: move/grasp actions"),
+    "franka_gripper_namespace": ("/franka_gripper", "franka_gripper node namespace (franka interface)"),
+    "gripper_speed": (0.1, "finger speed for franka_gripper move/grasp (m/s)"),
+    "grasp_force": (30.0, "grasp force for franka_gripper grasp (N)"),
+    "gripper_open_width": (0.08, "gripper width commanded for 'open' (m)"),
+    "gripper_closed_width": (0.0, "gripper width commanded for 'closed' (m)"),
+    "max_chunk_age": (1.0, "auto: drop chunks older than this on arrival (s)"),
+    "approval_timeout": (120.0, "preview: pending chunks older than this cannot be approved (s)"),
+    "ee_timeout": (0.25, "hold when the end-effector state is older than this (s)"),
+    "heartbeat_timeout": (0.3, "hold a running chunk when the policy heartbeat is older than this (s)"),
+    "settle_time": (0.5, "keep aiming at a chunk's last step this long after its last step time (s)"),
+    "workspace_lower": ([0.15, -0.5, 0.02], "safety box lower corner in the base frame (m)"),
+    "workspace_upper": ([0.85, 0.5, 0.85], "safety box upper corner in the base frame (m)"),
+    "max_step_translation": (0.04, "largest target translation per control period (m)"),
+    "max_step_rotation_deg": (10.0, "largest target rotation per control period (deg)"),
+    "max_linear_velocity": (0.5, "largest target linear velocity (m/s)"),
+    "max_angular_velocity_deg": (120.0, "largest target angular velocity (deg/s)"),
+    "gripper_min_hold": (0.5, "the gripper keeps a new open/closed state at least this long (s)"),
+}
+
+
+class ExecutorNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("executor", **kwargs)
+        p = declare_parameters(self, PARAMETERS)
+        if not p["control_rate"] > 0:
+            raise ValueError(f"control_rate must be > 0 Hz, got {p['control_rate']}")
+        if not p["gripper_open_width"] > p["gripper_closed_width"] >= 0:
+            raise ValueError("gripper widths must satisfy open > closed >= 0")
+        self.params = p
+        self.period = 1.0 / p["control_rate"]
+        timing = ("mode", "max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_timeout",
+                  "settle_time")
+        config = ExecutorConfig(**{k: p[k] for k in timing})
+        limits = SafetyLimits(
+            workspace_lower=tuple(p["workspace_lower"]), workspace_upper=tuple(p["workspace_upper"]),
+            **{k: p[k] for k in ("max_step_translation", "max_step_rotation_deg", "max_linear_velocity",
+                                 "max_angular_velocity_deg", "gripper_min_hold")},
+        )
+        self.core = ChunkExecutor(config, limits)
+        self._gripper_opening = 1.0
+
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        sensor = qos_profile_sensor_data  # best effort: matches reliable and best-effort publishers
+        self.create_subscription(PoseStamped, p["ee_pose_topic"], self._on_pose, sensor)
+        self.create_subscription(JointState, p["gripper_state_topic"], self._on_gripper, sensor)
+        self.create_subscription(ActionChunk, p["chunk_topic"], self._on_chunk, reliable)
+        self.create_subscription(Header, p["heartbeat_topic"], self._on_heartbeat, sensor)
+        self.target_pub = self.create_publisher(PoseStamped, p["target_pose_topic"], QoSProfile(depth=1))
+        self.gripper_pub = self.create_publisher(Float64, p["gripper_command_topic"], QoSProfile(depth=1))
+        if p["gripper_interface"] not in ("topic", "franka"):
+            raise ValueError(f"gripper_interface must be topic or franka, got {p['gripper_interface']!r}")
+        self._franka = self._franka_gripper_clients() if p["gripper_interface"] == "franka" else None
+        self._sent_gripper: float | None = None
+        self.state_pub = self.create_publisher(String, p["state_topic"], reliable)
+        self.create_service(Execute, p["execute_service"], self._on_execute)
+        self.create_service(Trigger, p["stop_service"], self._on_stop)
+        self.create_timer(self.period, self._tick)
+        self.get_logger().info(f"executor ready: mode {config.mode}, {p['control_rate']:.0f} Hz")
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        if msg.header.frame_id and msg.header.frame_id != self.params["base_frame"]:
+            frame = msg.header.frame_id
+            self.get_logger().warning(f"ee pose in frame {frame!r}, not the base frame; ignored",
+                                      throttle_duration_sec=5.0)
+            return
+        position, quaternion = pose_from_msg(msg.pose)
+        if not (np.isfinite(position).all() and np.isfinite(quaternion).all()):
+            self.get_logger().warning("non-finite ee pose ignored", throttle_duration_sec=5.0)
+            return
+        quaternion = quaternion / np.linalg.norm(quaternion)
+        self.core.update_state(PoseTarget(position, quaternion, self._gripper_opening), self._now())
+
+    def _on_gripper(self, msg: JointState) -> None:
+        width = float(sum(msg.position))
+        p = self.params
+        span = p["gripper_open_width"] - p["gripper_closed_width"]
+        self._gripper_opening = float(np.clip((width - p["gripper_closed_width"]) / span, 0.0, 1.0))
+
+    def _on_heartbeat(self, _msg: Header) -> None:
+        self.core.heartbeat(self._now())
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        try:
+            chunk = chunk_from_msg(msg)
+        except ValueError as err:
+            self.get_logger().error(f"malformed chunk rejected: {err}")
+            return
+        self.core.offer(chunk, msg.status, self._now())
+        self._flush_events()
+
+    def _on_execute(self, request: Execute.Request, response: Execute.Response) -> Execute.Response:
+        now = self._now()
+        response.success, response.message = self.core.approve(int(request.chunk_id), request.approve, now)
+        self._flush_events()
+        return response
+
+    def _on_stop(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.message = self.core.stop(self._now())
+        response.success = True
+        self._tick()  # send the hold target now rather than at the next period
+        return response
+
+    def _tick(self) -> None:
+        now = self._now()
+        command = self.core.tick(now, self.period)
+        self._flush_events()
+        if command.target is not None:
+            self.target_pub.publish(pose_stamped(command.target, now, self.params["base_frame"]))
+            self._command_gripper(command.target.gripper)
+        detail = f" chunk={command.chunk_id} step={command.step}" if command.chunk_id is not None else ""
+        limited = f" limited={','.join(command.limited)}" if command.limited else ""
+        reason = f" reason={command.reason}" if command.reason else ""
+        self.state_pub.publish(String(data=f"{command.state}{detail}{limited}{reason}"))
+
+    def _franka_gripper_clients(self):
+        """Action clients of franka_gripper's move/grasp (robot install with franka_msgs only)."""
+        try:
+            from franka_msgs.action import Grasp, Move
+            from rclpy.action import ActionClient
+        except ImportError as err:
+            raise ValueError("gripper_interface franka needs franka_msgs, which is not installed") from err
+        ns = self.params["franka_gripper_namespace"].rstrip("/")
+        return {"move": (Move, ActionClient(self, Move, f"{ns}/move")),
+                "grasp": (Grasp, ActionClient(self, Grasp, f"{ns}/grasp"))}
+
+    def _command_gripper(self, opening: float) -> None:
+        p = self.params
+        width = p["gripper_closed_width"] + opening * (p["gripper_open_width"] - p["gripper_closed_width"])
+        if self._franka is None:
+            self.gripper_pub.publish(Float64(data=float(width)))
+            return
+        if self._sent_gripper == opening:  # actions are sent once per open/close change
+            return
+        self._sent_gripper = opening
+        if opening >= 0.5:
+            action, client = self._franka["move"]
+            goal = action.Goal(width=float(width), speed=p["gripper_speed"])
+        else:
+            action, client = self._franka["grasp"]
+            goal = action.Goal(width=float(width), speed=p["gripper_speed"], force=p["grasp_force"])
+            goal.epsilon.inner = goal.epsilon.outer = float(p["gripper_open_width"])
+        client.send_goal_async(goal)
+
+    def _flush_events(self) -> None:
+        for line in self.core.events:
+            self.get_logger().info(line)
+        self.core.events.clear()
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=sys.argv if argv is None else argv)
+    node = ExecutorNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

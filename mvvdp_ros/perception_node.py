@@ -1,0 +1,170 @@
+"""Perception node: three camera clouds -> checked, synchronised -> views (mvvdp_msgs/ProjectedViews).
+
+Thin adapter over mvvdp_core.perception. Extrinsics come from tf2 when it is importable (and use_tf is set),
+otherwise from the calibration YAML. Rejected clouds are logged and reported on /diagnostics.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.time import Time
+from sensor_msgs.msg import Image, PointCloud2
+from std_msgs.msg import Header
+
+from mvvdp_core.geometry import Workspace
+from mvvdp_core.perception import (
+    CloudFrame,
+    CloudSynchronizer,
+    SyncConfig,
+    load_cameras,
+    pose_matrix,
+    project_observation,
+)
+from mvvdp_msgs.msg import ProjectedViews
+from mvvdp_ros.conversions import image_to_msg, stamp_to_sec, to_uint8_image, views_to_msg
+from mvvdp_ros.params import declare_parameters
+from mvvdp_ros.pointcloud import cloud_from_msg
+
+PARAMETERS = {
+    "cameras_file": ("", "camera calibration YAML (base_T_camera per camera, topics, frames)"),
+    "use_tf": (True, "take extrinsics from tf2 when tf2_ros is importable"),
+    "views_topic": ("/mvvdp/views", "projected views out (mvvdp_msgs/ProjectedViews)"),
+    "view_image_topic": ("/mvvdp/views/{view}/rgb", "per-view RGB image for RViz; {view} = view name"),
+    "diagnostics_topic": ("/diagnostics", "diagnostic_msgs/DiagnosticArray"),
+    "sync_tolerance": (0.05, "largest stamp difference between the clouds of one set (s)"),
+    "max_age": (0.5, "clouds older than this are rejected (s)"),
+    "future_tolerance": (0.05, "clouds stamped further ahead of now than this are rejected (s)"),
+    "camera_timeout": (1.0, "a camera silent this long is reported missing (s)"),
+    "max_rate": (10.0, "largest rate of published views (Hz)"),
+    "workspace_center": ([0.5, 0.0, 0.4], "workspace cube centre in the base frame (m)"),
+    "workspace_edge": (1.0, "workspace cube edge (m)"),
+    "resolution": (256, "view resolution (pixels)"),
+    "splat_radius": (0.008, "splatting radius of each point (m)"),
+    "backend": ("auto", "projection backend: auto, torch or cuda"),
+}
+
+
+class PerceptionNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("perception", **kwargs)
+        p = declare_parameters(self, PARAMETERS)
+        if not p["cameras_file"]:
+            raise ValueError("parameter cameras_file is required (camera calibration YAML)")
+        self.params = p
+        self.base_frame, cameras = load_cameras(p["cameras_file"])
+        self.extrinsics = {c.name: c.base_T_camera for c in cameras}
+        self.workspace = Workspace(center=tuple(p["workspace_center"]), edge=p["workspace_edge"],
+                                   resolution=p["resolution"])
+        self.sync = CloudSynchronizer(cameras, SyncConfig(p["sync_tolerance"], p["max_age"],
+                                                          p["future_tolerance"], p["camera_timeout"]))
+        self.tf_buffer = self._make_tf_buffer() if p["use_tf"] else None
+        self._min_period = 1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0
+        self._last_publish = -np.inf
+
+        for camera in cameras:
+            callback = lambda msg, name=camera.name: self._on_cloud(name, msg)  # noqa: E731
+            self.create_subscription(PointCloud2, camera.topic, callback, qos_profile_sensor_data)
+        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        self.views_pub = self.create_publisher(ProjectedViews, p["views_topic"], reliable)
+        self.image_pubs = {v: self.create_publisher(Image, p["view_image_topic"].format(view=v), reliable)
+                           for v in self.workspace.views}
+        self.diag_pub = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], QoSProfile(depth=10))
+        self.create_timer(max(p["camera_timeout"], 0.1), self._check_missing)
+        source = "tf2" if self.tf_buffer is not None else p["cameras_file"]
+        self.get_logger().info(f"perception ready: {len(cameras)} cameras, extrinsics from {source}")
+
+    def _make_tf_buffer(self):
+        try:
+            import tf2_ros
+        except ImportError:
+            return None
+        buffer = tf2_ros.Buffer()
+        self._tf_listener = tf2_ros.TransformListener(buffer, self)
+        return buffer
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _extrinsic(self, frame: CloudFrame) -> np.ndarray:
+        if self.tf_buffer is None:
+            return self.extrinsics[frame.camera]
+        stamp = Time(nanoseconds=int(round(frame.stamp * 1e9)))
+        t = self.tf_buffer.lookup_transform(self.base_frame, frame.frame_id, stamp).transform
+        return pose_matrix([t.translation.x, t.translation.y, t.translation.z],
+                           [t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w])
+
+    def _on_cloud(self, camera: str, msg: PointCloud2) -> None:
+        now = self._now()
+        try:
+            points, colors = cloud_from_msg(msg)
+        except ValueError as err:
+            self._reject(camera, f"{camera}: malformed cloud ({err})")
+            return
+        frame = CloudFrame(camera, stamp_to_sec(msg.header.stamp), msg.header.frame_id, points, colors)
+        reason = self.sync.add(frame, now)
+        if reason:
+            self._reject(camera, reason)
+            return
+        if time.monotonic() - self._last_publish < self._min_period:
+            return
+        frames, _waiting = self.sync.take_synced(now)
+        if frames is not None:
+            self._publish_views(frames)
+
+    def _publish_views(self, frames: list[CloudFrame]) -> None:
+        try:
+            extrinsics = [self._extrinsic(f) for f in frames]
+            views = project_observation(frames, extrinsics, self.workspace, self.params["splat_radius"],
+                                        self.params["backend"])
+        except Exception as err:  # noqa: BLE001 - any failure of one set is reported, the node keeps running
+            self._reject("all", f"views not computed: {err}")
+            return
+        self._last_publish = time.monotonic()
+        stamp = max(f.stamp for f in frames)
+        msg = views_to_msg(self.workspace.views, views.rgb[:, :3], views.depth, self.workspace.center,
+                           self.workspace.edge, stamp, self.base_frame)
+        self.views_pub.publish(msg)
+        for name, rgb in zip(self.workspace.views, views.rgb[:, :3], strict=True):
+            image = image_to_msg(to_uint8_image(rgb), msg.header.stamp, self.base_frame)
+            self.image_pubs[name].publish(image)
+        self._diagnose(DiagnosticStatus.OK, "all", "views published", stamp=f"{stamp:.3f}")
+
+    def _check_missing(self) -> None:
+        for camera in self.sync.missing(self._now()):
+            self._reject(camera, f"{camera}: no cloud for more than {self.params['camera_timeout']} s")
+
+    def _reject(self, camera: str, reason: str) -> None:
+        self.get_logger().warning(f"rejected: {reason}", throttle_duration_sec=1.0)
+        self._diagnose(DiagnosticStatus.WARN, camera, reason)
+
+    def _diagnose(self, level: bytes, camera: str, message: str, **values: str) -> None:
+        status = DiagnosticStatus(level=level, name=f"mvvdp/perception/{camera}", message=message,
+                                  hardware_id=camera)
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        head = Header(stamp=self.get_clock().now().to_msg())
+        self.diag_pub.publish(DiagnosticArray(header=head, status=[status]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=sys.argv if argv is None else argv)
+    node = PerceptionNode()
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

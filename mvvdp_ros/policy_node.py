@@ -1,0 +1,287 @@
+"""Policy node: latest views + end-effector state -> MV-VDP prediction -> chunk, preview images, markers.
+
+Preview mode: the /mvvdp/preview service predicts from the latest observation and publishes a pending chunk,
+the predicted frames per view (RGB and heatmap overlay, looped for RViz), a trajectory MarkerArray and
+optionally PNG/GIF files. Auto mode: predicts at a rate and publishes chunks with status "auto".
+A heartbeat (std_msgs/Header) tells the executor the policy is alive.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+import torch
+import torch.nn.functional as F
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from mvvdp_core.policy import MVVDPPolicy, Observation, PolicyOutput
+from mvvdp_core.preview import confidence_color, overlay_heatmaps, preview_frames, save_preview
+from mvvdp_core.rotations import quaternion_to_matrix
+from mvvdp_msgs.msg import ActionChunk, ProjectedViews
+from mvvdp_msgs.srv import Preview
+from mvvdp_ros.conversions import (
+    chunk_to_msg,
+    header,
+    image_to_msg,
+    points_to_msgs,
+    pose_from_msg,
+    stamp_to_sec,
+    to_uint8_image,
+    views_from_msg,
+)
+from mvvdp_ros.params import declare_parameters
+
+PARAMETERS = {
+    "checkpoint": ("", "checkpoint folder (empty: a tiny one in cache_dir, see create_tiny_checkpoint)"),
+    "create_tiny_checkpoint": (False, "build a tiny random checkpoint in cache_dir when none is given"),
+    "cache_dir": ("~/.cache/mvvdp", "folder for the tiny checkpoint"),
+    "device": ("cpu", "torch device of the model"),
+    "task": ("default", "task instruction used when a request names none"),
+    "num_steps": (0, "denoising steps (0 = the checkpoint's default)"),
+    "seed": (-1, "sampling seed (-1 = random)"),
+    "mode": ("preview", "preview: predict on /mvvdp/preview; auto: predict continuously"),
+    "auto_rate": (1.0, "auto mode prediction rate (Hz)"),
+    "max_observation_age": (2.0, "reject observations older than this (s)"),
+    "base_frame": ("fr3_link0", "robot base frame"),
+    "views_topic": ("/mvvdp/views", "projected views in"),
+    "ee_pose_topic": ("/franka_robot_state_broadcaster/current_pose", "end-effector pose in"),
+    "gripper_state_topic": ("/franka_gripper/joint_states", "gripper finger joints in (width = sum)"),
+    "gripper_open_width": (0.08, "gripper width of a fully open gripper (m)"),
+    "chunk_topic": ("/mvvdp/chunk", "action chunks out"),
+    "heartbeat_topic": ("/mvvdp/heartbeat", "heartbeat out (std_msgs/Header)"),
+    "heartbeat_rate": (20.0, "heartbeat rate (Hz)"),
+    "preview_service": ("/mvvdp/preview", "preview service (mvvdp_msgs/Preview)"),
+    "preview_image_topic": ("/mvvdp/preview/{view}/{kind}", "predicted frames; {kind} = rgb or heatmap"),
+    "preview_fps": (5.0, "playback rate of the looped preview frames (Hz)"),
+    "marker_topic": ("/mvvdp/trajectory", "trajectory markers out"),
+    "output_dir": ("", "write each preview as GIF/PNG here (empty: off)"),
+}
+
+
+class PolicyNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("policy", **kwargs)
+        p = declare_parameters(self, PARAMETERS)
+        if p["mode"] not in ("preview", "auto"):
+            raise ValueError(f"mode must be preview or auto, got {p['mode']!r}")
+        self.params = p
+        self.policy = MVVDPPolicy.from_checkpoint(self._checkpoint_path(), device=p["device"])
+        self.workspace = self.policy.workspace
+        self._lock = threading.Lock()  # one prediction at a time
+        self._views: ProjectedViews | None = None
+        self._ee: tuple[float, np.ndarray, np.ndarray] | None = None  # (receive time, position, rotation)
+        self._gripper = 1.0
+        self._next_chunk_id = int(time.time() * 1000)  # unique across restarts
+        self._playback: dict[str, list[Image]] = {}
+        self._playback_index = 0
+
+        state_group, work_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(ProjectedViews, p["views_topic"], self._on_views, reliable,
+                                 callback_group=state_group)
+        self.create_subscription(PoseStamped, p["ee_pose_topic"], self._on_pose, qos_profile_sensor_data,
+                                 callback_group=state_group)
+        self.create_subscription(JointState, p["gripper_state_topic"], self._on_gripper,
+                                 qos_profile_sensor_data, callback_group=state_group)
+        self.chunk_pub = self.create_publisher(ActionChunk, p["chunk_topic"], QoSProfile(depth=10))
+        self.heartbeat_pub = self.create_publisher(Header, p["heartbeat_topic"], QoSProfile(depth=1))
+        self.marker_pub = self.create_publisher(MarkerArray, p["marker_topic"], QoSProfile(depth=1))
+        self.image_pubs = {
+            (view, kind): self.create_publisher(Image, p["preview_image_topic"].format(view=view, kind=kind),
+                                                QoSProfile(depth=1))
+            for view in self.workspace.views for kind in ("rgb", "heatmap")
+        }
+        self.create_service(Preview, p["preview_service"], self._on_preview, callback_group=work_group)
+        self.create_timer(1.0 / p["heartbeat_rate"], self._beat, callback_group=state_group)
+        self.create_timer(1.0 / p["preview_fps"], self._play, callback_group=state_group)
+        if p["mode"] == "auto":
+            self.create_timer(1.0 / p["auto_rate"], self._auto_step, callback_group=work_group)
+        self.get_logger().info(f"policy ready ({p['mode']} mode), tasks {self.policy.tasks}")
+
+    # ---- setup --------------------------------------------------------------------------------------
+    def _checkpoint_path(self) -> Path:
+        p = self.params
+        if p["checkpoint"]:
+            return Path(p["checkpoint"]).expanduser()
+        if not p["create_tiny_checkpoint"]:
+            raise ValueError("parameter checkpoint is empty and create_tiny_checkpoint is false")
+        from mvvdp_core.model import checkpoint
+
+        path = Path(p["cache_dir"]).expanduser() / "tiny_checkpoint"
+        if not (path / "config.json").is_file():
+            self.get_logger().info(f"building a tiny random checkpoint in {path}")
+            checkpoint.main([str(path), "--task", p["task"]])
+        return path
+
+    # ---- inputs -------------------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_views(self, msg: ProjectedViews) -> None:
+        self._views = msg
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        position, quaternion = pose_from_msg(msg.pose)
+        if np.isfinite(position).all() and np.isfinite(quaternion).all() and np.linalg.norm(quaternion) > 0:
+            rotation = quaternion_to_matrix(quaternion / np.linalg.norm(quaternion))
+            self._ee = (self._now(), position, rotation)
+
+    def _on_gripper(self, msg: JointState) -> None:
+        self._gripper = float(np.clip(sum(msg.position) / self.params["gripper_open_width"], 0.0, 1.0))
+
+    def _beat(self) -> None:
+        self.heartbeat_pub.publish(Header(stamp=self.get_clock().now().to_msg(), frame_id=self.get_name()))
+
+    # ---- prediction ---------------------------------------------------------------------------------
+    def observation(self, task: str) -> Observation:
+        """The latest observation; ValueError naming what is missing or stale."""
+        now, max_age = self._now(), self.params["max_observation_age"]
+        views, ee = self._views, self._ee
+        if views is None:
+            raise ValueError("no views received yet")
+        if ee is None:
+            raise ValueError("no end-effector pose received yet")
+        stamp = stamp_to_sec(views.header.stamp)
+        if now - stamp > max_age:
+            raise ValueError(f"views are stale ({now - stamp:.2f} s old > {max_age} s)")
+        if now - ee[0] > max_age:
+            raise ValueError(f"end-effector pose is stale ({now - ee[0]:.2f} s old)")
+        center = np.array([views.workspace_center.x, views.workspace_center.y, views.workspace_center.z])
+        if not (np.allclose(center, self.workspace.center, atol=1e-6)
+                and abs(views.workspace_edge - self.workspace.edge) < 1e-6):
+            raise ValueError(f"views cover workspace {center.tolist()}/{views.workspace_edge} m, the model "
+                             f"{list(self.workspace.center)}/{self.workspace.edge} m")
+        names, rgb, _depth = views_from_msg(views)
+        if tuple(names) != tuple(self.workspace.views):
+            raise ValueError(f"views {names} do not match the model's {list(self.workspace.views)}")
+        rgb_t = torch.from_numpy(rgb)
+        size = self.policy.config.image_size
+        if rgb_t.shape[-1] != size:
+            rgb_t = F.interpolate(rgb_t, size=(size, size), mode="area").clamp(0, 1)
+        return Observation(rgb_t, ee[1], ee[2], self._gripper, stamp, task or self.params["task"])
+
+    def predict(self, task: str, num_steps: int, return_video: bool) -> tuple[PolicyOutput, Observation]:
+        obs = self.observation(task)
+        steps = num_steps or self.params["num_steps"] or None
+        seed = self.params["seed"] if self.params["seed"] >= 0 else None
+        output = self.policy.predict(obs, num_steps=steps, return_video=return_video, seed=seed)
+        output.chunk.chunk_id = self._next_chunk_id
+        self._next_chunk_id += 1
+        return output, obs
+
+    def _on_preview(self, request: Preview.Request, response: Preview.Response) -> Preview.Response:
+        start = time.perf_counter()
+        try:
+            with self._lock:
+                output, obs = self.predict(request.task, int(request.num_steps), return_video=True)
+        except (ValueError, KeyError) as err:
+            response.success, response.message = False, f"preview refused: {err}"
+            self.get_logger().warning(response.message)
+            return response
+        chunk = output.chunk
+        self.chunk_pub.publish(chunk_to_msg(chunk, self.params["base_frame"], "pending"))
+        self._publish_markers(output)
+        self._prepare_playback(output, obs)
+        response.success = True
+        response.chunk_id = int(chunk.chunk_id)
+        response.confidence = float(chunk.confidence)
+        response.latency = float(time.perf_counter() - start)
+        response.positions = points_to_msgs(chunk.positions)
+        response.gripper = [float(g) for g in chunk.gripper]
+        response.message = f"chunk {chunk.chunk_id}: {len(chunk.positions)} steps, confidence " \
+                           f"{chunk.confidence:.2f}, {response.latency:.2f} s"
+        self.get_logger().info(response.message)
+        return response
+
+    def _auto_step(self) -> None:
+        try:
+            with self._lock:
+                output, _obs = self.predict("", 0, return_video=False)
+        except (ValueError, KeyError) as err:
+            self.get_logger().warning(f"auto prediction skipped: {err}", throttle_duration_sec=2.0)
+            return
+        self.chunk_pub.publish(chunk_to_msg(output.chunk, self.params["base_frame"], "auto"))
+        self._publish_markers(output)
+
+    # ---- visualisation ------------------------------------------------------------------------------
+    def _prepare_playback(self, output: PolicyOutput, obs: Observation) -> None:
+        steps = output.heatmaps.shape[0]
+        rgb_video = output.rgb_video
+        if rgb_video is None:  # overlay on the observed views
+            rgb_video = obs.rgb.unsqueeze(1).expand(-1, steps, -1, -1, -1)
+        overlay = overlay_heatmaps(rgb_video.float(), output.heatmaps.transpose(0, 1))  # (V, T, 3, H, W)
+        frame_id = self.params["base_frame"]
+        playback: dict[str, list[Image]] = {}
+        for v, view in enumerate(self.workspace.views):
+            playback[f"{view}/rgb"] = [image_to_msg(to_uint8_image(f), 0.0, frame_id) for f in rgb_video[v]]
+            playback[f"{view}/heatmap"] = [
+                image_to_msg(to_uint8_image(f), 0.0, frame_id) for f in overlay[v]]
+        self._playback, self._playback_index = playback, 0
+        if self.params["output_dir"]:
+            paths = save_preview(preview_frames(rgb_video, overlay), self.params["output_dir"],
+                                 f"chunk_{output.chunk.chunk_id}", fps=self.params["preview_fps"])
+            self.get_logger().info(f"preview written to {', '.join(map(str, paths))}")
+
+    def _play(self) -> None:
+        if not self._playback:
+            return
+        stamp = self.get_clock().now().to_msg()
+        for key, frames in self._playback.items():
+            image = frames[self._playback_index % len(frames)]
+            image.header.stamp = stamp
+            view, kind = key.split("/")
+            self.image_pubs[(view, kind)].publish(image)
+        self._playback_index += 1
+
+    def _publish_markers(self, output: PolicyOutput) -> None:
+        chunk = output.chunk
+        head = header(self.get_clock().now().to_msg(), self.params["base_frame"])
+        points = points_to_msgs(chunk.positions)
+        colors = [ColorRGBA(r=float(r), g=float(g), b=float(b), a=1.0)
+                  for r, g, b in confidence_color(chunk.step_confidence)]
+        line = Marker(header=head, ns="mvvdp/trajectory", id=0, type=Marker.LINE_STRIP, action=Marker.ADD)
+        line.scale.x = 0.004
+        line.points, line.colors = points, colors
+        spheres = Marker(header=head, ns="mvvdp/steps", id=1, type=Marker.SPHERE_LIST, action=Marker.ADD)
+        spheres.scale.x = spheres.scale.y = spheres.scale.z = 0.015
+        spheres.points, spheres.colors = points, colors
+        closed = [pt for pt, g in zip(points, chunk.gripper, strict=True) if g < 0.5]
+        gripper = Marker(header=head, ns="mvvdp/gripper_closed", id=2, type=Marker.CUBE_LIST,
+                         action=Marker.ADD if closed else Marker.DELETE)
+        gripper.scale.x = gripper.scale.y = gripper.scale.z = 0.025
+        gripper.color = ColorRGBA(r=0.2, g=0.4, b=1.0, a=0.5)
+        gripper.points = closed
+        self.marker_pub.publish(MarkerArray(markers=[line, spheres, gripper]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=sys.argv if argv is None else argv)
+    executor = MultiThreadedExecutor(num_threads=3)
+    node = None
+    try:
+        node = PolicyNode()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
