@@ -6,9 +6,9 @@ Blending at a switch (`blend_chunks`): a chunk's step k is due at the absolute t
 stamp + time_from_start[k]. From the switch time on, the executable continuation follows the new chunk's step
 times; within the overlap window after the switch, positions are the weighted average
 (1 - w) old(t) + w new(t) with w ramping linearly from 0 to 1, orientations are slerped with the same weight
-and the gripper takes the new chunk's value from the ramp's midpoint. Steps of the new chunk already due at
-the switch are dropped. The old chunk is read at any time by linear interpolation between its steps (slerp
-for orientations), held at its ends.
+and the gripper takes the new chunk's value from the ramp's midpoint. Steps of the new chunk already due
+before the switch are dropped (one due exactly at the switch is kept: the executor aims at it). The old chunk
+is read at any time by linear interpolation between its steps (slerp for orientations), held at its ends.
 
 Scheduling (`InferenceScheduler`): the next chunk should be ready when a configured fraction of the running
 chunk has been executed, so a request goes out that fraction minus the measured inference latency (an
@@ -48,7 +48,10 @@ class BlendConfig:
 
 @dataclass(frozen=True)
 class Continuation:
-    """The executable steps after a switch, timed from `stamp` (the switch time), or why there are none."""
+    """The executable steps after a switch, or why there are none.
+
+    Steps are timed from `stamp`, the new chunk's observation stamp, like the new chunk itself.
+    """
 
     accepted: bool
     reason: str = ""
@@ -58,6 +61,7 @@ class Continuation:
     quaternions: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))
     gripper: np.ndarray = field(default_factory=lambda: np.zeros(0))
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # weight of the new chunk per step
+    first_step: int = 0  # index in the new chunk of the first step kept (the earlier ones were due)
 
     @property
     def times(self) -> np.ndarray:
@@ -135,7 +139,7 @@ def blend_chunks(
         return Continuation(
             False, f"older than the running chunk (stamp {new.stamp:.3f} < {running.stamp:.3f})"
         )
-    keep = new_times > switch_time
+    keep = new_times >= switch_time  # a step due right at the switch is still ahead
     if not keep.any():
         return Continuation(False, "every step of the new chunk is already due")
     times = new_times[keep]
@@ -148,9 +152,9 @@ def blend_chunks(
         positions = (1 - weights[:, None]) * old_positions + weights[:, None] * positions
         quaternions = slerp(old_quaternions, quaternions, weights)
         gripper = np.where(weights >= 0.5, gripper, old_gripper)
-    return Continuation(
-        True, "", float(switch_time), times - switch_time, positions, quaternions, gripper, weights
-    )
+    stamp = float(new.stamp)
+    first_step = int(np.argmax(keep))  # kept steps are a suffix: times are non-decreasing
+    return Continuation(True, "", stamp, times - stamp, positions, quaternions, gripper, weights, first_step)
 
 
 # ---- scheduling ---------------------------------------------------------------------------------------
