@@ -156,7 +156,7 @@ class ChunkExecutor:
             return self._log(f"chunk {chunk.chunk_id}: dropped, stale ({age:.3f} s > {cfg.max_chunk_age} s)")
         if age > chunk.duration:
             return self._log(f"chunk {chunk.chunk_id}: dropped, all steps are past due")
-        switch = now + cfg.switch_delay
+        switch = now + cfg.switch_delay if self.running is not None else now
         blend = BlendConfig(overlap=cfg.blend_overlap, max_age=cfg.max_chunk_age + cfg.switch_delay)
         result = blend_chunks(self.running, chunk, switch, blend)
         if not result.accepted:
@@ -164,7 +164,7 @@ class ChunkExecutor:
         blended = _splice(chunk, result)
         if self.next_switch is not None:
             self._log(f"chunk {self.next_switch[0].chunk_id}: superseded by chunk {chunk.chunk_id}")
-        if cfg.switch_delay > 0 and self.running is not None:
+        if switch > now:
             self.next_switch = (blended, switch)
             return self._log(f"chunk {chunk.chunk_id}: switching at {switch:.3f} (auto)")
         self.next_switch = None
@@ -203,11 +203,10 @@ class ChunkExecutor:
         if self._ee is None:
             return Command(None, "idle", "no end-effector state yet")
         if self.next_switch is not None and now >= self.next_switch[1]:
-            chunk, _switch = self.next_switch
+            chunk, _switch = self.next_switch  # cancelling, stopping or an unsafe target clear it
             self.next_switch = None
-            if self.running is not None:  # a cancelled chunk is not resumed by its successor
-                self._run(chunk, start=chunk.stamp)
-                self._log(f"chunk {chunk.chunk_id}: executing (auto, switched)")
+            self._run(chunk, start=chunk.stamp)
+            self._log(f"chunk {chunk.chunk_id}: executing (auto, switched)")
         problem = self._hold_cause(now, need_heartbeat=True) if self.running is not None else ""
         if problem:
             self._log(f"chunk {self.running.chunk_id}: cancelled, {problem}")
@@ -230,6 +229,7 @@ class ChunkExecutor:
             result = self.safety.filter(chunk.target(index), self._ee, dt)
         except UnsafeTargetError as err:
             self.running = None
+            self.next_switch = None
             self._enter_hold(f"unsafe target in chunk {chunk.chunk_id} step {index}: {err}")
             self._log(self._hold_reason)
             return Command(self._hold, "hold", self._hold_reason)

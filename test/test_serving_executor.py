@@ -106,6 +106,15 @@ def test_delayed_switch_keeps_the_running_chunk_until_then():
     assert _jumps(commands).max() <= STEP_LIMIT
 
 
+def test_delayed_switch_still_happens_after_the_running_chunk_finished():
+    config = ExecutorConfig(mode="auto", switch_delay=0.3, settle_time=0.0, max_chunk_age=2.0)
+    core = ChunkExecutor(config, LOOSE)
+    short, second = _chunk(1, 0.95, np.zeros(3), steps=3), _chunk(2, 1.1, np.zeros(3))
+    commands = _drive(core, {20: short, 22: second}, 1.0, 2.0)
+    assert [c.state for now, c in commands if 1.25 < now < 1.4] == ["hold", "hold"]  # first one done
+    assert {c.chunk_id for now, c in commands if now >= 1.4} == {2}
+
+
 def test_bad_blend_parameters_are_named():
     with pytest.raises(ValueError, match="blend_overlap"):
         ExecutorConfig(blend_overlap=-1.0)
