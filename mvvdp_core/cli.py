@@ -6,6 +6,7 @@ import importlib
 import sys
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "sim-demo": ("mvvdp_ros.sim_demo", "simulated robot + graph: preview a chunk, approve it, track it"),
     "demo": ("mvvdp_core.demo", "project a synthetic scene into the three views and write PNGs"),
     "bringup": ("mvvdp_ros.bringup", "start the ROS 2 graph (simulated robot by default)"),
     "tiny-checkpoint": ("mvvdp_core.model.checkpoint", "build and save a tiny random checkpoint"),

@@ -1,0 +1,191 @@
+"""`mvvdp sim-demo`: the whole stack on the simulated robot, as an operator would use it.
+
+Starts the graph (simulated FR3 with three RGB-D cameras, perception, policy, executor) over DDS, waits for
+the first projected views, asks /mvvdp/preview for a chunk, writes the predicted multi-view video (GIF + PNG)
+to the output folder, approves the chunk through /mvvdp/execute, records what the executor commanded and
+where the arm went, and writes summary.json and trajectory.png. Exit status 0 when the arm tracked the chunk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mvvdp_core.graph import build_graph
+from mvvdp_ros.bringup import GraphProcesses
+
+PREVIEW_RETRIES = 20  # the first views take a while to arrive while the tiny checkpoint is being built
+
+
+def _track(commanded: np.ndarray, reached: np.ndarray) -> dict[str, float]:
+    """Tracking figures: settled error to the last commanded target, the largest step between consecutive
+    commands (the safety filter bounds each command's lead over the measured pose), and the arm's travel."""
+    steps = np.linalg.norm(np.diff(commanded, axis=0), axis=1) if len(commanded) > 1 else np.zeros(1)
+    return {
+        "final_error_m": float(np.linalg.norm(reached[-1] - commanded[-1])),
+        "max_commanded_step_m": float(steps.max()),
+        "arm_travel_m": float(np.linalg.norm(reached[-1] - reached[0])),
+    }
+
+
+def _plot(path: Path, predicted: np.ndarray, commanded: list, reached: list) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), constrained_layout=True)
+    t0 = reached[0][0] if reached else 0.0
+    for axis, (ax, name) in enumerate(zip(axes, "xyz", strict=True)):
+        ax.plot(np.arange(len(predicted)), predicted[:, axis], "o-", ms=3, label="predicted (per step)")
+        if commanded:
+            ax.plot([t - t0 for t, _ in commanded], [p[axis] for _, p in commanded], label="commanded (s)")
+        if reached:
+            ax.plot([t - t0 for t, _ in reached], [p[axis] for _, p in reached], label="arm (s)")
+        ax.set_title(f"{name} [m]")
+        ax.set_xlabel("step / time")
+    axes[0].legend(fontsize=7)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import rclpy
+    from geometry_msgs.msg import PoseStamped
+    from rclpy.node import Node
+    from rclpy.qos import qos_profile_sensor_data
+    from std_msgs.msg import String
+
+    from mvvdp_msgs.msg import ProjectedViews
+    from mvvdp_msgs.srv import Execute, Preview
+
+    out = Path(args.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
+    overrides: dict[str, dict[str, Any]] = {"policy": {"seed": args.seed, "max_observation_age": 5.0}}
+    if args.cache_dir:
+        overrides["policy"]["cache_dir"] = args.cache_dir
+    specs = build_graph(sim=True, mode="preview", checkpoint=args.checkpoint, out_dir=str(out / "preview"),
+                        overrides=overrides)
+    summary: dict[str, Any] = {"out": str(out)}
+    with GraphProcesses(specs, log_dir=out / "logs") as graph:
+        rclpy.init()
+        node = Node("mvvdp_sim_demo")
+        ee: list[tuple[float, np.ndarray]] = []
+        commanded: list[tuple[float, np.ndarray]] = []
+        states: list[str] = []
+        views: list[float] = []
+
+        def position(msg: PoseStamped) -> np.ndarray:
+            p = msg.pose.position
+            return np.array([p.x, p.y, p.z])
+
+        on_pose = lambda m: ee.append((time.monotonic(), position(m)))  # noqa: E731
+        node.create_subscription(PoseStamped, "/franka_robot_state_broadcaster/current_pose", on_pose,
+                                 qos_profile_sensor_data)
+        node.create_subscription(PoseStamped, "/cartesian_impedance_controller/target_pose",
+                                 lambda m: commanded.append((time.monotonic(), position(m))), 10)
+        node.create_subscription(String, "/mvvdp/executor/state", lambda m: states.append(m.data), 10)
+        node.create_subscription(ProjectedViews, "/mvvdp/views", lambda _m: views.append(time.monotonic()), 1)
+        preview = node.create_client(Preview, "/mvvdp/preview")
+        execute = node.create_client(Execute, "/mvvdp/execute")
+
+        def spin_until(done: Callable[[], bool], seconds: float, what: str) -> None:
+            deadline = time.monotonic() + seconds
+            while not done():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"timed out after {seconds:.0f} s waiting for {what}")
+                if graph.exited():
+                    raise RuntimeError(f"graph nodes exited early: {graph.exited()} (logs in {out / 'logs'})")
+                rclpy.spin_once(node, timeout_sec=0.05)
+
+        def call(client, request, seconds: float):
+            spin_until(lambda: client.wait_for_service(timeout_sec=0.0), seconds, client.srv_name)
+            future = client.call_async(request)
+            spin_until(future.done, seconds, f"the reply of {client.srv_name}")
+            return future.result()
+
+        try:
+            print("waiting for the simulated robot and the first projected views ...", flush=True)
+            spin_until(lambda: bool(ee) and bool(views), args.timeout, "end-effector pose and views")
+            reply = None
+            for _ in range(PREVIEW_RETRIES):
+                reply = call(preview, Preview.Request(task=args.task, num_steps=args.steps), args.timeout)
+                if reply.success:
+                    break
+                print(f"  {reply.message}; retrying", flush=True)
+                deadline = time.monotonic() + 2.0
+                spin_until(lambda d=deadline: time.monotonic() > d, 5.0, "a retry")
+            if reply is None or not reply.success:
+                raise RuntimeError(f"preview failed: {reply.message if reply else 'no reply'}")
+            predicted = np.array([[p.x, p.y, p.z] for p in reply.positions])
+            print(f"preview: {reply.message}", flush=True)
+            summary.update(chunk_id=int(reply.chunk_id), confidence=float(reply.confidence),
+                           preview_latency_s=float(reply.latency), predicted_positions=predicted.tolist(),
+                           preview_files=sorted(str(p) for p in (out / "preview").glob("*")))
+            if not args.approve:
+                summary["approved"] = False
+                return summary
+            start = ee[-1][1]
+            answer = call(execute, Execute.Request(chunk_id=reply.chunk_id, approve=True), 10.0)
+            if not answer.success:
+                raise RuntimeError(f"execute refused: {answer.message}")
+            print(f"approved chunk {reply.chunk_id}; executing ...", flush=True)
+            spin_until(lambda: any(s.startswith("executing") for s in states), 10.0, "execution to start")
+            spin_until(lambda: not states[-1].startswith(("executing", "settling")), args.timeout,
+                       "execution to finish")
+            t_done = time.monotonic()
+            spin_until(lambda: time.monotonic() > t_done + 1.0, 5.0, "the arm to settle")
+            if not commanded:
+                raise RuntimeError("the executor sent no target for the approved chunk")
+            reached = np.array([p for _, p in ee if p is not None])
+            figures = _track(np.array([p for _, p in commanded]), np.array([start, reached[-1]]))
+            summary.update(approved=True, **figures)
+            _plot(out / "trajectory.png", predicted, commanded, [e for e in ee if e[0] >= commanded[0][0]])
+            summary["plot"] = str(out / "trajectory.png")
+            return summary
+        finally:
+            node.destroy_node()
+            rclpy.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mvvdp sim-demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="out", help="output folder (preview video, logs, summary, plot)")
+    parser.add_argument("--checkpoint", default="", help="checkpoint folder (default: a tiny random model)")
+    parser.add_argument("--cache-dir", default="", help="where the tiny checkpoint is built and kept")
+    parser.add_argument("--task", default="", help="task name stored in the checkpoint (default: its first)")
+    parser.add_argument("--steps", type=int, default=0, help="denoising steps (0: the checkpoint's default)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (-1: random)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each stage")
+    parser.add_argument("--tolerance", type=float, default=0.01, help="final tracking error to pass (m)")
+    parser.add_argument("--approve", action=argparse.BooleanOptionalAction, default=True,
+                        help="approve and execute the previewed chunk (default: on)")
+    args = parser.parse_args(argv)
+    if args.steps < 0 or args.timeout <= 0 or args.tolerance <= 0:
+        parser.error("--steps must be >= 0, --timeout and --tolerance > 0")
+    summary = run(args)
+    path = Path(summary["out"]) / "summary.json"
+    path.write_text(json.dumps(summary, indent=2))
+    if summary.get("approved"):
+        print(f"arm travelled {summary['arm_travel_m'] * 1000:.0f} mm, settled "
+              f"{summary['final_error_m'] * 1000:.1f} mm from the last target; largest commanded step "
+              f"{summary['max_commanded_step_m'] * 1000:.1f} mm")
+    print(f"summary: {path}")
+    for item in summary.get("preview_files", []):
+        print(f"preview: {item}")
+    ok = not summary.get("approved") or summary["final_error_m"] <= args.tolerance
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
