@@ -6,8 +6,10 @@ Times are float seconds on one clock (the node's ROS clock).
 
 Modes:
   preview  chunks arrive pending; only a chunk approved through `approve()` runs, starting at approval;
-  auto     chunks with status "auto" run as they arrive, their steps timed from the observation stamp
-           (steps whose time has passed are skipped), replacing the running chunk.
+  auto     chunks with status "auto" run as they arrive (or `switch_delay` later), their steps timed from the
+           observation stamp (steps whose time has passed are skipped), replacing the running chunk: over
+           `blend_overlap` seconds after the switch the targets ramp from the running chunk to the new one
+           (mvvdp_core.serving.blend_chunks); a chunk older than the running one is dropped.
 While a chunk runs, a stale ee state or policy heartbeat cancels it and the executor holds (publishes the
 pose latched when holding started, keeps the gripper); so do `stop()` and a chunk that finished and settled.
 Before any chunk ran, nothing is sent.
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mvvdp_core.safety import PoseTarget, SafetyFilter, SafetyLimits, UnsafeTargetError
+from mvvdp_core.serving import BlendConfig, Continuation, blend_chunks
 
 MODES = ("preview", "auto")
 
@@ -74,6 +77,8 @@ class ExecutorConfig:
     ee_timeout: float = 0.25  # hold when the last ee state is older than this
     heartbeat_timeout: float = 0.3  # hold a running chunk when the policy's last heartbeat is older
     settle_time: float = 0.5  # keep aiming at the final step this long after the chunk's last step time
+    blend_overlap: float = 0.3  # auto: seconds over which a new chunk ramps in from the running one
+    switch_delay: float = 0.0  # auto: the running chunk goes on this long after a new one arrives
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -81,8 +86,9 @@ class ExecutorConfig:
         for name in ("max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
-        if not self.settle_time >= 0:
-            raise ValueError(f"settle_time must be >= 0 seconds, got {self.settle_time!r}")
+        for name in ("settle_time", "blend_overlap", "switch_delay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0 seconds, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -97,12 +103,26 @@ class Command:
     limited: tuple[str, ...] = ()
 
 
+def _splice(chunk: TimedChunk, continuation: Continuation) -> TimedChunk:
+    """The chunk with its steps from continuation.first_step on replaced by the blended ones (step indices
+    stay those of the chunk; the earlier steps are already due and never aimed at)."""
+    first = continuation.first_step
+    positions, quaternions = np.array(chunk.positions, float), np.array(chunk.quaternions, float)
+    gripper = np.array(chunk.gripper, float)
+    positions[first:], quaternions[first:], gripper[first:] = (
+        continuation.positions, continuation.quaternions, continuation.gripper
+    )
+    return TimedChunk(chunk.chunk_id, chunk.stamp, positions, quaternions, gripper, chunk.time_from_start,
+                      chunk.confidence)
+
+
 class ChunkExecutor:
     def __init__(self, config: ExecutorConfig | None = None, limits: SafetyLimits | None = None) -> None:
         self.config = config or ExecutorConfig()
         self.safety = SafetyFilter(limits)
         self.pending: dict[int, TimedChunk] = {}
         self.running: TimedChunk | None = None
+        self.next_switch: tuple[TimedChunk, float] | None = None  # auto: blended chunk and its switch time
         self._start = 0.0
         self._ee: PoseTarget | None = None
         self._ee_time = -np.inf
@@ -136,8 +156,21 @@ class ChunkExecutor:
             return self._log(f"chunk {chunk.chunk_id}: dropped, stale ({age:.3f} s > {cfg.max_chunk_age} s)")
         if age > chunk.duration:
             return self._log(f"chunk {chunk.chunk_id}: dropped, all steps are past due")
-        self._run(chunk, start=chunk.stamp)
-        return self._log(f"chunk {chunk.chunk_id}: executing (auto)")
+        switch = now + cfg.switch_delay if self.running is not None else now
+        blend = BlendConfig(overlap=cfg.blend_overlap, max_age=cfg.max_chunk_age + cfg.switch_delay)
+        result = blend_chunks(self.running, chunk, switch, blend)
+        if not result.accepted:
+            return self._log(f"chunk {chunk.chunk_id}: dropped, {result.reason}")
+        blended = _splice(chunk, result)
+        if self.next_switch is not None:
+            self._log(f"chunk {self.next_switch[0].chunk_id}: superseded by chunk {chunk.chunk_id}")
+        if switch > now:
+            self.next_switch = (blended, switch)
+            return self._log(f"chunk {chunk.chunk_id}: switching at {switch:.3f} (auto)")
+        self.next_switch = None
+        self._run(blended, start=chunk.stamp)
+        blending = f", blended over {cfg.blend_overlap} s" if result.weights.min() < 1 else ""
+        return self._log(f"chunk {chunk.chunk_id}: executing (auto{blending})")
 
     def approve(self, chunk_id: int, approve: bool, now: float) -> tuple[bool, str]:
         """Operator's decision on a pending chunk (preview mode)."""
@@ -161,6 +194,7 @@ class ChunkExecutor:
         """Cancel any chunk and hold the current pose."""
         self.pending.clear()
         self.running = None
+        self.next_switch = None
         self._enter_hold("stop requested")
         return self._log("stopped: holding the current pose")
 
@@ -168,10 +202,16 @@ class ChunkExecutor:
     def tick(self, now: float, dt: float) -> Command:
         if self._ee is None:
             return Command(None, "idle", "no end-effector state yet")
+        if self.next_switch is not None and now >= self.next_switch[1]:
+            chunk, _switch = self.next_switch  # cancelling, stopping or an unsafe target clear it
+            self.next_switch = None
+            self._run(chunk, start=chunk.stamp)
+            self._log(f"chunk {chunk.chunk_id}: executing (auto, switched)")
         problem = self._hold_cause(now, need_heartbeat=True) if self.running is not None else ""
         if problem:
             self._log(f"chunk {self.running.chunk_id}: cancelled, {problem}")
             self.running = None
+            self.next_switch = None
             self._enter_hold(problem)
         if self.running is None:
             if self._hold is None:
@@ -189,6 +229,7 @@ class ChunkExecutor:
             result = self.safety.filter(chunk.target(index), self._ee, dt)
         except UnsafeTargetError as err:
             self.running = None
+            self.next_switch = None
             self._enter_hold(f"unsafe target in chunk {chunk.chunk_id} step {index}: {err}")
             self._log(self._hold_reason)
             return Command(self._hold, "hold", self._hold_reason)

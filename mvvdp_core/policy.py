@@ -4,13 +4,18 @@ Path: end-effector position -> heatmaps per view -> colorised -> with the three 
 frames -> VAE encode -> N Euler flow steps -> decode the heatmap views (and the RGB views on request) ->
 decolorise -> back-project to positions; the rotation/gripper head reads the denoised latents and the heatmap
 peaks and gives rotation changes and gripper states, resolved to absolute via the condition pose.
+
+The fast path (`FastPathOptions`) runs the same steps for serving: LoRA merged into the base weights, bf16
+weights and activations on a GPU, flash / memory-efficient SDPA kernels, condition latents cached per
+observation, optional torch.compile of the transformer (CUDA only), and per-step timings from CUDA events so
+that the denoising loop never waits for the GPU.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +29,7 @@ from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.model.checkpoint import ModelParts, load_checkpoint, save_checkpoint
 from mvvdp_core.model.config import MVVDPConfig
 from mvvdp_core.model.flow import euler_sample
+from mvvdp_core.model.lora import merge_lora
 
 # A view disagreement of this many pixels halves a step's confidence roughly (exp(-1) at the scale).
 SPREAD_SCALE_PIXELS = 2.0
@@ -112,23 +118,106 @@ def head_to_actions(
     return relative_to_absolute(cond_rotation, relative), gripper_logits.argmax(-1).cpu().numpy()
 
 
+@dataclass(frozen=True)
+class FastPathOptions:
+    """Serving settings. The weights change in place (LoRA merged, cast): give the policy its own parts."""
+
+    dtype: torch.dtype | None = None  # None: bfloat16 on CUDA, the weights' own dtype elsewhere
+    compile: bool = False  # torch.compile the transformer; CUDA only (ignored elsewhere)
+    compile_mode: str = "reduce-overhead"  # CUDA graphs
+    cache_condition: bool = True  # encode the condition frames once per observation
+    check_syncs: bool = False  # CUDA: raise if the denoising loop synchronises with the host
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and not self.dtype.is_floating_point:
+            raise ValueError(f"fast path dtype must be a floating point type, got {self.dtype}")
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if self.compile_mode not in modes:
+            raise ValueError(f"compile_mode must be one of {modes}, got {self.compile_mode!r}")
+
+
+def _fast_attention() -> AbstractContextManager:
+    """Flash / memory-efficient / cuDNN SDPA kernels on CUDA (no math fallback); nothing elsewhere."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
+    )
+
+
+class _StepClock:
+    """Marks the end of each denoising step; `intervals()` gives the seconds between consecutive marks."""
+
+    def __init__(self, use_cuda_events: bool, sync: Callable[[], None]) -> None:
+        self.use_cuda_events = use_cuda_events
+        self.sync = sync
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.use_cuda_events:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.sync()
+            self.marks.append(time.perf_counter())
+
+    def intervals(self) -> list[float]:
+        """Call after the last mark (and a synchronisation for CUDA events)."""
+        pairs = zip(self.marks[:-1], self.marks[1:], strict=True)
+        if self.use_cuda_events:
+            return [start.elapsed_time(end) / 1000 for start, end in pairs]
+        return [end - start for start, end in pairs]
+
+
+@contextmanager
+def _sync_debug_error() -> Iterator[None]:
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
 class MVVDPPolicy:
-    def __init__(self, parts: ModelParts, config: MVVDPConfig) -> None:
+    def __init__(
+        self, parts: ModelParts, config: MVVDPConfig, fast: FastPathOptions | bool | None = None
+    ) -> None:
         self.parts = parts
         self.config = config
         self.workspace = config.workspace()
         for module in (parts.transformer, parts.vae, parts.head):
             module.eval()
         self.device = next(parts.transformer.parameters()).device
+        self.fast = FastPathOptions() if fast is True else (fast or None)
+        self._velocity_model: torch.nn.Module = parts.transformer
+        self._condition_cache: tuple[tuple, torch.Tensor] | None = None
+        if self.fast is not None:
+            self._prepare_fast_path(self.fast)
         self.dtype = next(parts.transformer.parameters()).dtype
         self._chunk_counter = 0
 
+    def _prepare_fast_path(self, options: FastPathOptions) -> None:
+        on_cuda = self.device.type == "cuda"
+        merge_lora(self.parts.transformer)
+        dtype = options.dtype or (
+            torch.bfloat16 if on_cuda else next(self.parts.transformer.parameters()).dtype
+        )
+        self.parts.to(self.device, dtype)
+        if options.compile and on_cuda:
+            self._velocity_model = torch.compile(self.parts.transformer, mode=options.compile_mode)
+
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        fast: FastPathOptions | bool | None = None,
     ) -> MVVDPPolicy:
         parts, config = load_checkpoint(path, device=device, dtype=dtype)
-        return cls(parts, config)
+        return cls(parts, config, fast)
 
     def save(self, path: str | Path) -> None:
         save_checkpoint(self.parts, self.config, path)
@@ -154,6 +243,36 @@ class MVVDPPolicy:
             raise KeyError(f"no text embedding for task {task!r}; this checkpoint knows {self.tasks}")
         return self.parts.text_embeddings[task].unsqueeze(0).to(self.device, self.dtype)
 
+    def _condition_key(self, obs: Observation) -> tuple:
+        rgb = obs.rgb
+        return (
+            obs.stamp,
+            obs.ee_position.tobytes(),
+            rgb.data_ptr(),
+            rgb._version,
+            tuple(rgb.shape),
+            rgb.dtype,
+        )
+
+    def encode_condition(self, obs: Observation, timings: dict[str, float] | None = None) -> torch.Tensor:
+        """Condition latents (1, V, C, 1, h, w) float32; cached per observation on the fast path.
+
+        Times the stages "heatmaps" (condition frames) and "encode" (VAE) into `timings` (0 on a cache hit).
+        """
+        timings = {} if timings is None else timings
+        cache = self.fast is not None and self.fast.cache_condition
+        key = self._condition_key(obs) if cache else None
+        if cache and self._condition_cache is not None and self._condition_cache[0] == key:
+            timings["heatmaps"] = timings["encode"] = 0.0
+            return self._condition_cache[1]
+        with self._timed(timings, "heatmaps"):
+            frames = self.condition_frames(obs)
+        with self._timed(timings, "encode"):
+            condition = self.parts.vae.encode_condition(frames).float()  # the sampler integrates in float32
+        if cache:
+            self._condition_cache = (key, condition)
+        return condition
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -165,6 +284,20 @@ class MVVDPPolicy:
         yield
         self._sync()
         timings[name] = time.perf_counter() - start
+
+    def _step_clock(self) -> _StepClock:
+        """Per-step timestamps: synchronising ones on the plain path, CUDA events on the fast path."""
+        events = self.fast is not None and self.device.type == "cuda"
+        return _StepClock(events, self._sync)
+
+    def _denoise_context(self) -> AbstractContextManager:
+        if self.fast is None or self.device.type != "cuda":
+            return nullcontext()
+        stack = ExitStack()
+        stack.enter_context(_fast_attention())
+        if self.fast.check_syncs:
+            stack.enter_context(_sync_debug_error())
+        return stack
 
     @torch.no_grad()
     def predict(
@@ -185,31 +318,29 @@ class MVVDPPolicy:
         self._sync()
         start = time.perf_counter()
         text = self.text_embedding(obs.task)
-        with self._timed(timings, "heatmaps"):
-            frames = self.condition_frames(obs)
-        with self._timed(timings, "encode"):
-            condition = parts.vae.encode_condition(frames).float()  # the sampler integrates in float32
+        condition = self.encode_condition(obs, timings)
         shape = (1, cfg.num_views, cfg.latent_channels, cfg.latent_frames, cfg.latent_size, cfg.latent_size)
-        step_start = [time.perf_counter()]
+        step_marks = self._step_clock()
 
-        def on_step(i: int) -> None:
-            self._sync()
-            now = time.perf_counter()
-            timings[f"denoise_step_{i}"] = now - step_start[0]
-            step_start[0] = now
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self._velocity_model(x.to(self.dtype), t, text).float()
 
         self._sync()
-        step_start[0] = time.perf_counter()
-        latents = euler_sample(
-            lambda x, t: parts.transformer(x.to(self.dtype), t, text).float(),
-            condition,
-            shape,
-            steps,
-            cfg.flow_shift,
-            cfg.num_train_timesteps,
-            generator=generator,
-            on_step=on_step,
-        )
+        step_marks.mark()
+        with self._denoise_context():
+            latents = euler_sample(
+                velocity,
+                condition,
+                shape,
+                steps,
+                cfg.flow_shift,
+                cfg.num_train_timesteps,
+                generator=generator,
+                on_step=lambda _i: step_marks.mark(),
+            )
+        self._sync()
+        for i, seconds in enumerate(step_marks.intervals()):
+            timings[f"denoise_step_{i}"] = seconds
         timings["denoise"] = sum(v for k, v in timings.items() if k.startswith("denoise_step_"))
         with self._timed(timings, "decode_heatmaps"):
             heatmap_video = parts.vae.decode(latents, views=range(r, 2 * r))[

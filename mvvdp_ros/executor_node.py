@@ -48,6 +48,8 @@ PARAMETERS = {
     "ee_timeout": (0.25, "hold when the end-effector state is older than this (s)"),
     "heartbeat_timeout": (0.3, "hold a running chunk when the policy heartbeat is older than this (s)"),
     "settle_time": (0.5, "keep aiming at a chunk's last step this long after its last step time (s)"),
+    "blend_overlap": (0.3, "auto: a new chunk's targets ramp in from the running chunk over this long (s)"),
+    "switch_delay": (0.0, "auto: the running chunk goes on this long after a new one arrives (s)"),
     "workspace_lower": ([0.15, -0.5, 0.02], "safety box lower corner in the base frame (m)"),
     "workspace_upper": ([0.85, 0.5, 0.85], "safety box upper corner in the base frame (m)"),
     "max_step_translation": (0.04, "largest target translation per control period (m)"),
@@ -69,7 +71,7 @@ class ExecutorNode(Node):
         self.params = p
         self.period = 1.0 / p["control_rate"]
         timing = ("mode", "max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_timeout",
-                  "settle_time")
+                  "settle_time", "blend_overlap", "switch_delay")
         config = ExecutorConfig(**{k: p[k] for k in timing})
         limits = SafetyLimits(
             workspace_lower=tuple(p["workspace_lower"]), workspace_upper=tuple(p["workspace_upper"]),

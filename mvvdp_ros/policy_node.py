@@ -2,7 +2,9 @@
 
 Preview mode: the /mvvdp/preview service predicts from the latest observation and publishes a pending chunk,
 the predicted frames per view (RGB and heatmap overlay, looped for RViz), a trajectory MarkerArray and
-optionally PNG/GIF files. Auto mode: predicts at a rate and publishes chunks with status "auto".
+optionally PNG/GIF files. Auto mode: continuous; an InferenceScheduler (mvvdp_core.serving) decides when to
+predict the next chunk from the freshest observation so that it is ready at a fraction of the running one
+(following the timing of the chunks this node publishes), and results that came back stale are not published.
 A heartbeat (std_msgs/Header) tells the executor the policy is alive.
 """
 
@@ -26,9 +28,10 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from mvvdp_core.policy import MVVDPPolicy, Observation, PolicyOutput
+from mvvdp_core.policy import FastPathOptions, MVVDPPolicy, Observation, PolicyOutput
 from mvvdp_core.preview import confidence_color, overlay_heatmaps, preview_frames, save_preview
 from mvvdp_core.rotations import quaternion_to_matrix
+from mvvdp_core.serving import InferenceScheduler, SchedulerConfig
 from mvvdp_msgs.msg import ActionChunk, ProjectedViews
 from mvvdp_msgs.srv import Preview
 from mvvdp_ros.conversions import (
@@ -52,7 +55,13 @@ PARAMETERS = {
     "num_steps": (0, "denoising steps (0 = the checkpoint's default)"),
     "seed": (-1, "sampling seed (-1 = random)"),
     "mode": ("preview", "preview: predict on /mvvdp/preview; auto: predict continuously"),
-    "auto_rate": (1.0, "auto mode prediction rate (Hz)"),
+    "fast_path": (False, "fast inference path: merged LoRA, bf16 + flash SDPA on CUDA, cached condition"),
+    "compile": (False, "fast path on CUDA: torch.compile the transformer (reduce-overhead, CUDA graphs)"),
+    "schedule_rate": (20.0, "auto: how often the scheduler is asked whether to predict (Hz)"),
+    "request_fraction": (0.5, "auto: the next chunk should be ready at this fraction of the running one"),
+    "initial_latency": (0.4, "auto: inference latency assumed before the first measurement (s)"),
+    "latency_smoothing": (0.3, "auto: weight of a new latency measurement in its moving average"),
+    "max_chunk_age": (1.0, "auto: a chunk whose observation is older than this when ready is dropped (s)"),
     "max_observation_age": (2.0, "reject observations older than this (s)"),
     "base_frame": ("fr3_link0", "robot base frame"),
     "views_topic": ("/mvvdp/views", "projected views in"),
@@ -77,7 +86,12 @@ class PolicyNode(Node):
         if p["mode"] not in ("preview", "auto"):
             raise ValueError(f"mode must be preview or auto, got {p['mode']!r}")
         self.params = p
-        self.policy = MVVDPPolicy.from_checkpoint(self._checkpoint_path(), device=p["device"])
+        fast = FastPathOptions(compile=p["compile"]) if p["fast_path"] else None
+        self.policy = MVVDPPolicy.from_checkpoint(self._checkpoint_path(), device=p["device"], fast=fast)
+        self.scheduler = InferenceScheduler(SchedulerConfig(
+            request_fraction=p["request_fraction"], initial_latency=p["initial_latency"],
+            latency_smoothing=p["latency_smoothing"], max_age=p["max_chunk_age"],
+        ))
         self.workspace = self.policy.workspace
         self._lock = threading.Lock()  # one prediction at a time
         self._views: ProjectedViews | None = None
@@ -107,7 +121,7 @@ class PolicyNode(Node):
         self.create_timer(1.0 / p["heartbeat_rate"], self._beat, callback_group=state_group)
         self.create_timer(1.0 / p["preview_fps"], self._play, callback_group=state_group)
         if p["mode"] == "auto":
-            self.create_timer(1.0 / p["auto_rate"], self._auto_step, callback_group=work_group)
+            self.create_timer(1.0 / p["schedule_rate"], self._auto_step, callback_group=work_group)
         self.get_logger().info(f"policy ready ({p['mode']} mode), tasks {self.policy.tasks}")
 
     # ---- setup --------------------------------------------------------------------------------------
@@ -174,12 +188,15 @@ class PolicyNode(Node):
 
     def predict(self, task: str, num_steps: int, return_video: bool) -> tuple[PolicyOutput, Observation]:
         obs = self.observation(task)
+        return self.predict_from(obs, num_steps, return_video), obs
+
+    def predict_from(self, obs: Observation, num_steps: int, return_video: bool) -> PolicyOutput:
         steps = num_steps or self.params["num_steps"] or None
         seed = self.params["seed"] if self.params["seed"] >= 0 else None
         output = self.policy.predict(obs, num_steps=steps, return_video=return_video, seed=seed)
         output.chunk.chunk_id = self._next_chunk_id
         self._next_chunk_id += 1
-        return output, obs
+        return output
 
     def _on_preview(self, request: Preview.Request, response: Preview.Response) -> Preview.Response:
         start = time.perf_counter()
@@ -206,13 +223,33 @@ class PolicyNode(Node):
         return response
 
     def _auto_step(self) -> None:
+        """Auto mode: predict from the freshest observation when the scheduler says so; publish if fresh."""
+        if not self.scheduler.should_request(self._now()):
+            return
+        try:
+            obs = self.observation("")
+        except ValueError as err:
+            self.get_logger().warning(f"auto prediction waits: {err}", throttle_duration_sec=2.0)
+            return
+        request = self.scheduler.start_request(self._now(), obs.stamp)
         try:
             with self._lock:
-                output, _obs = self.predict("", 0, return_video=False)
+                output = self.predict_from(obs, 0, return_video=False)
         except (ValueError, KeyError) as err:
-            self.get_logger().warning(f"auto prediction skipped: {err}", throttle_duration_sec=2.0)
+            self.scheduler.finish_request(request.request_id, self._now())
+            self.get_logger().warning(f"auto prediction failed: {err}", throttle_duration_sec=2.0)
             return
-        self.chunk_pub.publish(chunk_to_msg(output.chunk, self.params["base_frame"], "auto"))
+        chunk = output.chunk
+        decision = self.scheduler.finish_request(request.request_id, self._now(), chunk.stamp)
+        if not decision.accepted:
+            self.get_logger().warning(f"chunk {chunk.chunk_id} not published: {decision.reason}")
+            return
+        self.chunk_pub.publish(chunk_to_msg(chunk, self.params["base_frame"], "auto"))
+        self.scheduler.chunk_started(chunk.stamp, float(chunk.time_from_start[-1]))
+        self.get_logger().info(
+            f"chunk {chunk.chunk_id} published: latency {decision.latency:.2f} s "
+            f"(mean {self.scheduler.latency:.2f} s), next request at {self.scheduler.next_request_time():.2f}"
+        )
         self._publish_markers(output)
 
     # ---- visualisation ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 
 from mvvdp_core.model.config import MVVDPConfig
 from mvvdp_core.model.transformer import MultiViewWanTransformer
@@ -30,6 +31,19 @@ def add_lora(model: MultiViewWanTransformer, config: LoraConfig) -> MultiViewWan
     for param in model.view_attention.parameters():
         param.requires_grad_(True)
     return model
+
+
+def merge_lora(model: MultiViewWanTransformer) -> int:
+    """Fold the LoRA updates into the base weights (inference only; the adapter stops being trainable).
+
+    Returns the number of merged layers. Merging twice is a no-op: peft tracks merged adapters.
+    """
+    merged = 0
+    for module in model.base.modules():
+        if isinstance(module, LoraLayer) and ADAPTER_NAME not in module.merged_adapters:
+            module.merge(safe_merge=True, adapter_names=[ADAPTER_NAME])
+            merged += 1
+    return merged
 
 
 def lora_state_dict(model: MultiViewWanTransformer) -> dict[str, torch.Tensor]:
