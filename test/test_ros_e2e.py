@@ -39,7 +39,7 @@ BOX_LOWER, BOX_UPPER = np.array([0.28, -0.08, 0.33]), np.array([0.45, 0.08, 0.5]
 # specified to 5 mm / 2 deg, and a random model's orientations at the box corners leave a few mm.
 TRACK_TOLERANCE = 0.01
 SETTLE_TIME = 5.0  # s after the chunk finished
-HEARTBEAT_TIMEOUT, PERIOD = 0.5, 0.05  # watchdog timeout (loose for a shared 2-core CPU), control period
+HEARTBEAT_TIMEOUT, PERIOD = 1.0, 0.05  # watchdog timeout (loose: four processes share two CPU cores), period
 FRONT_CLOUD = "/zed_front/zed_node/point_cloud/cloud_registered"
 
 
@@ -49,7 +49,7 @@ def overrides(tmp: str) -> dict:
         "perception": {"resolution": 64, "max_age": 2.0, "camera_timeout": 3.0, "use_tf": False},
         "policy": {"cache_dir": f"{tmp}/cache", "seed": 0, "max_observation_age": 4.0},
         "executor": {"workspace_lower": BOX_LOWER.tolist(), "workspace_upper": BOX_UPPER.tolist(),
-                     "settle_time": 2.0, "heartbeat_timeout": HEARTBEAT_TIMEOUT, "ee_timeout": 0.5},
+                     "settle_time": 2.0, "heartbeat_timeout": HEARTBEAT_TIMEOUT, "ee_timeout": 1.0},
     }
 
 
