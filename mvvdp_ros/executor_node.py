@@ -8,9 +8,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
@@ -23,6 +21,7 @@ from mvvdp_msgs.msg import ActionChunk
 from mvvdp_msgs.srv import Execute
 from mvvdp_ros.conversions import chunk_from_msg, pose_from_msg, pose_stamped
 from mvvdp_ros.params import declare_parameters
+from mvvdp_ros.spin import run_node
 
 PARAMETERS = {
     "mode": ("preview", "preview: run only chunks approved on the execute service; auto: run auto chunks"),
@@ -193,16 +192,7 @@ class ExecutorNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=sys.argv if argv is None else argv)
-    node = ExecutorNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(ExecutorNode, argv)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ import sys
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
@@ -32,6 +30,7 @@ from mvvdp_msgs.msg import ProjectedViews
 from mvvdp_ros.conversions import image_to_msg, stamp_to_sec, to_uint8_image, views_to_msg
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.pointcloud import cloud_from_msg
+from mvvdp_ros.spin import run_node
 
 PARAMETERS = {
     "cameras_file": ("", "camera calibration YAML (base_T_camera per camera, topics, frames)"),
@@ -154,16 +153,7 @@ class PerceptionNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=sys.argv if argv is None else argv)
-    node = PerceptionNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(PerceptionNode, argv)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import rclpy
 import torch
 import torch.nn.functional as F
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -45,6 +43,7 @@ from mvvdp_ros.conversions import (
     views_from_msg,
 )
 from mvvdp_ros.params import declare_parameters
+from mvvdp_ros.spin import run_node
 
 PARAMETERS = {
     "checkpoint": ("", "checkpoint folder (empty: a tiny one in cache_dir, see create_tiny_checkpoint)"),
@@ -304,20 +303,7 @@ class PolicyNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=sys.argv if argv is None else argv)
-    executor = MultiThreadedExecutor(num_threads=3)
-    node = None
-    try:
-        node = PolicyNode()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(PolicyNode, argv, threads=3)
 
 
 if __name__ == "__main__":

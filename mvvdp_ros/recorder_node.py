@@ -11,9 +11,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState, PointCloud2
@@ -27,6 +25,7 @@ from mvvdp_core.rotations import quaternion_to_matrix
 from mvvdp_ros.conversions import pose_from_msg, stamp_to_sec
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.pointcloud import cloud_from_msg
+from mvvdp_ros.spin import run_node
 
 PARAMETERS = {
     "cameras_file": ("", "camera calibration YAML (base_T_camera per camera, topics, frames)"),
@@ -148,16 +147,7 @@ class RecorderNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=sys.argv if argv is None else argv)
-    node = RecorderNode()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(RecorderNode, argv)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,9 @@ import math
 import sys
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time as RosTime
@@ -25,6 +23,7 @@ from std_msgs.msg import Float64
 
 from mvvdp_core.sim.franka import FrankaSim, SimConfig
 from mvvdp_ros.pointcloud import cloud_to_msg
+from mvvdp_ros.spin import run_node
 
 MAX_CATCH_UP_S = 0.25  # beyond this lag the simulation skips wall time instead of racing to catch up
 
@@ -182,18 +181,7 @@ class SimRobotNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = None
-    try:
-        node = SimRobotNode()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SimRobotNode, argv)
 
 
 if __name__ == "__main__":
