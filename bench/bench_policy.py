@@ -41,7 +41,7 @@ def synthetic_cloud(config: MVVDPConfig, num_points: int, seed: int = 0) -> tupl
     return points, colors
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -53,13 +53,21 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def run_once(
-    policy: MVVDPPolicy, points: torch.Tensor, colors: torch.Tensor, steps: int, preview: bool, seed: int
+    policy: MVVDPPolicy,
+    points: torch.Tensor,
+    colors: torch.Tensor,
+    steps: int,
+    preview: bool,
+    seed: int,
+    stamp: float = 0.0,
 ) -> dict[str, float]:
+    """One cloud -> chunk pass with per-stage timings; a new stamp makes a new observation (condition
+    encoded again even where the policy caches it)."""
     device = policy.device
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     views = project_views(points, colors, policy.workspace)
-    _sync(device)
+    sync(device)
     projection = time.perf_counter() - start
     ws = policy.workspace
     obs = Observation(
@@ -67,11 +75,11 @@ def run_once(
         ee_position=np.asarray(ws.center) + [0.05, -0.05, 0.1],
         ee_rotation=np.diag([1.0, -1.0, -1.0]),
         gripper=1.0,
-        stamp=0.0,
+        stamp=stamp,
         task=policy.tasks[0],
     )
     out = policy.predict(obs, num_steps=steps, return_video=preview, seed=seed)
-    _sync(device)
+    sync(device)
     timings = dict(out.timings)
     timings["projection"] = projection
     timings["cloud_to_chunk"] = time.perf_counter() - start

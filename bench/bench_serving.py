@@ -18,69 +18,17 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
-from bench_policy import peak_memory_gib, synthetic_cloud
+from bench_policy import COLUMNS, peak_memory_gib, run_once, sync, synthetic_cloud
 from tqdm import tqdm
 
 from mvvdp_core.geometry import cuda_ext
 from mvvdp_core.geometry.projection import project_views
 from mvvdp_core.model import MVVDPConfig, build_model_parts
-from mvvdp_core.policy import FastPathOptions, MVVDPPolicy, Observation
+from mvvdp_core.policy import FastPathOptions, MVVDPPolicy
 
 TARGET_SECONDS = {1: 0.15, 5: 0.4}  # cloud -> chunk, without preview
 TARGET_MEMORY_GB = 16.0
-
-COLUMNS = [
-    ("projection", "project"),
-    ("heatmaps", "heatmaps"),
-    ("encode", "encode"),
-    ("step_mean", "step"),
-    ("denoise", "denoise"),
-    ("decode_heatmaps", "dec heat"),
-    ("decode_rgb", "dec rgb"),
-    ("backproject", "backproj"),
-    ("head", "head"),
-    ("cloud_to_chunk", "total"),
-]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def run_once(
-    policy: MVVDPPolicy,
-    points: torch.Tensor,
-    colors: torch.Tensor,
-    steps: int,
-    preview: bool,
-    stamp: float,
-) -> dict[str, float]:
-    """One cloud -> chunk pass; a new stamp per call makes it a new observation (no condition cache hit)."""
-    device = policy.device
-    _sync(device)
-    start = time.perf_counter()
-    views = project_views(points, colors, policy.workspace)
-    _sync(device)
-    projection = time.perf_counter() - start
-    obs = Observation(
-        rgb=views.rgb.clamp(0, 1),
-        ee_position=np.asarray(policy.workspace.center) + [0.05, -0.05, 0.1],
-        ee_rotation=np.diag([1.0, -1.0, -1.0]),
-        gripper=1.0,
-        stamp=stamp,
-        task=policy.tasks[0],
-    )
-    out = policy.predict(obs, num_steps=steps, return_video=preview, seed=int(stamp))
-    _sync(device)
-    timings = dict(out.timings)
-    timings["projection"] = projection
-    timings["cloud_to_chunk"] = time.perf_counter() - start
-    timings["step_mean"] = timings["denoise"] / steps
-    return timings
-
 
 def time_projection(
     points: torch.Tensor, colors: torch.Tensor, config: MVVDPConfig, backend: str, repeats: int
@@ -91,10 +39,10 @@ def time_projection(
     project_views(points, colors, workspace, backend=backend)
     seconds = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         project_views(points, colors, workspace, backend=backend)
-        _sync(device)
+        sync(device)
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds)
 
@@ -174,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for i in range(args.warmup + args.repeats):
             stamp += 1.0
-            timings = run_once(policy, points, colors, steps, preview, stamp)
+            timings = run_once(policy, points, colors, steps, preview, seed=int(stamp), stamp=stamp)
             if i >= args.warmup:
                 runs.append(timings)
         medians = {key: statistics.median(run.get(key, 0.0) for run in runs) for key, _ in COLUMNS}
