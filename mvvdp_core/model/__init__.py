@@ -9,6 +9,7 @@ from mvvdp_core.model.checkpoint import (
 )
 from mvvdp_core.model.config import HeadConfig, MVVDPConfig
 from mvvdp_core.model.head import RotationGripperHead, head_loss
+from mvvdp_core.model.text import TextEncoderError, encode_prompts
 from mvvdp_core.model.transformer import MultiViewWanTransformer
 from mvvdp_core.model.vae import VideoVAE
 
@@ -19,8 +20,10 @@ __all__ = [
     "ModelParts",
     "MultiViewWanTransformer",
     "RotationGripperHead",
+    "TextEncoderError",
     "VideoVAE",
     "build_model_parts",
+    "encode_prompts",
     "head_loss",
     "load_checkpoint",
     "save_checkpoint",

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from mvvdp_core.model.text import parse_task_prompts
 from mvvdp_core.train.loop import TrainSettings, train
 
 
@@ -22,6 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output folder: checkpoints, tensorboard, plots")
     parser.add_argument("--config", choices=["tiny", "wan22"], default=None, help="model preset")
     parser.add_argument("--base-model", default=None, help="local Wan2.2-TI2V-5B diffusers folder (wan22)")
+    parser.add_argument(
+        "--text-encoder", default=None, help="local umT5 encoder (or Wan2.2 diffusers) folder for --prompt"
+    )
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: next to the encoder)")
+    parser.add_argument(
+        "--prompt", action="append", default=None, metavar='NAME="instruction"',
+        help="instruction of a recorded task (repeatable; with --text-encoder, else random embeddings)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=None, help="total optimiser steps")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--settings", type=Path, default=None, help="YAML file with TrainSettings keys")
@@ -54,6 +63,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         "config": args.config, "base_model": args.base_model, "steps": args.steps,
         "batch_size": args.batch_size, "vae_steps": args.vae_steps, "checkpoint_every": args.checkpoint_every,
         "mixed_precision": args.mixed_precision, "num_workers": args.num_workers, "seed": args.seed,
+        "text_encoder": args.text_encoder, "tokenizer": args.tokenizer,
+        "prompts": parse_task_prompts(args.prompt) if args.prompt else None,
     }  # fmt: skip
     values.update({k: v for k, v in flags.items() if v is not None})
     return TrainSettings(**values)

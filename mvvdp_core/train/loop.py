@@ -16,7 +16,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,11 @@ from mvvdp_core.model.checkpoint import (
     ModelParts,
     build_model_parts,
     load_checkpoint,
+    random_text_embeddings,
     save_checkpoint,
 )
 from mvvdp_core.model.config import MVVDPConfig
+from mvvdp_core.model.text import encode_prompts
 from mvvdp_core.policy import MVVDPPolicy
 from mvvdp_core.train.head import head_objective
 from mvvdp_core.train.plots import plot_trajectories
@@ -65,6 +67,9 @@ class TrainSettings:
     vae_steps: int | None = None  # fit the VAE first; None: 300 for a random (tiny) base, else 0
     vae_lr: float = 1e-3
     base_model: str | None = None
+    text_encoder: str | None = None  # local umT5 (or Wan2.2 diffusers) folder; None: random task embeddings
+    tokenizer: str | None = None  # default: found next to text_encoder
+    prompts: dict[str, str] = field(default_factory=dict)  # task -> instruction, used with text_encoder
     config_overrides: dict[str, Any] = field(default_factory=dict)  # MVVDPConfig fields, e.g. image_size
     workspace_center: tuple[float, float, float] | None = None  # None: from the episodes' meta, else default
     workspace_edge: float | None = None
@@ -93,6 +98,8 @@ class TrainSettings:
             raise ValueError("the wan22 config needs --base-model, a local Wan2.2-TI2V-5B diffusers folder")
         if self.workspace_center is not None:
             self.workspace_center = tuple(float(c) for c in self.workspace_center)
+        if self.prompts and self.text_encoder is None:
+            raise ValueError("task prompts need --text-encoder, a local umT5 encoder folder")
 
 
 @dataclass
@@ -148,17 +155,48 @@ def latest_checkpoint(out: str | Path) -> Path | None:
     return path if (path / TRAINER_STATE).is_file() else None
 
 
-def build_parts(settings: TrainSettings, config: MVVDPConfig, tasks: list[str]) -> ModelParts:
+def task_text_embeddings(
+    settings: TrainSettings, config: MVVDPConfig, tasks: list[str]
+) -> tuple[dict[str, torch.Tensor], str]:
+    """Starting text embeddings per task and a line saying where they came from.
+
+    With settings.text_encoder every task needs a prompt; without it the embeddings are random.
+    """
+    if settings.text_encoder is None:
+        return random_text_embeddings(config, tasks, settings.seed), (
+            f"text embeddings: random per task {tasks} (no --text-encoder given)"
+        )
+    missing = sorted(set(tasks) - set(settings.prompts))
+    unknown = sorted(set(settings.prompts) - set(tasks))
+    if missing or unknown:
+        raise ValueError(
+            f"--prompt must name exactly the recorded tasks {tasks}: "
+            f"missing {missing}, no episodes for {unknown}"
+        )
+    text = encode_prompts(
+        settings.prompts, settings.text_encoder, settings.tokenizer, max_length=config.text_len,
+        text_dim=config.text_dim, progress=settings.progress,
+    )  # fmt: skip
+    return text, f"text embeddings: umT5 encoding of the task prompts {tasks} from {settings.text_encoder}"
+
+
+def build_parts(
+    settings: TrainSettings, config: MVVDPConfig, tasks: list[str], log: Callable[[str], None] | None = None
+) -> ModelParts:
     """Fresh parts: a random tiny model, or the local Wan2.2 base with new LoRA, view attention and head."""
+    text, source = task_text_embeddings(settings, config, tasks)
+    if log is not None:
+        log(source)
     if config.base_model_path is None:
-        return build_model_parts(config, seed=settings.seed, tasks=tasks)
-    from mvvdp_core.model.checkpoint import _load_base, build_head, build_transformer, random_text_embeddings
+        parts = build_model_parts(config, seed=settings.seed, tasks=tasks)
+        parts.text_embeddings = text
+        return parts
+    from mvvdp_core.model.checkpoint import _load_base, build_head, build_transformer
     from mvvdp_core.model.vae import VideoVAE
 
     torch.manual_seed(settings.seed)
     base, vae = _load_base(config, Path(config.base_model_path), torch.float32)
     transformer = build_transformer(config, base)
-    text = random_text_embeddings(config, tasks, 0)
     return ModelParts(transformer, VideoVAE(vae), build_head(config), text)
 
 
@@ -289,9 +327,11 @@ def train(
         missing = sorted(set(tasks) - set(parts.text_embeddings))
         if missing:
             raise ValueError(f"checkpoint {previous} has no text embedding for tasks {missing}")
+        if accelerator.is_main_process:
+            tqdm.write(f"text embeddings: from the resumed checkpoint {previous}")
     else:
         config = model_config(settings, episodes)
-        parts = build_parts(settings, config, tasks)
+        parts = build_parts(settings, config, tasks, log=tqdm.write if accelerator.is_main_process else None)
         state = None
     workspace = config.workspace()
     augment = AugmentConfig(settings.max_yaw_deg, settings.max_translation) if settings.augment else None
