@@ -86,6 +86,26 @@ def test_padding_rule_and_truncation(text_model: Path) -> None:
     assert torch.equal(wide[5:], torch.zeros(15, CONFIG.text_dim))
 
 
+@torch.no_grad()
+def test_parity_with_the_wan_pipeline(text_model: Path) -> None:
+    """The diffusers Wan pipeline's own prompt encoding, run on the same tiny encoder and tokenizer."""
+    from types import SimpleNamespace
+
+    from diffusers import WanPipeline
+    from transformers import AutoTokenizer
+
+    prompts = {"a": "push the  red button", "b": "pick up the blue cube place on the shelf", "c": "reach"}
+    tokenizer = AutoTokenizer.from_pretrained(str(text_model / "tokenizer"), local_files_only=True)
+    encoder = UMT5EncoderModel.from_pretrained(str(text_model / "text_encoder"), local_files_only=True)
+    pipeline = SimpleNamespace(tokenizer=tokenizer, text_encoder=encoder)
+    reference = WanPipeline._get_t5_prompt_embeds(
+        pipeline, list(prompts.values()), max_sequence_length=CONFIG.text_len, device=torch.device("cpu"),
+        dtype=torch.float32,
+    )  # fmt: skip
+    ours = encode_prompts(prompts, text_model, max_length=CONFIG.text_len, progress=False)
+    torch.testing.assert_close(torch.stack(list(ours.values())), reference, rtol=1e-5, atol=1e-5)
+
+
 def test_prompt_cleaning_and_different_prompts(text_model: Path) -> None:
     assert clean_prompt("  open\n the&amp;amp;  drawer ") == "open the& drawer"
     out = encode_prompts(
