@@ -36,15 +36,31 @@ def _to_uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames.detach().float().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def preview_frames(rgb_video: torch.Tensor, overlay_video: torch.Tensor) -> list[np.ndarray]:
-    """(V, T, 3, H, W) RGB and overlay videos -> T images (2H, V*W, 3) uint8, RGB row over overlay row."""
+def preview_frames(
+    rgb_video: torch.Tensor, overlay_video: torch.Tensor, observed: torch.Tensor | None = None
+) -> list[np.ndarray]:
+    """(V, T, 3, H, W) RGB and overlay videos -> T images (rows*H, V*W, 3) uint8.
+
+    Rows, top to bottom: the observed views (V, 3, H, W) the prediction started from, when given; the
+    predicted RGB frame; the predicted heatmap over it.
+    """
     if rgb_video.shape != overlay_video.shape or rgb_video.ndim != 5:
         raise ValueError(f"videos must both be (V, T, 3, H, W), got {tuple(rgb_video.shape)} and "
                          f"{tuple(overlay_video.shape)}")
-    both = torch.stack([rgb_video, overlay_video])  # (2, V, T, 3, H, W)
-    frames = both.permute(2, 0, 4, 1, 5, 3)  # (T, 2, H, V, W, 3)
-    t, rows, h, v, w, c = frames.shape
-    return list(_to_uint8(frames.reshape(t, rows * h, v * w, c)))
+    rows = [rgb_video, overlay_video]
+    if observed is not None:
+        expected = rgb_video.shape[:1] + rgb_video.shape[2:]
+        if observed.shape != expected:
+            raise ValueError(f"observed views must be (V, 3, H, W) = {tuple(expected)}, "
+                             f"got {tuple(observed.shape)}")
+        rows.insert(0, observed.to(rgb_video.dtype).unsqueeze(1).expand_as(rgb_video))
+    stacked = torch.stack(rows)  # (R, V, T, 3, H, W)
+    frames = stacked.permute(2, 0, 4, 1, 5, 3)  # (T, R, H, V, W, 3)
+    t, r, h, v, w, c = frames.shape
+    return list(_to_uint8(frames.reshape(t, r * h, v * w, c)))
+
+
+MIN_PREVIEW_HEIGHT = 600  # pixels
 
 
 def save_preview(frames: list[np.ndarray], out_dir: str | Path, name: str, fps: float = 10.0) -> list[Path]:
@@ -53,7 +69,11 @@ def save_preview(frames: list[np.ndarray], out_dir: str | Path, name: str, fps: 
         raise ValueError("no preview frames to save")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Small model resolutions are enlarged (nearest neighbour) so that a person can see them.
+    scale = max(1, MIN_PREVIEW_HEIGHT // frames[0].shape[0])
     images = [Image.fromarray(f) for f in frames]
+    if scale > 1:
+        images = [im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in images]
     gif, png = out / f"{name}.gif", out / f"{name}_last.png"
     images[0].save(gif, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
     images[-1].save(png)

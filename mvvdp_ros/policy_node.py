@@ -266,7 +266,7 @@ class PolicyNode(Node):
                 image_to_msg(to_uint8_image(f), 0.0, frame_id) for f in overlay[v]]
         self._playback, self._playback_index = playback, 0
         if self.params["output_dir"]:
-            paths = save_preview(preview_frames(rgb_video, overlay), self.params["output_dir"],
+            paths = save_preview(preview_frames(rgb_video, overlay, obs.rgb), self.params["output_dir"],
                                  f"chunk_{output.chunk.chunk_id}", fps=self.params["preview_fps"])
             self.get_logger().info(f"preview written to {', '.join(map(str, paths))}")
 
