@@ -167,3 +167,19 @@ def test_base_model_path_checkpoint(saved, tmp_path):
     (path / "config.json").write_text(json.dumps(json_config))
     with pytest.raises(CheckpointError, match="num_layers"):
         load_checkpoint(path)
+
+
+def test_training_run_folder_and_latest_pointer_resolve_to_the_newest_checkpoint(saved, tmp_path):
+    parts, path = saved
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copytree(path, run / "checkpoints" / "step_0000007")
+    (run / "checkpoints" / "latest").write_text("step_0000007\n")
+    for given in (run, run / "checkpoints" / "latest"):
+        loaded, _ = load_checkpoint(given)
+        assert set(loaded.text_embeddings) == set(parts.text_embeddings)
+        for task, embedding in parts.text_embeddings.items():
+            torch.testing.assert_close(loaded.text_embeddings[task], embedding)
+    (run / "checkpoints" / "latest").write_text("")
+    with pytest.raises(CheckpointError, match="empty checkpoint pointer"):
+        load_checkpoint(run)

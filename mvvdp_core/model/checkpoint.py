@@ -45,6 +45,21 @@ HEAD_FILE = "head.safetensors"
 TEXT_FILE = "text_embeddings.safetensors"
 BASE_DIR = "base"
 TRANSFORMER_WEIGHTS = "diffusion_pytorch_model.safetensors"
+RUN_CHECKPOINTS_DIR = "checkpoints"  # a training run keeps its checkpoints here ...
+LATEST_POINTER = "latest"  # ... and names the newest one in this file
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder as given, or the newest checkpoint of a training run (its folder or its
+    checkpoints/latest pointer file)."""
+    path = Path(path).expanduser()
+    for pointer in (path, path / RUN_CHECKPOINTS_DIR / LATEST_POINTER):
+        if pointer.name == LATEST_POINTER and pointer.is_file():
+            name = pointer.read_text().strip()
+            if not name:
+                raise CheckpointError(f"empty checkpoint pointer: {pointer}")
+            return pointer.parent / name
+    return path
 
 
 class CheckpointError(ValueError):
@@ -196,7 +211,7 @@ def _load_base(
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[ModelParts, MVVDPConfig]:
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {path}")
     config = load_config(path)

@@ -18,7 +18,13 @@ from safetensors.torch import save as save_tensors
 from tqdm import tqdm
 
 from mvvdp_core.data.episode import atomic_write_bytes
-from mvvdp_core.model.checkpoint import TEXT_FILE, CheckpointError, _load_tensors, load_config
+from mvvdp_core.model.checkpoint import (
+    TEXT_FILE,
+    CheckpointError,
+    _load_tensors,
+    load_config,
+    resolve_checkpoint,
+)
 
 CONFIG_FILE = "config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
@@ -142,7 +148,7 @@ def encode_prompts(
 
 def update_checkpoint_texts(checkpoint: str | Path, embeddings: dict[str, torch.Tensor]) -> list[str]:
     """Add or replace tasks in a checkpoint's text embeddings (atomic rewrite); returns all its tasks."""
-    checkpoint = Path(checkpoint)
+    checkpoint = resolve_checkpoint(checkpoint)
     if not checkpoint.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {checkpoint}")
     config = load_config(checkpoint)
@@ -197,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts = parse_task_prompts(args.task)
     except ValueError as error:
         parser.error(str(error))
+    args.checkpoint = resolve_checkpoint(args.checkpoint)
     config = load_config(args.checkpoint)
     embeddings = encode_prompts(
         prompts, args.text_encoder, args.tokenizer, max_length=config.text_len, device=args.device,

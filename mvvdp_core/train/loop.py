@@ -30,6 +30,8 @@ from mvvdp_core.data.augment import AugmentConfig
 from mvvdp_core.data.dataset import EpisodeDataset, SampleConfig
 from mvvdp_core.data.episode import Episode, atomic_write_bytes, fsync_dir, list_episodes
 from mvvdp_core.model.checkpoint import (
+    LATEST_POINTER,
+    RUN_CHECKPOINTS_DIR,
     ModelParts,
     build_model_parts,
     load_checkpoint,
@@ -45,8 +47,8 @@ from mvvdp_core.train.predictor import observation_from_step
 from mvvdp_core.train.vae import fit_vae
 from mvvdp_core.train.video import encode_latents, video_loss
 
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_FILE = "latest"
+CHECKPOINTS_DIR = RUN_CHECKPOINTS_DIR
+LATEST_FILE = LATEST_POINTER
 TRAINER_STATE = "trainer_state.pt"
 SETTINGS_FILE = "train_settings.json"
 
