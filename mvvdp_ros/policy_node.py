@@ -50,7 +50,7 @@ PARAMETERS = {
     "create_tiny_checkpoint": (False, "build a tiny random checkpoint in cache_dir when none is given"),
     "cache_dir": ("~/.cache/mvvdp", "folder for the tiny checkpoint"),
     "device": ("cpu", "torch device of the model"),
-    "task": ("default", "task instruction used when a request names none"),
+    "task": ("", "task used when a request names none (empty: the checkpoint's first task)"),
     "num_steps": (0, "denoising steps (0 = the checkpoint's default)"),
     "seed": (-1, "sampling seed (-1 = random)"),
     "mode": ("preview", "preview: predict on /mvvdp/preview; auto: predict continuously"),
@@ -135,7 +135,7 @@ class PolicyNode(Node):
         path = Path(p["cache_dir"]).expanduser() / "tiny_checkpoint"
         if not (path / "config.json").is_file():
             self.get_logger().info(f"building a tiny random checkpoint in {path}")
-            checkpoint.main([str(path), "--task", p["task"]])
+            checkpoint.main([str(path), "--task", p["task"] or "default"])
         return path
 
     # ---- inputs -------------------------------------------------------------------------------------
@@ -183,7 +183,8 @@ class PolicyNode(Node):
         size = self.policy.config.image_size
         if rgb_t.shape[-1] != size:
             rgb_t = F.interpolate(rgb_t, size=(size, size), mode="area").clamp(0, 1)
-        return Observation(rgb_t, ee[1], ee[2], self._gripper, stamp, task or self.params["task"])
+        task = task or self.params["task"] or self.policy.tasks[0]
+        return Observation(rgb_t, ee[1], ee[2], self._gripper, stamp, task)
 
     def predict(self, task: str, num_steps: int, return_video: bool) -> tuple[PolicyOutput, Observation]:
         obs = self.observation(task)

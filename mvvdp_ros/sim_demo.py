@@ -24,6 +24,7 @@ from mvvdp_core.graph import build_graph
 from mvvdp_ros.bringup import GraphProcesses
 
 PREVIEW_RETRIES = 20  # the first views take a while to arrive while the tiny checkpoint is being built
+TRANSIENT_REFUSALS = ("no views", "no end-effector", "stale")  # refusals worth waiting out
 
 
 def _track(commanded: np.ndarray, reached: np.ndarray) -> dict[str, float]:
@@ -37,22 +38,23 @@ def _track(commanded: np.ndarray, reached: np.ndarray) -> dict[str, float]:
     }
 
 
-def _plot(path: Path, predicted: np.ndarray, commanded: list, reached: list) -> None:
+def _plot(path: Path, predicted: np.ndarray, times: np.ndarray, commanded: list, reached: list) -> None:
+    """Predicted steps at their time from the approval, with the commanded targets and the arm's path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), constrained_layout=True)
-    t0 = reached[0][0] if reached else 0.0
+    t0 = commanded[0][0] if commanded else 0.0
     for axis, (ax, name) in enumerate(zip(axes, "xyz", strict=True)):
-        ax.plot(np.arange(len(predicted)), predicted[:, axis], "o-", ms=3, label="predicted (per step)")
+        ax.plot(times, predicted[:, axis], "o-", ms=3, label="predicted")
         if commanded:
-            ax.plot([t - t0 for t, _ in commanded], [p[axis] for _, p in commanded], label="commanded (s)")
+            ax.plot([t - t0 for t, _ in commanded], [p[axis] for _, p in commanded], label="commanded")
         if reached:
-            ax.plot([t - t0 for t, _ in reached], [p[axis] for _, p in reached], label="arm (s)")
+            ax.plot([t - t0 for t, _ in reached], [p[axis] for _, p in reached], label="arm")
         ax.set_title(f"{name} [m]")
-        ax.set_xlabel("step / time")
+        ax.set_xlabel("time since approval [s]")
     axes[0].legend(fontsize=7)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from rclpy.qos import qos_profile_sensor_data
     from std_msgs.msg import String
 
-    from mvvdp_msgs.msg import ProjectedViews
+    from mvvdp_msgs.msg import ActionChunk, ProjectedViews
     from mvvdp_msgs.srv import Execute, Preview
 
     out = Path(args.out).expanduser().resolve()
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         commanded: list[tuple[float, np.ndarray]] = []
         states: list[str] = []
         views: list[float] = []
+        chunks: dict[int, ActionChunk] = {}
 
         def position(msg: PoseStamped) -> np.ndarray:
             p = msg.pose.position
@@ -96,6 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  lambda m: commanded.append((time.monotonic(), position(m))), 10)
         node.create_subscription(String, "/mvvdp/executor/state", lambda m: states.append(m.data), 10)
         node.create_subscription(ProjectedViews, "/mvvdp/views", lambda _m: views.append(time.monotonic()), 1)
+        node.create_subscription(ActionChunk, "/mvvdp/chunk", lambda m: chunks.update({m.chunk_id: m}), 10)
         preview = node.create_client(Preview, "/mvvdp/preview")
         execute = node.create_client(Execute, "/mvvdp/execute")
 
@@ -120,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             reply = None
             for _ in range(PREVIEW_RETRIES):
                 reply = call(preview, Preview.Request(task=args.task, num_steps=args.steps), args.timeout)
-                if reply.success:
+                if reply.success or not any(word in reply.message for word in TRANSIENT_REFUSALS):
                     break
                 print(f"  {reply.message}; retrying", flush=True)
                 deadline = time.monotonic() + 2.0
@@ -150,7 +154,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             reached = np.array([p for _, p in ee if p is not None])
             figures = _track(np.array([p for _, p in commanded]), np.array([start, reached[-1]]))
             summary.update(approved=True, **figures)
-            _plot(out / "trajectory.png", predicted, commanded, [e for e in ee if e[0] >= commanded[0][0]])
+            spin_until(lambda: reply.chunk_id in chunks, 5.0, "the previewed chunk on /mvvdp/chunk")
+            times = np.asarray(chunks[reply.chunk_id].time_from_start, dtype=float)
+            _plot(out / "trajectory.png", predicted, times, commanded,
+                  [e for e in ee if e[0] >= commanded[0][0]])
             summary["plot"] = str(out / "trajectory.png")
             return summary
         finally:
