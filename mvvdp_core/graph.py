@@ -9,6 +9,7 @@ Two runners read this description: launch/bringup.launch.py (ROS 2 launch, when 
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,14 +57,18 @@ def format_parameter(value: Any) -> str:
 
 
 def default_config_dir() -> Path:
-    """The checkout's config/ folder, else the installed share/mvvdp_ros/config."""
-    checkout = Path(__file__).resolve().parents[1] / "config"
-    if checkout.is_dir():
-        return checkout
-    installed = Path(sys.prefix) / "share" / PACKAGE / "config"
-    if installed.is_dir():
-        return installed
-    raise FileNotFoundError(f"no config folder at {checkout} or {installed}")
+    """The checkout's config/ folder, else share/mvvdp_ros/config of the install prefix (pip or colcon)."""
+    here = Path(__file__).resolve()
+    candidates = [here.parents[1] / "config"]  # source checkout
+    ament = os.environ.get("AMENT_PREFIX_PATH", "")
+    prefixes = [Path(sys.prefix)] + [Path(p) for p in ament.split(os.pathsep) if p]
+    if len(here.parents) > 4:
+        prefixes.append(here.parents[4])  # <prefix>/lib/pythonX.Y/site-packages/mvvdp_core/graph.py
+    candidates += [prefix / "share" / PACKAGE / "config" for prefix in prefixes]
+    for folder in candidates:
+        if (folder / "policy.yaml").is_file():
+            return folder
+    raise FileNotFoundError(f"no mvvdp config folder in {[str(c) for c in candidates]}")
 
 
 def build_graph(

@@ -113,3 +113,23 @@ def test_executor_names_bad_or_unavailable_gripper_interfaces() -> None:
                 ExecutorNode(cli_args=["--ros-args", "-p", "gripper_interface:=franka"])
     finally:
         rclpy.shutdown()
+
+
+def test_config_found_in_pip_and_colcon_install_layouts(tmp_path, monkeypatch) -> None:
+    from mvvdp_core import graph
+
+    prefix = tmp_path / "install" / "mvvdp_ros"
+    config = prefix / "share" / "mvvdp_ros" / "config"
+    config.mkdir(parents=True)
+    (config / "policy.yaml").write_text("policy: {}\n")
+    module = prefix / "lib" / "python3.11" / "site-packages" / "mvvdp_core" / "graph.py"
+    monkeypatch.setattr(graph, "__file__", str(module))
+    monkeypatch.setattr(graph.sys, "prefix", str(tmp_path / "python"))  # not an install of this package
+    monkeypatch.setenv("AMENT_PREFIX_PATH", "")
+    assert graph.default_config_dir() == config  # found from the module's own install prefix
+    monkeypatch.setattr(graph, "__file__", str(tmp_path / "elsewhere" / "graph.py"))
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(prefix))
+    assert graph.default_config_dir() == config  # found through the ament prefix path
+    monkeypatch.setenv("AMENT_PREFIX_PATH", "")
+    with pytest.raises(FileNotFoundError, match="no mvvdp config folder"):
+        graph.default_config_dir()
