@@ -1,6 +1,6 @@
 """Speed of the simulated FR3: ms per physics step (with pose tracking) and per three-camera cloud render.
 
-python bench/bench_sim.py [--width 192 --height 144 --steps 2000 --renders 20]
+python bench/bench_sim.py [--width 320 --height 240 --steps 2000 --renders 20]
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--width", type=int, default=192)
-    parser.add_argument("--height", type=int, default=144)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--steps", type=int, default=2000, help="physics steps to time")
     parser.add_argument("--renders", type=int, default=20, help="three-camera renders to time")
     args = parser.parse_args(argv)

@@ -64,8 +64,8 @@ class SimRobotNode(Node):
         self._rtf = p(
             "realtime_factor", 1.0, _float_param("Simulated seconds per wall-clock second", 0.01, 10.0)
         ).value
-        width = p("camera_width", 192, _int_param("Simulated camera image width (pixels)", 16, 2048)).value
-        height = p("camera_height", 144, _int_param("Simulated camera image height (pixels)", 16, 2048)).value
+        width = p("camera_width", 320, _int_param("Simulated camera image width (pixels)", 16, 2048)).value
+        height = p("camera_height", 240, _int_param("Simulated camera image height (pixels)", 16, 2048)).value
         seed = p("seed", 0, _int_param("Seed of the object placement", 0, 2**31 - 1)).value
         num_objects = p("num_objects", 3, _int_param("Cubes on the table", 0, 5)).value
         self._base_frame = p("base_frame", "fr3_link0", _str_param("Robot base frame")).value

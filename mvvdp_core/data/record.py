@@ -69,7 +69,7 @@ def record_pick_demos(
     episodes: int,
     seed: int = 0,
     control_period: float = 0.1,
-    camera_size: tuple[int, int] = (192, 144),
+    camera_size: tuple[int, int] = (320, 240),
     script: PickScript | None = None,
 ) -> list[Path]:
     """Record `episodes` scripted picks (scene seeds seed, seed + 1, ...); returns the episode folders."""
@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--control-period", type=float, default=0.1, help="seconds between recorded steps")
-    parser.add_argument("--camera-width", type=int, default=192)
-    parser.add_argument("--camera-height", type=int, default=144)
+    parser.add_argument("--camera-width", type=int, default=320)
+    parser.add_argument("--camera-height", type=int, default=240)
     args = parser.parse_args(argv)
     paths = record_pick_demos(
         args.out, args.episodes, args.seed, args.control_period, (args.camera_width, args.camera_height)

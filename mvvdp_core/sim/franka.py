@@ -80,8 +80,8 @@ class CameraSpec:
 
 @dataclass(frozen=True)
 class SimConfig:
-    width: int = 192
-    height: int = 144
+    width: int = 320
+    height: int = 240
     num_objects: int = 3
     cube_half: float = 0.025
     timestep: float = 0.002
