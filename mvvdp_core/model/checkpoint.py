@@ -151,7 +151,8 @@ def _require(file: Path) -> Path:
     return file
 
 
-def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+def load_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; CheckpointError naming the file when it is missing or corrupt."""
     try:
         return load_file(str(_require(file)))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
@@ -160,7 +161,7 @@ def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
 
 def _load_module(module: torch.nn.Module, file: Path) -> None:
     try:
-        module.load_state_dict(_load_tensors(file), strict=True)
+        module.load_state_dict(load_tensors(file), strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{file} does not match the model: {error}") from error
 
@@ -177,9 +178,11 @@ def _plain(value: object) -> object:
     return list(value) if isinstance(value, tuple | list) else value
 
 
-def _load_base(
+def load_base_model(
     config: MVVDPConfig, path: Path, dtype: torch.dtype
 ) -> tuple[WanTransformer3DModel, AutoencoderKLWan]:
+    """The base Wan transformer and VAE from config.base_model_path (a local diffusers folder), else from the
+    checkpoint's own base/ folder; local files only, checked against the config."""
     root = Path(config.base_model_path) if config.base_model_path is not None else path / BASE_DIR
     for sub in ("transformer", "vae"):
         _require(root / sub / CONFIG_FILE)
@@ -222,10 +225,10 @@ def load_checkpoint(
         raise CheckpointError(f"invalid {lora_dir / LORA_CONFIG_FILE}: {error}") from error
     if (saved_lora.r, saved_lora.lora_alpha) != (config.lora_rank, config.lora_alpha):
         raise CheckpointError(f"{lora_dir / LORA_CONFIG_FILE} rank/alpha differ from {path / CONFIG_FILE}")
-    base, vae = _load_base(config, path, dtype)
+    base, vae = load_base_model(config, path, dtype)
     transformer = build_transformer(config, base)
     try:
-        load_lora_state_dict(transformer, _load_tensors(lora_dir / LORA_WEIGHTS_FILE))
+        load_lora_state_dict(transformer, load_tensors(lora_dir / LORA_WEIGHTS_FILE))
     except (RuntimeError, ValueError) as error:
         if isinstance(error, CheckpointError):
             raise
@@ -233,7 +236,7 @@ def load_checkpoint(
     _load_module(transformer.view_attention, path / VIEW_ATTENTION_FILE)
     head = build_head(config)
     _load_module(head, path / HEAD_FILE)
-    text = _load_tensors(path / TEXT_FILE)
+    text = load_tensors(path / TEXT_FILE)
     for task, embedding in text.items():
         if embedding.ndim != 2 or embedding.shape[1] != config.text_dim:
             raise CheckpointError(

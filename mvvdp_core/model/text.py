@@ -21,8 +21,8 @@ from mvvdp_core.data.episode import atomic_write_bytes
 from mvvdp_core.model.checkpoint import (
     TEXT_FILE,
     CheckpointError,
-    _load_tensors,
     load_config,
+    load_tensors,
     resolve_checkpoint,
 )
 
@@ -159,7 +159,7 @@ def update_checkpoint_texts(checkpoint: str | Path, embeddings: dict[str, torch.
                 f"({config.text_len}, {config.text_dim}) (text_len, text_dim)"
             )
     file = checkpoint / TEXT_FILE
-    stored = _load_tensors(file) if file.exists() else {}
+    stored = load_tensors(file) if file.exists() else {}
     stored.update({task: e.detach().to("cpu", torch.float32).contiguous() for task, e in embeddings.items()})
     atomic_write_bytes(file, save_tensors(stored))
     return sorted(stored)

@@ -193,11 +193,11 @@ def build_parts(
         parts = build_model_parts(config, seed=settings.seed, tasks=tasks)
         parts.text_embeddings = text
         return parts
-    from mvvdp_core.model.checkpoint import _load_base, build_head, build_transformer
+    from mvvdp_core.model.checkpoint import build_head, build_transformer, load_base_model
     from mvvdp_core.model.vae import VideoVAE
 
     torch.manual_seed(settings.seed)
-    base, vae = _load_base(config, Path(config.base_model_path), torch.float32)
+    base, vae = load_base_model(config, Path(config.base_model_path), torch.float32)
     transformer = build_transformer(config, base)
     return ModelParts(transformer, VideoVAE(vae), build_head(config), text)
 
