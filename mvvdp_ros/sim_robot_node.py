@@ -14,7 +14,6 @@ import sys
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time as RosTime
@@ -22,73 +21,43 @@ from sensor_msgs.msg import JointState, PointCloud2
 from std_msgs.msg import Float64
 
 from mvvdp_core.sim.franka import FrankaSim, SimConfig
+from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.pointcloud import cloud_to_msg
 from mvvdp_ros.spin import run_node
 
 MAX_CATCH_UP_S = 0.25  # beyond this lag the simulation skips wall time instead of racing to catch up
 
 
-def _float_param(description: str, low: float, high: float) -> ParameterDescriptor:
-    return ParameterDescriptor(
-        description=description,
-        read_only=True,
-        floating_point_range=[FloatingPointRange(from_value=low, to_value=high, step=0.0)],
-    )
-
-
-def _int_param(description: str, low: int, high: int) -> ParameterDescriptor:
-    return ParameterDescriptor(
-        description=description,
-        read_only=True,
-        integer_range=[IntegerRange(from_value=low, to_value=high, step=1)],
-    )
-
-
-def _str_param(description: str) -> ParameterDescriptor:
-    return ParameterDescriptor(description=description, read_only=True)
+PARAMETERS = {
+    "cloud_rate": (5.0, "Point cloud publish rate per camera (Hz)", (0.1, 60.0)),
+    "pose_rate": (50.0, "End-effector pose and gripper state rate (Hz)", (1.0, 1000.0)),
+    "physics_tick_rate": (100.0, "Physics timer rate (Hz)", (10.0, 1000.0)),
+    "realtime_factor": (1.0, "Simulated seconds per wall-clock second", (0.01, 10.0)),
+    "camera_width": (320, "Simulated camera image width (pixels)", (16, 2048)),
+    "camera_height": (240, "Simulated camera image height (pixels)", (16, 2048)),
+    "seed": (0, "Seed of the object placement", (0, 2**31 - 1)),
+    "num_objects": (3, "Cubes on the table", (0, 5)),
+    "base_frame": ("fr3_link0", "Robot base frame"),
+    "cloud_topic": ("/{name}/zed_node/point_cloud/cloud_registered", "Cloud topic; {name} = camera"),
+    "cloud_frame_id": ("{name}_left_camera_frame", "Cloud frame id; {name} = camera"),
+    "pose_topic": ("/franka_robot_state_broadcaster/current_pose", "EE pose out"),
+    "gripper_state_topic": ("/franka_gripper/joint_states", "Fingers out"),
+    "target_pose_topic": ("/cartesian_impedance_controller/target_pose", "Target pose in"),
+    "gripper_command_topic": ("/mvvdp/gripper_command", "Gripper width in"),
+}
 
 
 class SimRobotNode(Node):
     def __init__(self) -> None:
         super().__init__("sim_robot")
-        p = self.declare_parameter
-        cloud_rate = p(
-            "cloud_rate", 5.0, _float_param("Point cloud publish rate per camera (Hz)", 0.1, 60.0)
-        ).value
-        pose_rate = p(
-            "pose_rate", 50.0, _float_param("End-effector pose and gripper state rate (Hz)", 1.0, 1000.0)
-        ).value
-        physics_tick = p(
-            "physics_tick_rate", 100.0, _float_param("Physics timer rate (Hz)", 10.0, 1000.0)
-        ).value
-        self._rtf = p(
-            "realtime_factor", 1.0, _float_param("Simulated seconds per wall-clock second", 0.01, 10.0)
-        ).value
-        width = p("camera_width", 320, _int_param("Simulated camera image width (pixels)", 16, 2048)).value
-        height = p("camera_height", 240, _int_param("Simulated camera image height (pixels)", 16, 2048)).value
-        seed = p("seed", 0, _int_param("Seed of the object placement", 0, 2**31 - 1)).value
-        num_objects = p("num_objects", 3, _int_param("Cubes on the table", 0, 5)).value
-        self._base_frame = p("base_frame", "fr3_link0", _str_param("Robot base frame")).value
-        cloud_topic = p(
-            "cloud_topic",
-            "/{name}/zed_node/point_cloud/cloud_registered",
-            _str_param("Cloud topic; {name} = camera"),
-        ).value
-        self._cloud_frame = p(
-            "cloud_frame_id", "{name}_left_camera_frame", _str_param("Cloud frame id; {name} = camera")
-        ).value
-        pose_topic = p(
-            "pose_topic", "/franka_robot_state_broadcaster/current_pose", _str_param("EE pose out")
-        ).value
-        gripper_state_topic = p(
-            "gripper_state_topic", "/franka_gripper/joint_states", _str_param("Fingers out")
-        ).value
-        target_topic = p(
-            "target_pose_topic", "/cartesian_impedance_controller/target_pose", _str_param("Target pose in")
-        ).value
-        gripper_cmd_topic = p(
-            "gripper_command_topic", "/mvvdp/gripper_command", _str_param("Gripper width in")
-        ).value
+        p = declare_parameters(self, PARAMETERS, read_only=True)
+        cloud_rate, pose_rate, physics_tick = p["cloud_rate"], p["pose_rate"], p["physics_tick_rate"]
+        self._rtf = p["realtime_factor"]
+        width, height, seed, num_objects = p["camera_width"], p["camera_height"], p["seed"], p["num_objects"]
+        self._base_frame, self._cloud_frame = p["base_frame"], p["cloud_frame_id"]
+        cloud_topic, pose_topic = p["cloud_topic"], p["pose_topic"]
+        gripper_state_topic, target_topic = p["gripper_state_topic"], p["target_pose_topic"]
+        gripper_cmd_topic = p["gripper_command_topic"]
 
         self.sim = FrankaSim(SimConfig(width=width, height=height, num_objects=num_objects))
         self.sim.reset(seed)
