@@ -40,8 +40,13 @@ class SampleConfig:
     sigma: float = 1.5  # heatmap std in pixels
     splat_radius: float = 0.008  # metres
     augment: AugmentConfig | None = None
+    # 0: a fresh random scene motion per item. k >= 1: k fixed copies of every episode (copy 0 unmoved, the
+    # others each one random motion of the whole episode), so items are deterministic and can be cached.
+    augment_copies: int = 0
+    start_stride: int = 1  # condition frames at every start_stride-th step
     rotation_bins: int = ROTATION_BINS
     cache_steps: int = 256  # decoded steps kept in memory
+    cache_views: int = 0  # rendered views kept in memory (deterministic items only)
 
     def __post_init__(self) -> None:
         if self.future_frames < 1 or self.frame_stride < 1:
@@ -50,6 +55,17 @@ class SampleConfig:
             )
         if not self.sigma > 0:
             raise ValueError(f"heatmap sigma must be > 0 pixels, got {self.sigma}")
+        if self.augment_copies < 0 or self.start_stride < 1 or self.cache_views < 0:
+            raise ValueError("augment_copies and cache_views must be >= 0 and start_stride >= 1")
+
+    @property
+    def deterministic(self) -> bool:
+        """Every item always renders the same (no augmentation, or fixed augmented copies)."""
+        return self.augment is None or self.augment_copies > 0
+
+    @property
+    def copies(self) -> int:
+        return self.augment_copies if self.augment is not None and self.augment_copies > 0 else 1
 
 
 def frame_indices(start: int, episode_length: int, future_frames: int, stride: int) -> np.ndarray:
@@ -89,7 +105,7 @@ class EpisodeDataset(Dataset):
     Each item is a dict of tensors, F = future_frames, V = number of views, R = view resolution:
       rgb (1 + F, V, 3, R, R) in [0, 1]; heatmap (1 + F, V, R, R); heatmap_rgb (1 + F, V, 3, R, R) in [0, 1];
       positions (1 + F, 3) metres (index 0 is the condition frame); rotations (1 + F, 3, 3);
-      rotation_bins (F, 3) int64; gripper (1 + F,) int64 with 1 = open; episode, step int64.
+      rotation_bins (F, 3) int64; gripper (1 + F,) int64 with 1 = open; episode, step, item int64.
     """
 
     def __init__(self, episodes: list[Episode], config: SampleConfig, seed: int = 0) -> None:
@@ -100,12 +116,36 @@ class EpisodeDataset(Dataset):
             raise ValueError(f"episodes without any step: {empty}")
         self.episodes = episodes
         self.config = config
-        self.index = [(e, s) for e in range(len(episodes)) for s in range(len(episodes[e]))]
+        self.seed = seed
+        stride = config.start_stride
+        self.index = [(e, s) for e in range(len(episodes)) for s in range(0, len(episodes[e]), stride)]
         self._rng = np.random.default_rng(seed)
         self._cache: OrderedDict[tuple[int, int], Step] = OrderedDict()
+        self._views: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
+        self._transforms: dict[tuple[int, int], np.ndarray] = {}
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.index) * self.config.copies
+
+    def locate(self, item: int) -> tuple[int, int, int]:
+        """(episode index, condition step, augmentation copy) of an item."""
+        if not 0 <= item < len(self):
+            raise IndexError(f"item {item} outside a dataset of {len(self)}")
+        copy, position = divmod(item, len(self.index))
+        episode, start = self.index[position]
+        return episode, start, copy
+
+    def copy_transform(self, episode: int, copy: int) -> np.ndarray | None:
+        """The fixed scene motion of one augmented copy of an episode (None for copy 0 or no augmentation)."""
+        cfg = self.config
+        if cfg.augment is None or copy == 0:
+            return None
+        key = (episode, copy)
+        if key not in self._transforms:
+            rng = np.random.default_rng([self.seed, episode, copy])
+            positions = self.episodes[episode].ee_positions()
+            self._transforms[key] = sample_scene_transform(rng, positions, cfg.workspace, cfg.augment)
+        return self._transforms[key]
 
     def _step(self, episode: int, step: int) -> Step:
         key = (episode, step)
@@ -120,26 +160,31 @@ class EpisodeDataset(Dataset):
 
     def frames(self, item: int) -> tuple[int, np.ndarray]:
         """(episode index, step indices of the condition frame and the future frames) of one item."""
-        episode, start = self.index[item]
+        episode, start, _copy = self.locate(item)
         cfg = self.config
         return episode, frame_indices(start, len(self.episodes[episode]), cfg.future_frames, cfg.frame_stride)
 
-    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+    def _sample_transform(self, item: int, positions: np.ndarray) -> np.ndarray | None:
+        cfg = self.config
+        if cfg.augment is None:
+            return None
+        if cfg.augment_copies > 0:
+            episode, _start, copy = self.locate(item)
+            return self.copy_transform(episode, copy)
+        return sample_scene_transform(self._rng, positions, cfg.workspace, cfg.augment)
+
+    def targets(self, item: int, transform: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """The item's pose, heatmap and gripper targets (no rendering), moved by transform."""
         cfg = self.config
         episode_index, steps = self.frames(item)
         episode = self.episodes[episode_index]
         positions = np.stack([episode.records[s].ee_position for s in steps])
         rotations = np.stack([episode.records[s].ee_rotation for s in steps])
         closed = np.array([episode.records[s].gripper_closed for s in steps])
-        transform = None
-        if cfg.augment is not None:
-            transform = sample_scene_transform(self._rng, positions, cfg.workspace, cfg.augment)
+        if transform is not None:
             positions, rotations = transform_poses(transform, positions, rotations)
-        views = [self._step(episode_index, int(s)) for s in steps]
-        rgb = torch.stack([render_step_views(v, cfg.workspace, cfg.splat_radius, transform) for v in views])
         heat = ee_heatmaps(torch.as_tensor(positions, dtype=torch.float32), cfg.workspace, cfg.sigma)
         return {
-            "rgb": rgb.float(),
             "heatmap": heat.float(),
             "heatmap_rgb": colorize_heatmaps(heat).float(),
             "positions": torch.as_tensor(positions, dtype=torch.float32),
@@ -149,3 +194,25 @@ class EpisodeDataset(Dataset):
             "episode": torch.tensor(episode_index),
             "step": torch.tensor(int(steps[0])),
         }
+
+    def _views_of(self, episode: int, step: int, copy: int, transform: np.ndarray | None) -> torch.Tensor:
+        cfg = self.config
+        key = (episode, step, copy)
+        if key in self._views:
+            self._views.move_to_end(key)
+            return self._views[key]
+        views = render_step_views(self._step(episode, step), cfg.workspace, cfg.splat_radius, transform)
+        if cfg.deterministic and cfg.cache_views > 0:
+            self._views[key] = views
+            while len(self._views) > cfg.cache_views:
+                self._views.popitem(last=False)
+        return views
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        episode_index, steps = self.frames(item)
+        _, _, copy = self.locate(item)
+        positions = np.stack([self.episodes[episode_index].records[s].ee_position for s in steps])
+        transform = self._sample_transform(item, positions)
+        sample = self.targets(item, transform)
+        rgb = torch.stack([self._views_of(episode_index, int(s), copy, transform) for s in steps])
+        return {"rgb": rgb.float(), **sample, "item": torch.tensor(item)}

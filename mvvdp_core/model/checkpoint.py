@@ -1,11 +1,12 @@
 """Checkpoint folder: build, save and load the model parts.
 
     config.json                   MVVDPConfig
-    lora/                         peft adapter: adapter_config.json + adapter_model.safetensors
+    lora/                         peft adapter: adapter_config.json + adapter_model.safetensors (LoRA models)
     view_attention.safetensors    view-attention weights of every block
     head.safetensors              rotation/gripper head
     text_embeddings.safetensors   task instruction -> (L, text_dim) embedding
-    base/transformer, base/vae    the base diffusers models (only when config.base_model_path is unset)
+    base/transformer, base/vae    the base diffusers models (only when config.base_model_path is unset; for
+                                  models trained in full, base/transformer holds the trained weights)
 
 With config.base_model_path set, the base transformer and VAE load from that local diffusers folder
 (transformer/ and vae/ subfolders) with local_files_only.
@@ -96,10 +97,15 @@ def build_head(config: MVVDPConfig) -> RotationGripperHead:
 def build_transformer(
     config: MVVDPConfig, base: WanTransformer3DModel | None = None
 ) -> MultiViewWanTransformer:
-    """Base model (random when not given) + view attention + LoRA; trainable set = LoRA + view attention."""
+    """Base model (random when not given) + view attention, and LoRA when config.uses_lora.
+
+    Trainable set: LoRA + view attention (LoRA), or every transformer weight (config.lora_rank == 0).
+    """
     base = WanTransformer3DModel(**config.transformer) if base is None else base
     model = MultiViewWanTransformer(base, config.num_views, config.view_attention_heads)
-    return add_lora(model, lora_config(config))
+    if config.uses_lora:
+        return add_lora(model, lora_config(config))
+    return model.requires_grad_(True)
 
 
 def random_text_embeddings(config: MVVDPConfig, tasks: list[str], seed: int) -> dict[str, torch.Tensor]:
@@ -124,10 +130,11 @@ def save_checkpoint(parts: ModelParts, config: MVVDPConfig, path: str | Path) ->
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config.save(path / CONFIG_FILE)
-    lora_dir = path / LORA_DIR
-    lora_dir.mkdir(exist_ok=True)
-    lora_config(config).save_pretrained(str(lora_dir))
-    _save(lora_state_dict(parts.transformer), lora_dir / LORA_WEIGHTS_FILE)
+    if config.uses_lora:
+        lora_dir = path / LORA_DIR
+        lora_dir.mkdir(exist_ok=True)
+        lora_config(config).save_pretrained(str(lora_dir))
+        _save(lora_state_dict(parts.transformer), lora_dir / LORA_WEIGHTS_FILE)
     _save(parts.transformer.view_attention.state_dict(), path / VIEW_ATTENTION_FILE)
     _save(parts.head.state_dict(), path / HEAD_FILE)
     _save(parts.text_embeddings, path / TEXT_FILE)
@@ -211,6 +218,21 @@ def load_base_model(
     return base, vae
 
 
+def _load_lora(transformer: MultiViewWanTransformer, config: MVVDPConfig, lora_dir: Path) -> None:
+    try:
+        saved_lora = LoraConfig.from_pretrained(str(_require(lora_dir / LORA_CONFIG_FILE).parent))
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"invalid {lora_dir / LORA_CONFIG_FILE}: {error}") from error
+    if (saved_lora.r, saved_lora.lora_alpha) != (config.lora_rank, config.lora_alpha):
+        raise CheckpointError(f"{lora_dir / LORA_CONFIG_FILE} rank/alpha differ from the checkpoint's config")
+    try:
+        load_lora_state_dict(transformer, load_tensors(lora_dir / LORA_WEIGHTS_FILE))
+    except (RuntimeError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{lora_dir / LORA_WEIGHTS_FILE} does not match the model: {error}") from error
+
+
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[ModelParts, MVVDPConfig]:
@@ -218,21 +240,10 @@ def load_checkpoint(
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {path}")
     config = load_config(path)
-    lora_dir = path / LORA_DIR
-    try:
-        saved_lora = LoraConfig.from_pretrained(str(_require(lora_dir / LORA_CONFIG_FILE).parent))
-    except (json.JSONDecodeError, TypeError, ValueError) as error:
-        raise CheckpointError(f"invalid {lora_dir / LORA_CONFIG_FILE}: {error}") from error
-    if (saved_lora.r, saved_lora.lora_alpha) != (config.lora_rank, config.lora_alpha):
-        raise CheckpointError(f"{lora_dir / LORA_CONFIG_FILE} rank/alpha differ from {path / CONFIG_FILE}")
     base, vae = load_base_model(config, path, dtype)
     transformer = build_transformer(config, base)
-    try:
-        load_lora_state_dict(transformer, load_tensors(lora_dir / LORA_WEIGHTS_FILE))
-    except (RuntimeError, ValueError) as error:
-        if isinstance(error, CheckpointError):
-            raise
-        raise CheckpointError(f"{lora_dir / LORA_WEIGHTS_FILE} does not match the model: {error}") from error
+    if config.uses_lora:
+        _load_lora(transformer, config, path / LORA_DIR)
     _load_module(transformer.view_attention, path / VIEW_ATTENTION_FILE)
     head = build_head(config)
     _load_module(head, path / HEAD_FILE)

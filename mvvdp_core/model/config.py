@@ -1,4 +1,5 @@
-"""Model configuration: one JSON-serialisable dataclass with a tiny preset and the Wan2.2-TI2V-5B sizes."""
+"""Model configuration: one JSON-serialisable dataclass; presets tiny (unit tests), small (learns on a
+CPU) and the Wan2.2-TI2V-5B sizes."""
 
 from __future__ import annotations
 
@@ -92,6 +93,8 @@ class MVVDPConfig:
             raise ValueError(f"image_size {self.image_size} must be divisible by the latent patch grid")
         if self.num_inference_steps < 1 or self.control_period <= 0 or self.sigma <= 0:
             raise ValueError("num_inference_steps >= 1, control_period > 0 and sigma > 0 are required")
+        if self.lora_rank < 0 or (self.lora_rank > 0 and self.lora_alpha <= 0):
+            raise ValueError(f"lora_rank must be >= 0 (0: no LoRA) with lora_alpha > 0, got {self.lora_rank}")
         if not 0.0 <= self.rgb_loss_weight <= 1.0:
             raise ValueError(f"rgb_loss_weight must be in [0, 1], got {self.rgb_loss_weight}")
         inner = self.transformer["num_attention_heads"] * self.transformer["attention_head_dim"]
@@ -164,6 +167,32 @@ class MVVDPConfig:
         return cls.from_json(Path(path).read_text())
 
     # Presets --------------------------------------------------------------------------------------
+    @property
+    def uses_lora(self) -> bool:
+        """LoRA adapters on a frozen base (rank > 0), or all transformer weights trained (rank 0)."""
+        return self.lora_rank > 0
+
+    @classmethod
+    def _preset(
+        cls,
+        transformer: dict[str, Any],
+        vae: dict[str, Any],
+        head: HeadConfig,
+        settings: dict[str, Any],
+        overrides: dict[str, Any],
+    ) -> MVVDPConfig:
+        """A preset with overrides: transformer / vae dicts update the preset's keys, head takes a HeadConfig
+        or a dict of its fields, every other key replaces the preset's setting."""
+        overrides = dict(overrides)
+        transformer = {**transformer, **overrides.pop("transformer", {})}
+        vae = {**vae, **overrides.pop("vae", {})}
+        head_override = overrides.pop("head", None)
+        if isinstance(head_override, dict):
+            head = HeadConfig(**{**asdict(head), **head_override})
+        elif head_override is not None:
+            head = head_override
+        return cls(transformer=transformer, vae=vae, head=head, **{**settings, **overrides})
+
     @classmethod
     def wan22_ti2v_5b(cls, **overrides: Any) -> MVVDPConfig:
         """The paper's model: Wan2.2-TI2V-5B transformer and VAE, 256 px views, 24 future frames."""
@@ -178,11 +207,11 @@ class MVVDPConfig:
             in_channels=12, out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
             latents_mean=list(WAN22_LATENTS_MEAN), latents_std=list(WAN22_LATENTS_STD),
         )  # fmt: skip
-        return cls(transformer=transformer, vae=vae, **overrides)
+        return cls._preset(transformer, vae, HeadConfig(), {}, overrides)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> MVVDPConfig:
-        """Same structure at toy sizes: builds and runs the whole path on a CPU in seconds."""
+        """Same structure at toy sizes: builds and runs the whole path on a CPU in seconds (unit tests)."""
         transformer = dict(
             patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16, in_channels=8, out_channels=8,
             text_dim=32, freq_dim=32, ffn_dim=64, num_layers=2, cross_attn_norm=True,
@@ -195,8 +224,32 @@ class MVVDPConfig:
             latents_mean=[0.0] * 8, latents_std=[1.0] * 8,
         )  # fmt: skip
         head = HeadConfig(width=32, conv_channels=(16, 32), local_patch=3, num_layers=4, num_heads=2)
-        settings: dict[str, Any] = dict(
-            image_size=64, text_len=8, lora_rank=4, lora_alpha=4, view_attention_heads=2
-        )
-        settings.update(overrides)
-        return cls(transformer=transformer, vae=vae, head=settings.pop("head", head), **settings)
+        settings = dict(image_size=64, text_len=8, lora_rank=4, lora_alpha=4, view_attention_heads=2)
+        return cls._preset(transformer, vae, head, settings, overrides)
+
+    @classmethod
+    def small(cls, **overrides: Any) -> MVVDPConfig:
+        """A model that learns a task from scratch on a CPU: 64 px views, 8x8x16 latents (the heatmap position
+        survives the VAE), one token per latent pixel, 4 blocks of width 128; all weights train (no LoRA)."""
+        transformer = dict(
+            patch_size=(1, 1, 1), num_attention_heads=4, attention_head_dim=32, in_channels=16,
+            out_channels=16, text_dim=32, freq_dim=64, ffn_dim=512, num_layers=4, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+        )  # fmt: skip
+        vae = dict(
+            base_dim=16, decoder_base_dim=16, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
+            temperal_downsample=[True, True], dropout=0.0, is_residual=True, in_channels=12,
+            out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=8,
+            latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
+        )  # fmt: skip
+        head = HeadConfig(width=64, conv_channels=(32, 64), local_patch=3, num_layers=4, num_heads=4)
+        settings = dict(image_size=64, text_len=8, lora_rank=0, lora_alpha=0, view_attention_heads=4)
+        return cls._preset(transformer, vae, head, settings, overrides)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> MVVDPConfig:
+        """A preset by name: tiny | small | wan22."""
+        builders = {"tiny": cls.tiny, "small": cls.small, "wan22": cls.wan22_ti2v_5b}
+        if name not in builders:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(builders)}")
+        return builders[name](**overrides)

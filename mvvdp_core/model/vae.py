@@ -28,6 +28,19 @@ class VideoVAE(nn.Module):
         self.temporal_compression = int(cfg.scale_factor_temporal)
         self.spatial_compression = int(cfg.scale_factor_spatial)
 
+    def set_latent_statistics(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Per-channel statistics that normalise the latents (also written into the diffusers config)."""
+        mean_t = torch.as_tensor(list(mean), dtype=torch.float32)
+        std_t = torch.as_tensor(list(std), dtype=torch.float32)
+        channels = self.latents_mean.numel()
+        if mean_t.shape != (channels,) or std_t.shape != (channels,):
+            raise ValueError(f"latent statistics need {channels} values each")
+        if not (torch.isfinite(mean_t).all() and torch.isfinite(std_t).all() and (std_t > 0).all()):
+            raise ValueError("latent statistics must be finite with std > 0")
+        self.latents_mean.copy_(mean_t.view_as(self.latents_mean))
+        self.latents_std.copy_(std_t.view_as(self.latents_std))
+        self.vae.register_to_config(latents_mean=mean_t.tolist(), latents_std=std_t.tolist())
+
     @classmethod
     def from_config(cls, vae_kwargs: dict) -> VideoVAE:
         return cls(AutoencoderKLWan(**vae_kwargs))

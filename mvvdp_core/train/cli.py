@@ -1,13 +1,17 @@
-"""`mvvdp train`: train the video-model LoRA and the rotation/gripper head on recorded episodes.
+"""`mvvdp train`: train the video model and the rotation/gripper head on recorded episodes.
 
-Settings come from defaults, then an optional YAML file (--settings, keys of TrainSettings), then the flags.
-Several GPUs: `accelerate launch -m mvvdp_core.cli train ...` (accelerate handles the processes).
+Settings come from TrainSettings' defaults, then an optional YAML file (--settings, keys of TrainSettings),
+then the flags. Every TrainSettings field is a flag (`--lr-warmup` for lr_warmup), declared once, in the
+dataclass. Several GPUs: `accelerate launch -m mvvdp_core.cli train ...` (accelerate handles the processes).
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
+import json
+import types
+import typing
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,30 +20,44 @@ import yaml
 from mvvdp_core.model.text import parse_task_prompts
 from mvvdp_core.train.loop import TrainSettings, train
 
+# Fields whose flag differs from the plain `--name VALUE` form.
+SPECIAL_FLAGS = {"prompts", "config_overrides", "workspace_center", "augment", "include_failed", "progress"}
+CHOICES = {"config": ("tiny", "small", "wan22"), "mode": ("auto", "lora", "full"),
+           "lr_schedule": ("constant", "cosine"), "mixed_precision": ("no", "fp16", "bf16")}
+
+
+def _scalar_type(annotation: Any) -> type:
+    """int / float / str from a field's annotation (also `int | None`)."""
+    hint = eval(annotation, {}, {}) if isinstance(annotation, str) else annotation  # noqa: S307
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvvdp train", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, nargs="+", help="folder(s) of recorded episodes")
     parser.add_argument("--out", required=True, help="output folder: checkpoints, tensorboard, plots")
-    parser.add_argument("--config", choices=["tiny", "wan22"], default=None, help="model preset")
-    parser.add_argument("--base-model", default=None, help="local Wan2.2-TI2V-5B diffusers folder (wan22)")
-    parser.add_argument(
-        "--text-encoder", default=None, help="local umT5 encoder (or Wan2.2 diffusers) folder for --prompt"
-    )
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: next to the encoder)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--settings", type=Path, default=None, help="YAML file with TrainSettings keys")
     parser.add_argument(
         "--prompt", action="append", default=None, metavar='NAME="instruction"',
         help="instruction of a recorded task (repeatable; with --text-encoder, else random embeddings)",
     )  # fmt: skip
-    parser.add_argument("--steps", type=int, default=None, help="total optimiser steps")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--settings", type=Path, default=None, help="YAML file with TrainSettings keys")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--vae-steps", type=int, default=None, help="VAE fitting steps (random base only)")
-    parser.add_argument("--checkpoint-every", type=int, default=None)
-    parser.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
-    parser.add_argument("--num-workers", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--override", action="append", default=None, metavar="FIELD=JSON",
+                        help="model config field, e.g. image_size=128 or transformer='{\"num_layers\": 6}'")
+    parser.add_argument("--workspace-center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"))
+    for flag in ("augment", "include_failed", "progress"):
+        name = f"--{flag.replace('_', '-')}"
+        parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None)
+    for item in fields(TrainSettings):
+        if item.name in SPECIAL_FLAGS:
+            continue
+        default = None if item.default is MISSING else item.default
+        parser.add_argument(
+            f"--{item.name.replace('_', '-')}", type=_scalar_type(item.type), default=None,
+            choices=CHOICES.get(item.name), help=f"default: {default}",
+        )  # fmt: skip
     return parser
 
 
@@ -57,15 +75,26 @@ def load_settings_file(path: Path) -> dict[str, Any]:
     return loaded
 
 
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--override takes FIELD=JSON, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     values: dict[str, Any] = load_settings_file(args.settings) if args.settings else {}
-    flags = {
-        "config": args.config, "base_model": args.base_model, "steps": args.steps,
-        "batch_size": args.batch_size, "vae_steps": args.vae_steps, "checkpoint_every": args.checkpoint_every,
-        "mixed_precision": args.mixed_precision, "num_workers": args.num_workers, "seed": args.seed,
-        "text_encoder": args.text_encoder, "tokenizer": args.tokenizer,
-        "prompts": parse_task_prompts(args.prompt) if args.prompt else None,
-    }  # fmt: skip
+    flags = {f.name: getattr(args, f.name) for f in fields(TrainSettings) if f.name in vars(args)}
+    if args.prompt:
+        flags["prompts"] = parse_task_prompts(args.prompt)
+    if args.override:
+        flags["config_overrides"] = {**values.get("config_overrides", {}), **_overrides(args.override)}
     values.update({k: v for k, v in flags.items() if v is not None})
     return TrainSettings(**values)
 
@@ -74,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = train(args.data, args.out, settings_from_args(args), resume=args.resume)
     print(
-        f"trained steps {result.start_step + 1}..{result.end_step}; checkpoint {result.checkpoint}; "
-        f"{result.parameters / 1e6:.2f} M parameters ({result.trainable / 1e6:.3f} M trained)"
+        f"trained steps {result.start_step + 1}..{result.end_step} ({result.mode}); checkpoint "
+        f"{result.checkpoint}; {result.parameters / 1e6:.2f} M parameters ({result.trainable / 1e6:.3f} M "
+        "trained)"
         + (f"; validation position error {100 * result.val_position_error:.1f} cm"
            if result.val_position_error is not None else "")
     )

@@ -1,6 +1,8 @@
 """Training loop for the video-model LoRA (+ view attention) and the rotation/gripper head.
 
-One loop trains both modules on the same batches: the VAE (frozen) encodes the sample's RGB and heatmap
+Without a pretrained base (tiny, small) every transformer weight trains and the VAE is fitted first
+(mvvdp_core.train.vae); on the Wan2.2 base only LoRA and view attention train (the paper). One loop trains
+both modules on the same batches: the VAE (frozen) encodes the sample's RGB and heatmap
 views, the transformer takes a flow-matching step on them (AdamW, lr 1e-4, no weight decay) and the head a
 cross-entropy step on the same clean latents with a little noise (AdamW, lr 1e-4, weight decay 1e-5).
 accelerate places everything on the device, wraps the trainable modules for DDP when several processes run,
@@ -16,6 +18,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -41,33 +44,43 @@ from mvvdp_core.model.checkpoint import (
 from mvvdp_core.model.config import MVVDPConfig
 from mvvdp_core.model.text import encode_prompts
 from mvvdp_core.policy import MVVDPPolicy
+from mvvdp_core.runtime import set_torch_threads
 from mvvdp_core.train.head import head_objective
+from mvvdp_core.train.latents import LatentStore
 from mvvdp_core.train.plots import plot_trajectories
 from mvvdp_core.train.predictor import observation_from_step
-from mvvdp_core.train.vae import fit_vae
+from mvvdp_core.train.vae import fit_vae, heatmap_roundtrip_errors, latent_statistics, roundtrip_summary
 from mvvdp_core.train.video import encode_latents, video_loss
 
 CHECKPOINTS_DIR = RUN_CHECKPOINTS_DIR
 LATEST_FILE = LATEST_POINTER
 TRAINER_STATE = "trainer_state.pt"
 SETTINGS_FILE = "train_settings.json"
+VAE_REPORT_FILE = "vae_roundtrip.json"
 
 
 @dataclass
 class TrainSettings:
     """Everything `mvvdp train` can set; defaults follow the paper's Table 5 where it gives them."""
 
-    config: str = "tiny"  # tiny | wan22
+    config: str = "tiny"  # model preset: tiny | small | wan22
+    # lora: LoRA + view attention on a pretrained base (the paper); full: every transformer weight trains
+    # (from scratch: adapters on random weights do not learn); auto: lora with --base-model, else full
+    mode: str = "auto"
     steps: int = 1000
     batch_size: int = 1
     lr: float = 1e-4
+    lr_warmup: int = 0  # steps of linear warm-up
+    lr_schedule: str = "constant"  # constant | cosine (to 10 % of lr at the last step)
     weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm (0: off)
     head_lr: float = 1e-4
     head_weight_decay: float = 1e-5
     head_latent_noise: float = 0.05
     rgb_loss_weight: float = 0.5
-    vae_steps: int | None = None  # fit the VAE first; None: 300 for a random (tiny) base, else 0
+    vae_steps: int | None = None  # fit the VAE first; None: 300 for a model without a pretrained VAE, else 0
     vae_lr: float = 1e-3
+    vae_report_samples: int = 8  # samples for the latent statistics and the VAE round-trip report
     base_model: str | None = None
     text_encoder: str | None = None  # local umT5 (or Wan2.2 diffusers) folder; None: random task embeddings
     tokenizer: str | None = None  # default: found next to text_encoder
@@ -76,23 +89,39 @@ class TrainSettings:
     workspace_center: tuple[float, float, float] | None = None  # None: from the episodes' meta, else default
     workspace_edge: float | None = None
     frame_stride: int = 1
+    start_stride: int = 1  # condition frames at every start_stride-th recorded step
     augment: bool = True
+    augment_copies: int = 0  # 0: a fresh scene motion per sample; k: k fixed copies per episode (cached)
     max_yaw_deg: float = 15.0
     max_translation: float = 0.05
+    latent_cache: str | None = None  # folder of cached latents; None: <out>/latent_cache
+    include_failed: bool = False  # also train on episodes recorded as failed
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     log_every: int = 10
     val_episodes: int = 2
     seed: int = 0
+    threads: int | None = None  # torch CPU threads; None: half the cores
     mixed_precision: str = "no"  # no | fp16 | bf16
     num_workers: int = 0
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.config not in ("tiny", "wan22"):
-            raise ValueError(f"config must be 'tiny' or 'wan22', got {self.config!r}")
+        if self.config not in ("tiny", "small", "wan22"):
+            raise ValueError(f"config must be 'tiny', 'small' or 'wan22', got {self.config!r}")
+        if self.mode not in ("auto", "lora", "full"):
+            raise ValueError(f"mode must be 'auto', 'lora' or 'full', got {self.mode!r}")
+        if self.mode == "lora" and self.base_model is None:
+            raise ValueError(
+                "--mode lora needs --base-model (a pretrained Wan2.2 folder): LoRA adapters on a randomly "
+                "initialised transformer do not learn; use --mode full to train a model from scratch"
+            )
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("steps, batch_size, checkpoint_every and keep_checkpoints must be >= 1")
+        if self.lr_warmup < 0 or self.augment_copies < 0 or self.start_stride < 1 or self.grad_clip < 0:
+            raise ValueError("lr_warmup, augment_copies, grad_clip must be >= 0 and start_stride >= 1")
         for name in ("lr", "head_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -102,6 +131,13 @@ class TrainSettings:
             self.workspace_center = tuple(float(c) for c in self.workspace_center)
         if self.prompts and self.text_encoder is None:
             raise ValueError("task prompts need --text-encoder, a local umT5 encoder folder")
+
+    @property
+    def training_mode(self) -> str:
+        """lora or full, as chosen (auto: lora on a pretrained base, full without one)."""
+        if self.mode != "auto":
+            return self.mode
+        return "lora" if self.base_model is not None else "full"
 
 
 @dataclass
@@ -115,6 +151,9 @@ class TrainResult:
     parameters: int
     trainable: int
     val_position_error: float | None
+    mode: str = "full"
+    vae_roundtrip_cm: list[float] | None = None  # mean error per frame (condition frame first)
+    seconds_per_step: float | None = None
 
 
 def model_config(settings: TrainSettings, episodes: Sequence[Episode]) -> MVVDPConfig:
@@ -131,20 +170,33 @@ def model_config(settings: TrainSettings, episodes: Sequence[Episode]) -> MVVDPC
     if edge is not None:
         overrides.setdefault("workspace_edge", edge)
     overrides.setdefault("rgb_loss_weight", settings.rgb_loss_weight)
-    if settings.config == "tiny":
-        return MVVDPConfig.tiny(**overrides)
-    return MVVDPConfig.wan22_ti2v_5b(base_model_path=settings.base_model, **overrides)
+    if settings.config == "wan22":
+        overrides["base_model_path"] = settings.base_model
+    config = MVVDPConfig.preset(settings.config, **overrides)
+    if settings.training_mode == "full" and config.uses_lora:
+        config = replace(config, lora_rank=0)
+    elif settings.training_mode == "lora" and not config.uses_lora:
+        raise ValueError("--mode lora needs a preset or override with lora_rank > 0")
+    return config
 
 
 def episode_task(episode: Episode) -> str:
     return str(episode.meta.get("task", "default"))
 
 
-def load_episodes(data: str | Path | Sequence[str | Path]) -> list[Episode]:
+def load_episodes(
+    data: str | Path | Sequence[str | Path],
+    include_failed: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> list[Episode]:
+    """The recorded episodes under data; those recorded as failed are skipped unless include_failed."""
     roots = [data] if isinstance(data, str | Path) else list(data)
-    episodes = [e for root in roots for e in list_episodes(root)]
+    found = [e for root in roots for e in list_episodes(root)]
+    episodes = [e for e in found if include_failed or e.success is not False]
+    if log is not None and len(episodes) < len(found):
+        log(f"episodes: skipped {len(found) - len(episodes)} of {len(found)} recorded as failed")
     if not episodes:
-        raise ValueError(f"no recorded episodes with steps under {[str(r) for r in roots]}")
+        raise ValueError(f"no usable recorded episodes with steps under {[str(r) for r in roots]}")
     return episodes
 
 
@@ -215,38 +267,6 @@ def _cycle(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
         yield from loader
 
 
-class MemoizedDataset(torch.utils.data.Dataset):
-    """Keeps every item once built: for datasets without augmentation, whose items never change."""
-
-    def __init__(self, dataset: EpisodeDataset) -> None:
-        self.dataset = dataset
-        self.items: dict[int, dict[str, torch.Tensor]] = {}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
-        if item not in self.items:
-            self.items[item] = {**self.dataset[item], "item": torch.tensor(item)}
-        return self.items[item]
-
-
-class LatentCache:
-    """Clean latents per dataset item, for items that never change (no augmentation, frozen VAE)."""
-
-    def __init__(self) -> None:
-        self.latents: dict[int, torch.Tensor] = {}
-
-    def __call__(self, vae: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        items = [int(i) for i in batch["item"]]
-        missing = [k for k, i in enumerate(items) if i not in self.latents]
-        if missing:
-            fresh = encode_latents(vae, {key: value[missing] for key, value in batch.items()})
-            for k, latent in zip(missing, fresh, strict=True):
-                self.latents[items[k]] = latent
-        return torch.stack([self.latents[i] for i in items])
-
-
 def _seed_worker(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     if info is not None:
@@ -268,7 +288,7 @@ def validation_errors(
     try:
         for index in episodes:
             episode = dataset.episodes[index]
-            item = dataset.index.index((index, min(start_step, len(episode) - 1)))
+            item = dataset.index.index((index, min(start_step, len(episode) - 1)))  # plain: every step
             _, steps = dataset.frames(item)
             true = np.stack([episode.records[s].ee_position for s in steps[1:]])
             obs = observation_from_step(episode.step(int(steps[0])), policy, episode_task(episode))
@@ -310,18 +330,108 @@ def _save_checkpoint(
     return final
 
 
+def _lr_lambda(settings: TrainSettings) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up, then constant or cosine down to 10 %."""
+
+    def factor(step: int) -> float:
+        if step < settings.lr_warmup:
+            return (step + 1) / settings.lr_warmup
+        if settings.lr_schedule == "constant":
+            return 1.0
+        progress = (step - settings.lr_warmup) / max(settings.steps - settings.lr_warmup, 1)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+@dataclass
+class _Data:
+    """The run's episodes and datasets (training samples, and unaugmented ones for validation)."""
+
+    episodes: list[Episode]
+    tasks: list[str]
+    episode_tasks: list[str]
+    train: EpisodeDataset
+    plain: EpisodeDataset
+
+
+def _build_data(settings: TrainSettings, config: MVVDPConfig, episodes: list[Episode], rank: int) -> _Data:
+    augment = AugmentConfig(settings.max_yaw_deg, settings.max_translation) if settings.augment else None
+    sample_config = SampleConfig(
+        workspace=config.workspace(), future_frames=config.future_frames, frame_stride=settings.frame_stride,
+        sigma=config.sigma, augment=augment, augment_copies=settings.augment_copies,
+        start_stride=settings.start_stride, rotation_bins=config.rotation_bins,
+    )  # fmt: skip
+    if sample_config.deterministic:  # every rendered step is reused by up to 1 + F samples
+        sample_config = replace(sample_config, cache_views=100_000)
+    plain = EpisodeDataset(episodes, replace(sample_config, augment=None, start_stride=1, cache_views=0))
+    train_set = EpisodeDataset(episodes, sample_config, seed=settings.seed + (0 if augment is None else rank))
+    tasks = sorted({episode_task(e) for e in episodes})
+    return _Data(episodes, tasks, [episode_task(e) for e in episodes], train_set, plain)
+
+
+def _loader(dataset: EpisodeDataset, settings: TrainSettings) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=settings.batch_size, shuffle=True, num_workers=settings.num_workers,
+        worker_init_fn=_seed_worker, drop_last=len(dataset) >= settings.batch_size,
+        generator=torch.Generator().manual_seed(settings.seed),
+    )  # fmt: skip
+
+
+def _prepare_vae(
+    parts: ModelParts, config: MVVDPConfig, data: _Data, settings: TrainSettings, fit: bool,
+    generator: torch.Generator, log: Callable[[str], None],
+) -> tuple[list[float], list[float] | None]:
+    """Fit the VAE (models without a pretrained one), measure its latent statistics and its heatmap round
+    trip. Returns the fitting losses and the mean round-trip error per frame in cm."""
+    vae_steps = settings.vae_steps if settings.vae_steps is not None else (
+        300 if config.base_model_path is None else 0
+    )
+    losses: list[float] = []
+    report = settings.vae_report_samples
+    if fit and vae_steps > 0:
+        losses = fit_vae(parts.vae, _cycle(_loader(data.train, settings)), vae_steps, settings.vae_lr,
+                         generator=generator, progress=settings.progress)
+        if report > 0:
+            mean, std = latent_statistics(parts.vae, _cycle(_loader(data.plain, settings)), report)
+            parts.vae.set_latent_statistics(mean, std)
+            config.vae.update(latents_mean=mean, latents_std=std)
+            log(f"VAE fitted in {vae_steps} steps (final loss {losses[-1]:.5f}); latent std per channel "
+                f"{min(std):.2f}..{max(std):.2f}, stored as the normalisation")
+    parts.vae.requires_grad_(False).eval()
+    if report <= 0:
+        return losses, None
+    errors = heatmap_roundtrip_errors(parts.vae, _cycle(_loader(data.plain, settings)), config.workspace(),
+                                      report)
+    log(roundtrip_summary(errors))
+    return losses, (100 * errors.mean(0)).tolist()
+
+
 def train(
     data: str | Path | Sequence[str | Path], out: str | Path, settings: TrainSettings, resume: bool = False
 ) -> TrainResult:
-    """Train on the episodes under data (one folder or several) and write checkpoints under out."""
+    """Train on the episodes under data (one folder or several) and write checkpoints under out.
+
+    Stages: data (successful episodes, samples), model (fresh or resumed), VAE (fitted and measured where no
+    pretrained one exists), latents (cached on disk when samples are deterministic), optimisation of the
+    video model and the head, checkpoints with validation plots.
+    """
     from accelerate import Accelerator
     from torch.utils.tensorboard import SummaryWriter
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = Accelerator(mixed_precision=settings.mixed_precision)
-    episodes = load_episodes(data)
+    main = accelerator.is_main_process
+
+    def log(message: str) -> None:
+        if main:
+            tqdm.write(message)
+
+    threads = set_torch_threads(settings.threads) if accelerator.device.type == "cpu" else None
+    episodes = load_episodes(data, settings.include_failed, log)
     tasks = sorted({episode_task(e) for e in episodes})
+    # Model ------------------------------------------------------------------------------------------
     previous = latest_checkpoint(out) if resume else None
     if previous is not None:
         parts, config = load_checkpoint(previous)
@@ -329,97 +439,114 @@ def train(
         missing = sorted(set(tasks) - set(parts.text_embeddings))
         if missing:
             raise ValueError(f"checkpoint {previous} has no text embedding for tasks {missing}")
-        if accelerator.is_main_process:
-            tqdm.write(f"text embeddings: from the resumed checkpoint {previous}")
+        log(f"text embeddings: from the resumed checkpoint {previous}")
     else:
         config = model_config(settings, episodes)
-        parts = build_parts(settings, config, tasks, log=tqdm.write if accelerator.is_main_process else None)
+        parts = build_parts(settings, config, tasks, log=log)
         state = None
-    workspace = config.workspace()
-    augment = AugmentConfig(settings.max_yaw_deg, settings.max_translation) if settings.augment else None
-    sample_config = SampleConfig(
-        workspace=workspace, future_frames=config.future_frames, frame_stride=settings.frame_stride,
-        sigma=config.sigma, augment=augment, rotation_bins=config.rotation_bins,
-    )  # fmt: skip
-    plain = EpisodeDataset(episodes, replace(sample_config, augment=None))
-    dataset: torch.utils.data.Dataset = (
-        EpisodeDataset(episodes, sample_config, seed=settings.seed + accelerator.process_index)
-        if augment is not None
-        else MemoizedDataset(plain)
-    )
-    latent_cache = LatentCache() if augment is None and settings.num_workers == 0 else None
-    loader = DataLoader(
-        dataset, batch_size=settings.batch_size, shuffle=True, num_workers=settings.num_workers,
-        worker_init_fn=_seed_worker, drop_last=len(dataset) >= settings.batch_size,
-        generator=torch.Generator().manual_seed(settings.seed),
-    )  # fmt: skip
+    mode = "lora" if config.uses_lora else "full"
+    total, num_trainable = count_parameters(parts)
+    log(f"training mode: {mode} ("
+        + ("LoRA + view attention on the pretrained base" if mode == "lora"
+           else "every transformer weight, no pretrained base") + f"); {total / 1e6:.2f} M parameters, "
+        f"{num_trainable / 1e6:.3f} M trained; {len(episodes)} episodes"
+        + (f"; {threads} CPU threads" if threads else ""))
+    # Data and VAE -----------------------------------------------------------------------------------
+    data_ = _build_data(settings, config, episodes, accelerator.process_index)
     generator = torch.Generator().manual_seed(settings.seed + 1000 * accelerator.process_index)
     parts.vae.to(accelerator.device)
-    vae_losses: list[float] = []
-    vae_steps = settings.vae_steps if settings.vae_steps is not None else (
-        300 if config.base_model_path is None else 0
-    )
-    if previous is None and vae_steps > 0:
-        vae_losses = fit_vae(parts.vae, _cycle(loader), vae_steps, settings.vae_lr, generator=generator,
-                             progress=settings.progress and accelerator.is_main_process)
-        if accelerator.num_processes > 1:  # every process fitted its own copy: keep the first one's
-            from accelerate.utils import broadcast
+    vae_losses, roundtrip = _prepare_vae(parts, config, data_, settings, previous is None, generator, log)
+    if accelerator.num_processes > 1 and previous is None:  # every process fitted its own copy: keep rank 0's
+        from accelerate.utils import broadcast
 
-            for param in parts.vae.parameters():
-                param.data.copy_(broadcast(param.data.clone(), from_process=0))
-    parts.vae.requires_grad_(False).eval()
+        for tensor in [*parts.vae.parameters(), parts.vae.latents_mean, parts.vae.latents_std]:
+            tensor.data.copy_(broadcast(tensor.data.clone(), from_process=0))
+    if state is not None:
+        vae_losses = list(state.get("vae_losses", []))
+    # Latents ----------------------------------------------------------------------------------------
+    store = None
+    if data_.train.config.deterministic and settings.num_workers == 0:
+        cache_root = Path(settings.latent_cache) if settings.latent_cache else out / "latent_cache"
+        store = LatentStore(data_.train, parts.vae, cache_root)
+        started = time.perf_counter()
+        encoded = store.fill(progress=settings.progress and main)
+        if encoded:
+            seconds = (time.perf_counter() - started) / encoded
+            log(f"latents: encoded {encoded} samples ({seconds:.2f} s each), {store.hits} from the cache "
+                f"{cache_root}")
+        else:
+            log(f"latents: all {store.hits} samples from the cache {cache_root}")
+    # Optimisers -------------------------------------------------------------------------------------
     trainable = [p for p in parts.transformer.parameters() if p.requires_grad]
     video_optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     head_optimizer = torch.optim.AdamW(
         parts.head.parameters(), lr=settings.head_lr, weight_decay=settings.head_weight_decay
     )
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(settings))
+                 for o in (video_optimizer, head_optimizer)]
     start_step = 0
     if state is not None:
         video_optimizer.load_state_dict(state["video_optimizer"])
         head_optimizer.load_state_dict(state["head_optimizer"])
+        for schedule, saved in zip(schedules, state.get("schedules", []), strict=False):
+            schedule.load_state_dict(saved)
         generator.set_state(state["generator"])
         start_step = int(state["step"])
-        vae_losses = list(state.get("vae_losses", []))
-    transformer, head, video_optimizer, head_optimizer, loader = accelerator.prepare(
-        parts.transformer, parts.head, video_optimizer, head_optimizer, loader
+    loader = _loader(data_.train, settings) if store is None else None
+    transformer, head, video_optimizer, head_optimizer = accelerator.prepare(
+        parts.transformer, parts.head, video_optimizer, head_optimizer
     )
+    batches = _cycle(accelerator.prepare(loader)) if loader is not None else None
     transformer.train()
     head.train()
     text = {task: emb.to(accelerator.device) for task, emb in parts.text_embeddings.items()}
-    episode_tasks = [episode_task(e) for e in episodes]
-    writer = SummaryWriter(str(out / "tensorboard")) if accelerator.is_main_process else None
-    if accelerator.is_main_process:
+    writer = SummaryWriter(str(out / "tensorboard")) if main else None
+    if main:
         (out / SETTINGS_FILE).write_text(json.dumps(asdict(settings), indent=1, default=str))
     for i, loss in enumerate(vae_losses if previous is None and writer is not None else []):
         writer.add_scalar("vae/loss", loss, i)
+    for frame, error in enumerate(roundtrip or [] if writer is not None else []):
+        writer.add_scalar("vae/roundtrip_cm", error, frame)
+    # Loop -------------------------------------------------------------------------------------------
     val_indices = list(range(min(settings.val_episodes, len(episodes))))
-    total, num_trainable = count_parameters(parts)
     video_losses: list[float] = []
     head_losses: list[float] = []
-    batches = _cycle(loader)
     checkpoint = previous
     val_error = None
+    workspace = config.workspace()
+    step_times: list[float] = []
     bar = tqdm(
         range(start_step + 1, settings.steps + 1), desc="train", initial=start_step, total=settings.steps,
-        disable=not (settings.progress and accelerator.is_main_process),
+        disable=not (settings.progress and main),
     )  # fmt: skip
     for step in bar:
-        batch = next(batches)
-        encode = latent_cache if latent_cache is not None else encode_latents
-        latents = encode(parts.vae, batch)
-        task_text = torch.stack([text[episode_tasks[int(e)]] for e in batch["episode"]])
+        started = time.perf_counter()
+        if store is not None:
+            items = torch.randint(0, len(data_.train), (settings.batch_size,), generator=generator).tolist()
+            latents, targets = store.batch(items)
+            latents = latents.to(accelerator.device)
+            targets = {k: v.to(accelerator.device) for k, v in targets.items()}
+        else:
+            targets = next(batches)
+            latents = encode_latents(parts.vae, targets)
+        task_text = torch.stack([text[data_.episode_tasks[int(e)]] for e in targets["episode"]])
         with accelerator.autocast():
             vloss = video_loss(transformer, latents, task_text, config.num_train_timesteps, config.flow_shift,
                                config.rgb_loss_weight, generator)
         accelerator.backward(vloss.total)
+        if settings.grad_clip > 0:
+            accelerator.clip_grad_norm_(trainable, settings.grad_clip)
         video_optimizer.step()
         video_optimizer.zero_grad(set_to_none=True)
         with accelerator.autocast():
-            targets = batch["positions"], batch["rotation_bins"], batch["gripper"]
-            hloss = head_objective(head, latents, *targets, workspace, settings.head_latent_noise, generator)
+            hloss = head_objective(head, latents, targets["positions"], targets["rotation_bins"],
+                                   targets["gripper"], workspace, settings.head_latent_noise, generator)
         accelerator.backward(hloss.total)
         head_optimizer.step()
         head_optimizer.zero_grad(set_to_none=True)
+        for schedule in schedules:
+            schedule.step()
+        step_times.append(time.perf_counter() - started)
         video_losses.append(vloss.total.item())
         head_losses.append(hloss.total.item())
         if not (math.isfinite(video_losses[-1]) and math.isfinite(head_losses[-1])):
@@ -429,15 +556,14 @@ def train(
         if writer is not None and (step % settings.log_every == 0 or step == settings.steps):
             scalars = {
                 "video/loss": vloss.total, "video/rgb": vloss.rgb, "video/heatmap": vloss.heatmap,
-                "head/loss": hloss.total,
-                "head/rotation_accuracy": hloss.rotation_accuracy,
-                "head/gripper_accuracy": hloss.gripper_accuracy,
+                "head/loss": hloss.total, "head/rotation_accuracy": hloss.rotation_accuracy,
+                "head/gripper_accuracy": hloss.gripper_accuracy, "lr": schedules[0].get_last_lr()[0],
             }  # fmt: skip
             for name, value in scalars.items():
                 writer.add_scalar(name, float(torch.as_tensor(value).detach()), step)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
             accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
+            if main:
                 unwrapped = ModelParts(
                     accelerator.unwrap_model(transformer), parts.vae, accelerator.unwrap_model(head),
                     parts.text_embeddings,
@@ -446,16 +572,21 @@ def train(
                     "step": step,
                     "video_optimizer": video_optimizer.state_dict(),
                     "head_optimizer": head_optimizer.state_dict(),
+                    "schedules": [schedule.state_dict() for schedule in schedules],
                     "generator": generator.get_state(),
                     "vae_losses": vae_losses,
                     "settings": asdict(settings),
                 }
                 checkpoint = _save_checkpoint(out, step, unwrapped, config, trainer_state,
                                               settings.keep_checkpoints)
-                errors = validation_errors(unwrapped, config, plain, val_indices, checkpoint)
+                if roundtrip is not None:
+                    (checkpoint / VAE_REPORT_FILE).write_text(json.dumps({"roundtrip_cm": roundtrip}))
+                errors = validation_errors(unwrapped, config, data_.plain, val_indices, checkpoint)
                 val_error = float(np.mean(errors)) if errors else None
-                if writer is not None and val_error is not None:
-                    writer.add_scalar("val/position_error", val_error, step)
+                if val_error is not None:
+                    log(f"step {step}: validation position error {100 * val_error:.1f} cm")
+                    if writer is not None:
+                        writer.add_scalar("val/position_error", val_error, step)
             accelerator.wait_for_everyone()
     if writer is not None:
         writer.close()
@@ -464,7 +595,7 @@ def train(
     end_step = max(settings.steps, start_step)
     return TrainResult(
         checkpoint, start_step, end_step, video_losses, head_losses, vae_losses, total, num_trainable,
-        val_error,
+        val_error, mode, roundtrip, float(np.median(step_times)) if step_times else None,
     )  # fmt: skip
 
 

@@ -1,19 +1,25 @@
-"""Fitting the video VAE, only for models built without a pretrained one (tiny configs).
+"""The video VAE for presets without published weights (tiny, small): fitting, latent statistics, round trip.
 
-The paper's VAE is Wan2.2's pretrained one, frozen throughout. A tiny random model has no such VAE, and an
-untrained decoder cannot turn latents back into heatmaps, so before the video model is trained the tiny VAE
-is fitted as an autoencoder on short clips (1 + temporal compression frames, covering both its first-frame and
-its compressed paths) of the RGB and heatmap views. Pixels on the heatmap blob get a larger weight: they are
-few, and the positions are read from them.
+The paper's VAE is Wan2.2's pretrained one, frozen throughout. A model built from scratch has no such VAE, so
+before the video model trains, its VAE is fitted as an autoencoder on the dataset's own RGB and heatmap views,
+on whole samples: the condition frame followed by the future frames, i.e. exactly the clips the policy
+encodes (the causal VAE encodes the condition frame alone into the first latent frame) and decodes. The
+condition frame and the future frames weigh equally in the loss, and pixels on the heatmap blob weigh more:
+they are few, and the positions are read from them. Then the per-channel latent mean and std are measured on
+the data (the diffusion model expects roughly unit-variance latents), and the round trip heatmap -> VAE ->
+back-projection is measured per frame in centimetres.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
+from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.model.vae import VideoVAE
 from mvvdp_core.train.video import sample_videos
 
@@ -29,6 +35,15 @@ def blob_weights(videos: torch.Tensor, num_heat_views: int, blob_weight: float) 
     return torch.cat([ones, 1 + blob_weight * blob], dim=1)
 
 
+def reconstruction_loss(decoded: torch.Tensor, videos: torch.Tensor, num_heat_views: int, blob_weight: float):
+    """Blob-weighted squared error; the condition frame and the mean of the future frames weigh equally."""
+    weights = blob_weights(videos, num_heat_views, blob_weight)
+    per_frame = (weights * (decoded - videos).square()).mean(dim=(0, 1, 3, 4, 5))  # (F,)
+    if per_frame.numel() == 1:
+        return per_frame[0]
+    return 0.5 * per_frame[0] + 0.5 * per_frame[1:].mean()
+
+
 def fit_vae(
     vae: VideoVAE,
     batches: Iterator[dict[str, torch.Tensor]],
@@ -37,36 +52,96 @@ def fit_vae(
     blob_weight: float = 50.0,
     generator: torch.Generator | None = None,
     progress: bool = True,
+    heat_views: int = 2,
 ) -> list[float]:
-    """Fit the VAE on random clips of the batches' videos; returns the loss per step. Leaves it frozen.
+    """Fit the VAE on whole samples of the batches' videos; returns the loss per step. Leaves it frozen.
 
-    Each step reconstructs one random RGB view and one random heatmap view of each sample (the VAE treats
-    views independently, so this only thins the batch).
+    Each step reconstructs one random RGB view and `heat_views` random heatmap views of each sample (the VAE
+    treats views independently, so this only thins the batch). The learning rate decays on a cosine.
     """
     if steps < 0:
         raise ValueError(f"VAE steps must be >= 0, got {steps}")
     device = next(vae.parameters()).device
     vae.train()
-    for param in vae.parameters():
-        param.requires_grad_(True)
+    vae.requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    clip = 1 + vae.temporal_compression
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(i / max(steps, 1), 1.0)))
+    )
     losses = []
     for _ in tqdm(range(steps), desc="fit VAE", disable=not progress):
         videos = sample_videos(next(batches)).to(device=device, dtype=vae.dtype)  # (B, 2R, 1 + F, 3, H, W)
-        frames = videos.shape[2]
-        start = int(torch.randint(0, max(frames - clip, 0) + 1, (1,), generator=generator))
         num_rgb = videos.shape[1] // 2
-        pick = torch.randint(0, num_rgb, (2,), generator=generator)
-        videos = videos[:, [int(pick[0]), num_rgb + int(pick[1])], start : start + clip]
-        weights = blob_weights(videos, 1, blob_weight)
-        decoded = vae.decode(vae.encode(videos))
-        loss = (weights * (decoded - videos).square()).mean()
+        heat = min(heat_views, num_rgb)
+        rgb_pick = int(torch.randint(0, num_rgb, (1,), generator=generator))
+        heat_pick = (num_rgb + torch.randperm(num_rgb, generator=generator)[:heat]).tolist()
+        videos = videos[:, [rgb_pick, *heat_pick]]
+        loss = reconstruction_loss(vae.decode(vae.encode(videos)), videos, heat, blob_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
+        schedule.step()
         losses.append(loss.item())
     vae.eval()
-    for param in vae.parameters():
-        param.requires_grad_(False)
+    vae.requires_grad_(False)
     return losses
+
+
+@torch.no_grad()
+def latent_statistics(
+    vae: VideoVAE, batches: Iterator[dict[str, torch.Tensor]], samples: int
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the raw (unnormalised) latents of `samples` dataset samples, all views."""
+    device = next(vae.parameters()).device
+    total = count = square = None
+    seen = 0
+    saved_mean, saved_std = vae.latents_mean.clone(), vae.latents_std.clone()
+    vae.latents_mean.zero_()
+    vae.latents_std.fill_(1.0)
+    try:
+        while seen < samples:
+            batch = next(batches)
+            videos = sample_videos(batch).to(device=device, dtype=vae.dtype)
+            latents = vae.encode(videos).double()  # (B, V, C, f, h, w)
+            per_channel = latents.transpose(0, 2).flatten(1)  # (C, N)
+            total = per_channel.sum(1) if total is None else total + per_channel.sum(1)
+            square = per_channel.square().sum(1) if square is None else square + per_channel.square().sum(1)
+            count = per_channel.shape[1] if count is None else count + per_channel.shape[1]
+            seen += videos.shape[0]
+    finally:
+        vae.latents_mean.copy_(saved_mean)
+        vae.latents_std.copy_(saved_std)
+    mean = total / count
+    std = (square / count - mean.square()).clamp_min(1e-8).sqrt()
+    return mean.float().tolist(), std.float().tolist()
+
+
+@torch.no_grad()
+def heatmap_roundtrip_errors(
+    vae: VideoVAE, batches: Iterator[dict[str, torch.Tensor]], workspace: Workspace, samples: int
+) -> np.ndarray:
+    """Position error (metres) per sample and frame (S, 1 + F) of heatmap views -> VAE -> back-projection."""
+    from mvvdp_core.policy import decode_heatmap_video
+
+    device = next(vae.parameters()).device
+    errors = []
+    while len(errors) < samples:
+        batch = next(batches)
+        heat = batch["heatmap_rgb"].transpose(1, 2)  # (B, R, 1 + F, 3, H, W)
+        decoded = vae.decode(vae.encode(heat.to(device=device, dtype=vae.dtype))).float().cpu()
+        for b in range(decoded.shape[0]):
+            positions = decode_heatmap_video(decoded[b], workspace).positions.double()
+            truth = batch["positions"][b].double()
+            errors.append((positions - truth).norm(dim=-1).numpy())
+    return np.stack(errors[:samples])
+
+
+def roundtrip_summary(errors: np.ndarray) -> str:
+    """One log line: condition frame and future frames (mean, worst frame) in centimetres."""
+    per_frame = 100 * errors.mean(0)
+    return (
+        f"VAE heatmap round trip (cm): condition frame {per_frame[0]:.2f}, future frames mean "
+        f"{per_frame[1:].mean():.2f}, worst frame {per_frame[1:].max():.2f} (frame "
+        f"{int(per_frame[1:].argmax()) + 1}); per frame " + " ".join(f"{e:.1f}" for e in per_frame)
+    )
