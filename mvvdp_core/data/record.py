@@ -76,9 +76,8 @@ def record_pick_demos(
             rest_height = float(task.target_pose(sim)[0][2])
             plan = demo_plan(sim, task, script, control_period)
             writer = recorder.start_episode(
-                list(sim.camera_names), task=task.name, instruction=task.instruction, seed=seed + k,
-                target=task.target, num_objects=task.num_objects, control_period=control_period,
-                workspace_center=list(workspace.center), workspace_edge=workspace.edge,
+                list(sim.camera_names), seed=seed + k, control_period=control_period,
+                workspace_center=list(workspace.center), workspace_edge=workspace.edge, **task.scene_meta(),
             )  # fmt: skip
             closed = False
             heights = []

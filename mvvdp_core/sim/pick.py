@@ -48,6 +48,25 @@ class PickTask:
             raise ValueError(f"min_lift must be > 0 and hold_time >= 0, "
                              f"got {self.min_lift} and {self.hold_time}")
 
+    def scene_meta(self) -> dict[str, object]:
+        """The scene fields an episode's meta records (JSON), read back by `from_meta`."""
+        return {"task": self.name, "instruction": self.instruction, "target": self.target,
+                "num_objects": self.num_objects, "region": [list(r) for r in self.region],
+                "max_yaw": self.max_yaw}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, object]) -> PickTask:
+        """The task an episode was recorded with (fields missing from older episodes take the defaults)."""
+        fields = {}
+        for key, name in (("task", "name"), ("instruction", "instruction"), ("num_objects", "num_objects"),
+                          ("max_yaw", "max_yaw")):
+            if key in meta:
+                fields[name] = meta[key]
+        if "region" in meta:
+            (x0, x1), (y0, y1) = meta["region"]  # type: ignore[misc]
+            fields["region"] = ((float(x0), float(x1)), (float(y0), float(y1)))
+        return cls(**fields)  # type: ignore[arg-type]
+
     def sim_config(self, width: int = 320, height: int = 240, **overrides: object) -> SimConfig:
         """The simulator configuration of this task's scene (cameras width x height)."""
         from mvvdp_core.sim.franka import SimConfig

@@ -141,10 +141,14 @@ def episode_task(episode: Episode) -> str:
 
 
 def load_episodes(data: str | Path | Sequence[str | Path]) -> list[Episode]:
+    """Recorded episodes with steps; episodes whose summary says success False are skipped (logged)."""
     roots = [data] if isinstance(data, str | Path) else list(data)
-    episodes = [e for root in roots for e in list_episodes(root)]
+    found = [e for root in roots for e in list_episodes(root)]
+    episodes = [e for e in found if e.success is not False]
+    if len(episodes) < len(found):
+        tqdm.write(f"skipped {len(found) - len(episodes)} of {len(found)} episodes marked unsuccessful")
     if not episodes:
-        raise ValueError(f"no recorded episodes with steps under {[str(r) for r in roots]}")
+        raise ValueError(f"no recorded successful episodes with steps under {[str(r) for r in roots]}")
     return episodes
 
 
