@@ -199,11 +199,11 @@ class SafetyFilter:
         return FilterResult(result, tuple(limited))
 
     def _debounced_gripper(self, requested: float, dt: float) -> float:
-        self._since_switch += dt
+        self._since_switch += dt  # summed periods: compared with a tolerance below
         want_closed = requested < self.limits.gripper_threshold
         if self._gripper_closed is None:
             self._gripper_closed = want_closed
-        elif want_closed != self._gripper_closed and self._since_switch >= self.limits.gripper_min_hold:
+        elif want_closed != self._gripper_closed and self._since_switch > self.limits.gripper_min_hold - 1e-9:
             self._gripper_closed = want_closed
             self._since_switch = 0.0
         return 0.0 if self._gripper_closed else 1.0

@@ -9,13 +9,14 @@ target is sent. The episode's summary holds `success` from `PickTask.pick_succes
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from mvvdp_core.data.episode import CameraCloud, Episode, Step
-from mvvdp_core.data.recorder import Recorder
+from mvvdp_core.data.recorder import EpisodeWriter, Recorder
 from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.rotations import quaternion_to_matrix
 from mvvdp_core.sim.pick import PickScript, PickTask, PlanStep, pick_targets
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from mvvdp_core.sim.franka import FrankaSim
 
 __all__ = ["PickScript", "PickTask", "PlanStep", "demo_plan", "pick_targets", "record_pick_demos",
-           "record_step"]
+           "record_step", "run_pick_demo"]
 
 
 def demo_plan(sim: FrankaSim, task: PickTask, script: PickScript, control_period: float) -> list[PlanStep]:
@@ -47,6 +48,38 @@ def record_step(sim: FrankaSim, gripper_closed: bool) -> Step:
     return Step(clouds, position, quaternion_to_matrix(quat), sim.gripper_width(), gripper_closed, sim.time)
 
 
+def run_pick_demo(
+    sim: FrankaSim,
+    task: PickTask,
+    script: PickScript,
+    control_period: float,
+    observe: Callable[[bool], object] | None = None,
+) -> tuple[bool, float]:
+    """Run the scripted pick on the scene as reset; returns (success, final lift of the cube in metres).
+
+    `observe(gripper_closed)` is called at the start of every control period, before its target is sent, and
+    once at the end (the recorder writes a step there).
+    """
+    from mvvdp_core.sim.franka import MAX_GRIPPER_WIDTH
+
+    physics_steps = max(int(round(control_period / sim.timestep)), 1)
+    rest_height = float(task.target_pose(sim)[0][2])
+    closed, heights = False, []
+    for position, quaternion, close in demo_plan(sim, task, script, control_period):
+        if observe is not None:
+            observe(closed)
+        heights.append(float(task.target_pose(sim)[0][2]))
+        closed = close
+        sim.set_target_pose(position, quaternion)
+        sim.set_gripper_width(0.0 if close else MAX_GRIPPER_WIDTH)
+        sim.step(physics_steps)
+    if observe is not None:
+        observe(closed)
+    heights.append(float(task.target_pose(sim)[0][2]))
+    success = task.pick_success(rest_height, heights[-task.hold_samples(control_period):])
+    return success, heights[-1] - rest_height
+
+
 def record_pick_demos(
     out: str | Path,
     episodes: int,
@@ -57,8 +90,6 @@ def record_pick_demos(
     task: PickTask | None = None,
 ) -> list[Path]:
     """Record `episodes` scripted picks (scene seeds seed, seed + 1, ...); returns the episode folders."""
-    from mvvdp_core.sim.franka import MAX_GRIPPER_WIDTH
-
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not control_period > 0:
@@ -67,31 +98,20 @@ def record_pick_demos(
     task = task or PickTask()
     workspace = Workspace()
     sim = task.make_sim(*camera_size)
-    physics_steps = max(int(round(control_period / sim.timestep)), 1)
     recorder = Recorder(out)
     paths = []
     try:
         for k in tqdm(range(episodes), desc="record"):
             sim.reset(seed + k)
-            rest_height = float(task.target_pose(sim)[0][2])
-            plan = demo_plan(sim, task, script, control_period)
             writer = recorder.start_episode(
                 list(sim.camera_names), seed=seed + k, control_period=control_period,
                 workspace_center=list(workspace.center), workspace_edge=workspace.edge, **task.scene_meta(),
             )  # fmt: skip
-            closed = False
-            heights = []
-            for position, quaternion, close in plan:
+            def observe(closed: bool, writer: EpisodeWriter = writer) -> None:
                 writer.add_step(record_step(sim, closed))
-                heights.append(float(task.target_pose(sim)[0][2]))
-                closed = close
-                sim.set_target_pose(position, quaternion)
-                sim.set_gripper_width(0.0 if close else MAX_GRIPPER_WIDTH)
-                sim.step(physics_steps)
-            writer.add_step(record_step(sim, closed))
-            heights.append(float(task.target_pose(sim)[0][2]))
-            success = task.pick_success(rest_height, heights[-task.hold_samples(control_period):])
-            writer.close(success=success, final_lift=heights[-1] - rest_height)
+
+            success, lift = run_pick_demo(sim, task, script, control_period, observe)
+            writer.close(success=success, final_lift=lift)
             paths.append(writer.root)
     finally:
         sim.close()
