@@ -130,6 +130,7 @@ class ChunkExecutor:
         self._hold: PoseTarget | None = None
         self._hold_reason = ""
         self._last_command: PoseTarget | None = None
+        self._ee_stale = False  # the end-effector state was older than ee_timeout at the last tick
         self.events: list[str] = []  # log lines for the node to print, drained by the node
 
     # ---- inputs -------------------------------------------------------------------------------------
@@ -200,8 +201,17 @@ class ChunkExecutor:
 
     # ---- control period -----------------------------------------------------------------------------
     def tick(self, now: float, dt: float) -> Command:
+        """The command for the control period starting at `now`. Every target sent (chunk steps, blended
+        steps, holds) goes through the one safety filter: steps limited relative to the last command, within a
+        tracking bound of the measured pose. When the robot state resumes after going stale, or the measured
+        pose jumps beyond the tracking bound, the hold moves to the measured pose."""
         if self._ee is None:
             return Command(None, "idle", "no end-effector state yet")
+        stale = now - self._ee_time > self.config.ee_timeout
+        if self._ee_stale and not stale and self._hold is not None:
+            # The robot state came back (e.g. the robot restarted): hold where it is, not at an old pose.
+            self._enter_hold("robot state resumed: holding the measured pose", at=self._ee, restart=True)
+        self._ee_stale = stale
         if self.next_switch is not None and now >= self.next_switch[1]:
             chunk, _switch = self.next_switch  # cancelling, stopping or an unsafe target clear it
             self.next_switch = None
@@ -215,16 +225,17 @@ class ChunkExecutor:
             self._enter_hold(problem)
         if self.running is None:
             if self._hold is None:
+                self.safety.reset()  # nothing sent: the next command starts from the measured pose
                 return Command(None, "idle")
-            return Command(self._hold, "hold", self._hold_reason)
+            return self._hold_command(dt)
         chunk = self.running
         elapsed = now - self._start
         if elapsed > chunk.duration + self.config.settle_time:
             self.running = None
             self._log(f"chunk {chunk.chunk_id}: finished")
             self._enter_hold("chunk finished", at=self._last_command)
-            return Command(self._hold, "hold", self._hold_reason)
-        index = chunk.step_at(elapsed)
+            return self._hold_command(dt)
+        index = chunk.step_at(elapsed)  # step i is aimed at until its time_from_start
         try:
             result = self.safety.filter(chunk.target(index), self._ee, dt)
         except UnsafeTargetError as err:
@@ -232,7 +243,7 @@ class ChunkExecutor:
             self.next_switch = None
             self._enter_hold(f"unsafe target in chunk {chunk.chunk_id} step {index}: {err}")
             self._log(self._hold_reason)
-            return Command(self._hold, "hold", self._hold_reason)
+            return self._hold_command(dt)
         self._last_command = result.target
         state = "executing" if elapsed <= chunk.duration else "settling"
         return Command(result.target, state, "", chunk.chunk_id, index, result.limited)
@@ -249,20 +260,42 @@ class ChunkExecutor:
 
     def _run(self, chunk: TimedChunk, start: float) -> None:
         if self.running is None:
-            gripper = self._hold.gripper if self._hold is not None else None
-            self.safety.reset(gripper if gripper is not None else (self._ee.gripper if self._ee else None))
+            # A new execution: its first open/close acts at once. Motion stays limited relative to the last
+            # command sent (the hold), or to the measured pose when nothing was sent yet.
+            held = self._hold if self._hold is not None else self._ee
+            self.safety.reset_gripper(held.gripper if held is not None else None)
         self.running, self._start = chunk, start
         self._hold = None
 
-    def _enter_hold(self, reason: str, at: PoseTarget | None = None) -> None:
+    def _enter_hold(self, reason: str, at: PoseTarget | None = None, restart: bool = False) -> None:
+        """Latch the hold target: `at` (default: the measured pose), keeping the gripper last commanded.
+        A hold already latched is kept unless `at` is given; `restart` also makes the next command start from
+        the measured pose."""
         if self._hold is not None and at is None:
             return  # keep the first latched pose
         base = at if at is not None else self._ee
         if base is None:
             return
         gripper = self._last_command.gripper if self._last_command is not None else base.gripper
-        self._hold = PoseTarget(base.position.copy(), base.quaternion.copy(), gripper)
+        self._hold = PoseTarget(np.array(base.position, float), np.array(base.quaternion, float), gripper)
         self._hold_reason = reason
+        if restart:
+            self.safety.reset(gripper)
+            self._log(reason)
+
+    def _hold_command(self, dt: float) -> Command:
+        """The hold target through the safety filter. When the measured pose has jumped beyond the tracking
+        bound (a restart, a collision), the hold moves to the measured pose instead of pulling back."""
+        assert self._hold is not None and self._ee is not None
+        if self.safety.out_of_tracking(self._hold, self._ee):
+            self._enter_hold("measured pose jumped beyond the tracking bound: holding the measured pose",
+                             at=self._ee, restart=True)
+        try:
+            result = self.safety.filter(self._hold, self._ee, dt)
+        except UnsafeTargetError as err:  # nothing is sent rather than a bad target
+            return Command(None, "hold", f"{self._hold_reason}; hold target not sent: {err}")
+        self._last_command = result.target
+        return Command(result.target, "hold", self._hold_reason, limited=result.limited)
 
     def _log(self, message: str) -> str:
         self.events.append(message)

@@ -16,7 +16,7 @@ from std_msgs.msg import Float64, Header, String
 from std_srvs.srv import Trigger
 
 from mvvdp_core.execution import ChunkExecutor, ExecutorConfig
-from mvvdp_core.safety import PoseTarget, SafetyLimits
+from mvvdp_core.safety import DEFAULT_CONTROL_RATE, PoseTarget, SafetyLimits
 from mvvdp_msgs.msg import ActionChunk
 from mvvdp_msgs.srv import Execute
 from mvvdp_ros.conversions import chunk_from_msg, pose_from_msg, pose_stamped
@@ -25,7 +25,7 @@ from mvvdp_ros.spin import run_node
 
 PARAMETERS = {
     "mode": ("preview", "preview: run only chunks approved on the execute service; auto: run auto chunks"),
-    "control_rate": (20.0, "control loop rate in Hz (targets sent to the controller)"),
+    "control_rate": (DEFAULT_CONTROL_RATE, "control loop rate in Hz (targets sent to the controller)"),
     "base_frame": ("fr3_link0", "robot base frame of all poses"),
     "ee_pose_topic": ("/franka_robot_state_broadcaster/current_pose", "end-effector pose (PoseStamped)"),
     "gripper_state_topic": ("/franka_gripper/joint_states", "gripper finger joints (width = sum)"),
@@ -51,10 +51,12 @@ PARAMETERS = {
     "switch_delay": (0.0, "auto: the running chunk goes on this long after a new one arrives (s)"),
     "workspace_lower": ([0.15, -0.5, 0.02], "safety box lower corner in the base frame (m)"),
     "workspace_upper": ([0.85, 0.5, 0.85], "safety box upper corner in the base frame (m)"),
-    "max_step_translation": (0.04, "largest target translation per control period (m)"),
-    "max_step_rotation_deg": (10.0, "largest target rotation per control period (deg)"),
-    "max_linear_velocity": (0.5, "largest target linear velocity (m/s)"),
+    "max_step_translation": (0.04, "largest translation from the last target sent, per period (m)"),
+    "max_step_rotation_deg": (10.0, "largest rotation from the last target sent, per period (deg)"),
+    "max_linear_velocity": (0.5, "largest target linear velocity, command to command (m/s)"),
     "max_angular_velocity_deg": (120.0, "largest target angular velocity (deg/s)"),
+    "max_tracking_error": (0.10, "largest distance of a target from the measured ee position (m)"),
+    "max_tracking_rotation_deg": (30.0, "largest rotation of a target from the measured orientation (deg)"),
     "gripper_min_hold": (0.5, "the gripper keeps a new open/closed state at least this long (s)"),
 }
 
@@ -75,7 +77,8 @@ class ExecutorNode(Node):
         limits = SafetyLimits(
             workspace_lower=tuple(p["workspace_lower"]), workspace_upper=tuple(p["workspace_upper"]),
             **{k: p[k] for k in ("max_step_translation", "max_step_rotation_deg", "max_linear_velocity",
-                                 "max_angular_velocity_deg", "gripper_min_hold")},
+                                 "max_angular_velocity_deg", "max_tracking_error",
+                                 "max_tracking_rotation_deg", "gripper_min_hold")},
         )
         self.core = ChunkExecutor(config, limits)
         self._gripper_opening = 1.0

@@ -7,23 +7,24 @@ from pathlib import Path
 import numpy as np
 
 from mvvdp_core.data.episode import list_episodes
-from mvvdp_core.data.record import PickScript, main
+from mvvdp_core.data.record import main
+from mvvdp_core.sim.pick import PickTask
 
 
 def test_record_one_pick(tmp_path: Path) -> None:
     argv = ["--out", str(tmp_path), "--episodes", "1", "--camera-width", "64", "--camera-height", "48"]
     assert main(argv) == 0
     (episode,) = list_episodes(tmp_path)
-    script = PickScript()
-    assert len(episode) == script.total_steps + 1 and episode.success is True
+    assert episode.success is True and episode.summary["final_lift"] > 0.1
     assert episode.cameras == ["zed_front", "zed_left", "zed_right"]
+    assert PickTask.from_meta(episode.meta) == PickTask()
+    assert episode.meta["instruction"] == "pick up the red cube" and episode.meta["target"] == "object0"
+    closed = episode.gripper_closed()
+    grasp = int(np.argmax(closed)) - 1  # the last step before the gripper closes
+    assert closed[: grasp + 1].sum() == 0 and closed[grasp + 1 :].min() == 1  # closes once, stays closed
     positions = episode.ee_positions()
-    grasp = script.approach_steps + script.descend_steps
     assert positions[grasp, 2] < positions[0, 2] - 0.2  # went down to the cube
     assert positions[-1, 2] > positions[grasp, 2] + 0.1  # and lifted it
-    closed = episode.gripper_closed()
-    np.testing.assert_array_equal(closed[: grasp + 1], 0)
-    np.testing.assert_array_equal(closed[grasp + 1 :], 1)
     widths = [r.gripper_width for r in episode.records]
     assert widths[0] > 0.075 and 0.03 < widths[-1] < 0.06  # closed on a 5 cm cube
     step = episode.step(grasp)

@@ -100,3 +100,79 @@ def test_repeated_filtering_converges_at_the_step_limit() -> None:
     for step in range(1, 11):
         current = safety.filter(goal, current, dt=0.1).target
         assert current.position[0] == pytest.approx(min(0.3 + 0.04 * step, 0.7))
+
+
+# ---- limits relative to the last command, tracking bound relative to the measured pose ---------------------
+def test_steps_are_limited_from_the_last_command_not_the_lagging_measured_pose() -> None:
+    # 20 Hz: min(4 cm, 0.5 m/s * 0.05 s) = 2.5 cm per period from the previous command; the measured pose does
+    # not move (a lagging controller), so the commands stop 10 cm (the tracking bound) ahead of it.
+    safety, measured, goal = SafetyFilter(), pose(0.3, 0.0, 0.3), pose(0.7, 0.0, 0.3)
+    xs, limits = [], []
+    for _ in range(6):
+        result = safety.filter(goal, measured, dt=0.05)
+        xs.append(result.target.position[0])
+        limits.append(result.limited)
+    np.testing.assert_allclose(xs, [0.325, 0.35, 0.375, 0.4, 0.4, 0.4], atol=1e-12)
+    assert limits[0] == ("translation",) and "tracking" in limits[-1]
+    assert safety.last_command is not None and safety.last_command.position[0] == pytest.approx(0.4)
+
+
+def test_commands_keep_full_speed_while_the_arm_lags_behind() -> None:
+    # The arm trails every command by 5 cm: the commands still advance 2.5 cm per period.
+    safety, goal = SafetyFilter(), pose(0.9, 0.0, 0.3)
+    command = safety.filter(goal, pose(0.3, 0.0, 0.3), dt=0.05).target
+    for _ in range(8):
+        previous = command.position[0]
+        command = safety.filter(goal, pose(previous - 0.05, 0.0, 0.3), dt=0.05).target
+        assert command.position[0] - previous == pytest.approx(0.025)
+
+
+def test_first_command_after_reset_starts_from_the_measured_pose() -> None:
+    safety, goal = SafetyFilter(), pose(0.7, 0.0, 0.3)
+    for _ in range(3):
+        safety.filter(goal, pose(0.3, 0.0, 0.3), dt=0.05)  # commands reach 0.375
+    safety.reset()
+    result = safety.filter(goal, pose(0.3, 0.0, 0.3), dt=0.05)
+    assert result.target.position[0] == pytest.approx(0.325)
+
+
+def test_a_jump_of_the_measured_pose_restarts_the_limits_from_it() -> None:
+    safety, goal = SafetyFilter(), pose(0.7, 0.0, 0.3)
+    safety.filter(goal, pose(0.3, 0.0, 0.3), dt=0.05)  # last command 0.325
+    # Measured 0.5: 17.5 cm from the last command > 10 cm + 4 cm: limited from the measured pose.
+    result = safety.filter(goal, pose(0.5, 0.0, 0.3), dt=0.05)
+    assert result.target.position[0] == pytest.approx(0.525)
+    # Measured 0.62 after a smaller move (9.5 cm from the last command 0.525): still from the last command.
+    result = safety.filter(goal, pose(0.62, 0.0, 0.3), dt=0.05)
+    assert result.target.position[0] == pytest.approx(0.55)
+
+
+def test_tracking_bound_pulls_a_far_command_towards_the_measured_pose() -> None:
+    # Last command 0.4; the arm is pushed back to 0.28 (12 cm < 14 cm: no jump). The next command may step
+    # 2.5 cm from 0.4 towards the goal but must lie within 10 cm of the measured pose: 0.38.
+    limits = SafetyLimits(max_tracking_error=0.10)
+    safety, goal = SafetyFilter(limits), pose(0.7, 0.0, 0.3)
+    for _ in range(4):
+        safety.filter(goal, pose(0.3, 0.0, 0.3), dt=0.05)
+    result = safety.filter(goal, pose(0.28, 0.0, 0.3), dt=0.05)
+    assert result.target.position[0] == pytest.approx(0.38)
+    assert "tracking" in result.limited
+
+
+def test_rotation_limited_from_the_last_command_and_bounded_around_the_measured_orientation() -> None:
+    # 10 deg per period from the last command (120 deg/s * 0.1 s = 12 > 10), at most 30 deg from the measured.
+    safety = SafetyFilter()
+    target = pose(0.5, 0, 0.4, Rotation.from_euler("z", 90, degrees=True).as_quat())
+    angles = []
+    for _ in range(5):
+        result = safety.filter(target, pose(0.5, 0, 0.4), dt=0.1)
+        angles.append(Rotation.from_quat(result.target.quaternion).as_rotvec(degrees=True)[2])
+    np.testing.assert_allclose(angles, [10, 20, 30, 30, 30], atol=1e-9)
+    assert "tracking_rotation" in result.limited
+
+
+def test_tracking_limits_are_validated() -> None:
+    with pytest.raises(ValueError, match="max_tracking_error"):
+        SafetyLimits(max_tracking_error=0.0)
+    with pytest.raises(ValueError, match="max_tracking_rotation_deg"):
+        SafetyLimits(max_tracking_rotation_deg=float("nan"))

@@ -1,56 +1,40 @@
 """`mvvdp record`: scripted pick demonstrations in the simulated FR3 scene, written as episodes.
 
-Each demonstration picks one cube: above it, down to it, close the gripper, lift. The end-effector target
-moves through these waypoints (the simulator's controller limits the speed) and every control period one step
-is recorded: the three camera clouds with their extrinsics, the end-effector pose and the gripper.
+Each demonstration follows the pick task's scripted plan (`mvvdp_core.sim.pick`): above the red cube with the
+hand turned to its faces, down to it, close the gripper, lift, hold. Every control period one step is recorded
+(the three camera clouds with their extrinsics, the end-effector pose, the gripper) and then that period's
+target is sent. The episode's summary holds `success` from `PickTask.pick_success`.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from tqdm import tqdm
 
-from mvvdp_core.data.episode import CameraCloud, Step
-from mvvdp_core.data.recorder import Recorder
+from mvvdp_core.data.episode import CameraCloud, Episode, Step
+from mvvdp_core.data.recorder import EpisodeWriter, Recorder
 from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.rotations import quaternion_to_matrix
+from mvvdp_core.sim.pick import PickScript, PickTask, PlanStep, pick_targets
+from mvvdp_core.threads import set_torch_threads
 
 if TYPE_CHECKING:
     from mvvdp_core.sim.franka import FrankaSim
 
-PICK_TASK = "pick up the cube"
+__all__ = ["PickScript", "PickTask", "PlanStep", "demo_plan", "pick_targets", "record_pick_demos",
+           "record_step", "run_pick_demo"]
 
 
-@dataclass(frozen=True)
-class PickScript:
-    """Waypoint timing of one scripted pick, in control periods."""
-
-    approach_height: float = 0.12  # metres above the cube centre
-    grasp_height: float = 0.0
-    lift_height: float = 0.15
-    approach_steps: int = 12
-    descend_steps: int = 8
-    close_steps: int = 4
-    lift_steps: int = 8
-
-    @property
-    def total_steps(self) -> int:
-        return self.approach_steps + self.descend_steps + self.close_steps + self.lift_steps
-
-
-def pick_targets(cube: np.ndarray, script: PickScript) -> list[tuple[np.ndarray, bool]]:
-    """(target position, gripper closed) for every control period of the script."""
-    above = cube + [0.0, 0.0, script.approach_height]
-    grasp = cube + [0.0, 0.0, script.grasp_height]
-    lifted = cube + [0.0, 0.0, script.lift_height]
-    plan = [(above, False)] * script.approach_steps + [(grasp, False)] * script.descend_steps
-    plan += [(grasp, True)] * script.close_steps + [(lifted, True)] * script.lift_steps
-    return plan
+def demo_plan(sim: FrankaSim, task: PickTask, script: PickScript, control_period: float) -> list[PlanStep]:
+    """The scripted plan for the scene as it is now (call right after `sim.reset`)."""
+    cube_position, cube_quaternion = task.target_pose(sim)
+    start_position, start_quaternion = sim.ee_pose()
+    return pick_targets(start_position, start_quaternion, cube_position, cube_quaternion, script,
+                        control_period)
 
 
 def record_step(sim: FrankaSim, gripper_closed: bool) -> Step:
@@ -64,6 +48,38 @@ def record_step(sim: FrankaSim, gripper_closed: bool) -> Step:
     return Step(clouds, position, quaternion_to_matrix(quat), sim.gripper_width(), gripper_closed, sim.time)
 
 
+def run_pick_demo(
+    sim: FrankaSim,
+    task: PickTask,
+    script: PickScript,
+    control_period: float,
+    observe: Callable[[bool], object] | None = None,
+) -> tuple[bool, float]:
+    """Run the scripted pick on the scene as reset; returns (success, final lift of the cube in metres).
+
+    `observe(gripper_closed)` is called at the start of every control period, before its target is sent, and
+    once at the end (the recorder writes a step there).
+    """
+    from mvvdp_core.sim.franka import MAX_GRIPPER_WIDTH
+
+    physics_steps = max(int(round(control_period / sim.timestep)), 1)
+    rest_height = float(task.target_pose(sim)[0][2])
+    closed, heights = False, []
+    for position, quaternion, close in demo_plan(sim, task, script, control_period):
+        if observe is not None:
+            observe(closed)
+        heights.append(float(task.target_pose(sim)[0][2]))
+        closed = close
+        sim.set_target_pose(position, quaternion)
+        sim.set_gripper_width(0.0 if close else MAX_GRIPPER_WIDTH)
+        sim.step(physics_steps)
+    if observe is not None:
+        observe(closed)
+    heights.append(float(task.target_pose(sim)[0][2]))
+    success = task.pick_success(rest_height, heights[-task.hold_samples(control_period):])
+    return success, heights[-1] - rest_height
+
+
 def record_pick_demos(
     out: str | Path,
     episodes: int,
@@ -71,40 +87,31 @@ def record_pick_demos(
     control_period: float = 0.1,
     camera_size: tuple[int, int] = (320, 240),
     script: PickScript | None = None,
+    task: PickTask | None = None,
 ) -> list[Path]:
     """Record `episodes` scripted picks (scene seeds seed, seed + 1, ...); returns the episode folders."""
-    from mvvdp_core.sim.franka import MAX_GRIPPER_WIDTH, FrankaSim, SimConfig
-
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if not control_period > 0:
+        raise ValueError(f"control_period must be > 0 seconds, got {control_period!r}")
     script = script or PickScript()
+    task = task or PickTask()
     workspace = Workspace()
-    sim = FrankaSim(SimConfig(width=camera_size[0], height=camera_size[1]), workspace)
-    physics_steps = max(int(round(control_period / sim.timestep)), 1)
+    sim = task.make_sim(*camera_size)
     recorder = Recorder(out)
     paths = []
     try:
         for k in tqdm(range(episodes), desc="record"):
             sim.reset(seed + k)
-            cubes = sim.object_poses()
-            name = sorted(cubes)[k % len(cubes)]
-            cube = cubes[name][0]
-            _, start_quat = sim.ee_pose()
             writer = recorder.start_episode(
-                list(sim.camera_names), task="pick", instruction=PICK_TASK, seed=seed + k, target=name,
-                control_period=control_period, workspace_center=list(workspace.center),
-                workspace_edge=workspace.edge,
+                list(sim.camera_names), seed=seed + k, control_period=control_period,
+                workspace_center=list(workspace.center), workspace_edge=workspace.edge, **task.scene_meta(),
             )  # fmt: skip
-            closed = False
-            for target, close in pick_targets(cube, script):
+            def observe(closed: bool, writer: EpisodeWriter = writer) -> None:
                 writer.add_step(record_step(sim, closed))
-                closed = close
-                sim.set_target_pose(target, start_quat)
-                sim.set_gripper_width(0.0 if close else MAX_GRIPPER_WIDTH)
-                sim.step(physics_steps)
-            writer.add_step(record_step(sim, closed))
-            lifted = sim.object_poses()[name][0][2] > cube[2] + 0.5 * script.lift_height
-            writer.close(success=bool(lifted))
+
+            success, lift = run_pick_demo(sim, task, script, control_period, observe)
+            writer.close(success=success, final_lift=lift)
             paths.append(writer.root)
     finally:
         sim.close()
@@ -119,9 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-period", type=float, default=0.1, help="seconds between recorded steps")
     parser.add_argument("--camera-width", type=int, default=320)
     parser.add_argument("--camera-height", type=int, default=240)
+    parser.add_argument("--num-objects", type=int, default=PickTask.num_objects,
+                        help="cubes on the table: the red target cube plus distractors")
     args = parser.parse_args(argv)
+    set_torch_threads()
     paths = record_pick_demos(
-        args.out, args.episodes, args.seed, args.control_period, (args.camera_width, args.camera_height)
+        args.out, args.episodes, args.seed, args.control_period, (args.camera_width, args.camera_height),
+        task=PickTask(num_objects=args.num_objects),
     )
-    print(f"recorded {len(paths)} episodes into {args.out}")
+    successes = sum(bool(Episode(p).success) for p in paths)
+    print(f"recorded {len(paths)} episodes into {args.out}: {successes}/{len(paths)} successful picks")
     return 0

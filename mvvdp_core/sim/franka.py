@@ -89,6 +89,9 @@ class SimConfig:
     max_angular_speed: float = 1.5  # rad/s
     ik_damping: float = 0.05
     cameras: tuple[CameraSpec, ...] | None = None  # None: default_cameras(Workspace())
+    # Cube placement on reset: centre x and y ranges (base frame, metres) and the largest |yaw| (radians).
+    object_region: tuple[tuple[float, float], tuple[float, float]] = ((0.35, 0.7), (-0.3, 0.3))
+    object_max_yaw: float = math.pi
 
     def __post_init__(self) -> None:
         for key in ("width", "height"):
@@ -101,6 +104,12 @@ class SimConfig:
             value = getattr(self, key)
             if not (np.isfinite(value) and value > 0):
                 raise ValueError(f"{key} must be a positive number, got {value!r}")
+        region = np.asarray(self.object_region, dtype=np.float64)
+        if region.shape != (2, 2) or not np.isfinite(region).all() or np.any(region[:, 0] > region[:, 1]):
+            raise ValueError(f"object_region must be ((x_min, x_max), (y_min, y_max)), "
+                             f"got {self.object_region!r}")
+        if not 0 <= self.object_max_yaw <= math.pi:
+            raise ValueError(f"object_max_yaw must be in [0, pi] radians, got {self.object_max_yaw!r}")
 
 
 def default_cameras(workspace: Workspace | None = None) -> tuple[CameraSpec, ...]:
@@ -344,15 +353,16 @@ class FrankaSim:
         self.data.qpos[self._finger_qpos] = MAX_GRIPPER_WIDTH / 2
         placed: list[np.ndarray] = []
         h = self.config.cube_half
+        (x_min, x_max), (y_min, y_max) = self.config.object_region
         for adr in self._object_qpos:
             for _ in range(1000):
-                xy = np.array([rng.uniform(0.35, 0.7), rng.uniform(-0.3, 0.3)])
+                xy = np.array([rng.uniform(x_min, x_max), rng.uniform(y_min, y_max)])
                 if all(np.linalg.norm(xy - p) > 6 * h for p in placed):
                     break
             else:
                 raise RuntimeError("could not place the objects without overlap")
             placed.append(xy)
-            yaw = rng.uniform(-math.pi, math.pi)
+            yaw = rng.uniform(-self.config.object_max_yaw, self.config.object_max_yaw)
             self.data.qpos[adr : adr + 3] = (xy[0], xy[1], TABLE_TOP_Z + h)
             self.data.qpos[adr + 3 : adr + 7] = _quat_z(yaw)
         self.data.ctrl[self._arm_act] = HOME_Q

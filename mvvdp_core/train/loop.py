@@ -44,7 +44,7 @@ from mvvdp_core.model.checkpoint import (
 from mvvdp_core.model.config import MVVDPConfig
 from mvvdp_core.model.text import encode_prompts
 from mvvdp_core.policy import MVVDPPolicy
-from mvvdp_core.runtime import set_torch_threads
+from mvvdp_core.threads import set_torch_threads
 from mvvdp_core.train.head import head_objective
 from mvvdp_core.train.latents import LatentStore
 from mvvdp_core.train.plots import plot_trajectories

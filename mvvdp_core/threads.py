@@ -1,4 +1,4 @@
-"""Process-wide runtime settings for long CPU work (training, evaluation, recording)."""
+"""Thread count for long CPU work (training, evaluation, recording) on a machine shared with other jobs."""
 
 from __future__ import annotations
 
