@@ -1,7 +1,7 @@
 """On-disk cache of clean training latents, keyed by content: the VAE encode is paid once across runs.
 
 A key covers everything a sample's latents depend on: the episode's recorded content (its index file), the
-condition step, the augmentation copy and its seed, the sample settings (workspace, frames, heatmap, splat)
+condition step, the scene motion of its augmentation copy, the sample settings (workspace, frames, heatmap, splat)
 and the VAE's weights and latent statistics. Files are written atomically, so an interrupted fill resumes.
 Only deterministic datasets are cacheable (no augmentation, or fixed augmented copies).
 """
@@ -12,6 +12,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -38,7 +39,7 @@ def dataset_fingerprint(dataset: EpisodeDataset) -> str:
     ws = cfg.workspace
     settings = (
         tuple(ws.center), ws.edge, ws.resolution, cfg.future_frames, cfg.frame_stride, cfg.sigma,
-        cfg.splat_radius, cfg.augment, cfg.augment_copies, cfg.rotation_bins, dataset.seed,
+        cfg.splat_radius, cfg.rotation_bins,
     )  # fmt: skip
     return hashlib.sha256(repr(settings).encode()).hexdigest()
 
@@ -61,7 +62,9 @@ class LatentStore:
         self._keys = []
         for item in range(len(dataset)):
             episode, start, copy = dataset.locate(item)
-            key = f"{prefix}:{episodes[episode]}:{start}:{copy}"
+            transform = dataset.copy_transform(episode, copy)
+            motion = "none" if transform is None else np.round(transform, 9).tobytes().hex()
+            key = f"{prefix}:{episodes[episode]}:{start}:{motion}"
             self._keys.append(hashlib.sha256(key.encode()).hexdigest()[:40])
         self.latents: list[torch.Tensor | None] = [None] * len(dataset)
         self.targets: list[dict[str, torch.Tensor] | None] = [None] * len(dataset)

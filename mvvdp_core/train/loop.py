@@ -37,12 +37,16 @@ from mvvdp_core.model.checkpoint import (
     RUN_CHECKPOINTS_DIR,
     ModelParts,
     build_model_parts,
+    load_base_model,
     load_checkpoint,
+    load_config,
     random_text_embeddings,
+    resolve_checkpoint,
     save_checkpoint,
 )
 from mvvdp_core.model.config import MVVDPConfig
 from mvvdp_core.model.text import encode_prompts
+from mvvdp_core.model.vae import VideoVAE
 from mvvdp_core.policy import MVVDPPolicy
 from mvvdp_core.threads import set_torch_threads
 from mvvdp_core.train.head import head_objective
@@ -81,6 +85,7 @@ class TrainSettings:
     vae_steps: int | None = None  # fit the VAE first; None: 300 for a model without a pretrained VAE, else 0
     vae_lr: float = 1e-3
     vae_report_samples: int = 8  # samples for the latent statistics and the VAE round-trip report
+    vae_from: str | None = None  # take the fitted VAE of this checkpoint (or run folder) instead of fitting
     base_model: str | None = None
     text_encoder: str | None = None  # local umT5 (or Wan2.2 diffusers) folder; None: random task embeddings
     tokenizer: str | None = None  # default: found next to text_encoder
@@ -355,6 +360,16 @@ class _Data:
     plain: EpisodeDataset
 
 
+def load_fitted_vae(path: str | Path, config: MVVDPConfig) -> VideoVAE:
+    """The VAE of a checkpoint (or training run folder) whose VAE sizes match config's."""
+    source = load_config(resolve_checkpoint(path))
+    sizes = {k: v for k, v in config.vae.items() if not k.startswith("latents_")}
+    theirs = {k: v for k, v in source.vae.items() if not k.startswith("latents_")}
+    if sizes != theirs:
+        raise ValueError(f"the VAE of {path} differs from this model's: {theirs} vs {sizes}")
+    return VideoVAE(load_base_model(source, resolve_checkpoint(path), torch.float32)[1])
+
+
 def _build_data(settings: TrainSettings, config: MVVDPConfig, episodes: list[Episode], rank: int) -> _Data:
     augment = AugmentConfig(settings.max_yaw_deg, settings.max_translation) if settings.augment else None
     sample_config = SampleConfig(
@@ -389,7 +404,14 @@ def _prepare_vae(
     )
     losses: list[float] = []
     report = settings.vae_report_samples
-    if fit and vae_steps > 0:
+    if fit and settings.vae_from is not None:
+        fitted = load_fitted_vae(settings.vae_from, config)
+        parts.vae.vae.load_state_dict(fitted.vae.state_dict())
+        mean, std = fitted.latents_mean.flatten().tolist(), fitted.latents_std.flatten().tolist()
+        parts.vae.set_latent_statistics(mean, std)
+        config.vae.update(latents_mean=mean, latents_std=std)
+        log(f"VAE: the fitted VAE of {settings.vae_from}")
+    elif fit and vae_steps > 0:
         losses = fit_vae(parts.vae, _cycle(_loader(data.train, settings)), vae_steps, settings.vae_lr,
                          generator=generator, progress=settings.progress)
         if report > 0:

@@ -1,0 +1,78 @@
+"""The trained small checkpoint that ships with the package: size, VAE round trip, closed-loop picks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mvvdp_core.data.dataset import EpisodeDataset, SampleConfig
+from mvvdp_core.data.episode import Episode
+from mvvdp_core.data.record import record_pick_demos
+from mvvdp_core.model.checkpoint import load_checkpoint, shipped_checkpoint
+from mvvdp_core.policy import MVVDPPolicy
+from mvvdp_core.sim.closed_loop import evaluate_policy
+from mvvdp_core.sim.pick import PickTask
+from mvvdp_core.train.predictor import make_chunk_predictor, observation_from_step
+from mvvdp_core.train.vae import heatmap_roundtrip_errors
+
+HELD_OUT_SEED = 91_000  # scene seeds far from the 0..19 the checkpoint was trained on
+
+
+@pytest.fixture(scope="module")
+def held_out_demo(tmp_path_factory: pytest.TempPathFactory) -> Episode:
+    torch.set_num_threads(1)
+    (path,) = record_pick_demos(tmp_path_factory.mktemp("demo"), 1, seed=HELD_OUT_SEED)
+    return Episode(path)
+
+
+def test_shipped_checkpoint_is_small_and_loads() -> None:
+    path = shipped_checkpoint()
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    assert size <= 30 * 2**20, f"shipped checkpoint is {size / 2**20:.1f} MB"
+    parts, config = load_checkpoint(path)
+    assert not config.uses_lora and config.latent_size >= 8
+    assert PickTask().name in parts.text_embeddings
+    std = torch.tensor(config.vae["latents_std"])
+    assert not torch.allclose(std, torch.ones_like(std)), "latent statistics were never measured"
+
+
+def test_vae_round_trip_within_1cm_on_every_frame(held_out_demo: Episode) -> None:
+    parts, config = load_checkpoint(shipped_checkpoint())
+    sample = SampleConfig(config.workspace(), future_frames=config.future_frames, sigma=config.sigma)
+    dataset = EpisodeDataset([held_out_demo], sample)
+    starts = range(0, len(dataset), max(len(dataset) // 6, 1))
+    batches = iter([torch.utils.data.default_collate([dataset[i]]) for i in starts])
+    errors = heatmap_roundtrip_errors(parts.vae, batches, config.workspace(), len(starts))  # (S, 1 + F) m
+    per_frame = errors.mean(0)
+    assert per_frame.max() <= 0.01, f"round trip per frame (cm): {np.round(100 * per_frame, 2)}"
+
+
+def test_closed_loop_picks_held_out_cubes() -> None:
+    torch.set_num_threads(1)
+    policy = MVVDPPolicy.from_checkpoint(shipped_checkpoint())
+    result = evaluate_policy(make_chunk_predictor(policy), 3, HELD_OUT_SEED + 10, time_limit=10.0)
+    assert sum(e.success for e in result.episodes) >= 2, result.table()
+
+
+def test_predicted_chunk_follows_the_demonstration(held_out_demo: Episode) -> None:
+    """From the start of a held-out demo, the predicted chunk heads for the cube as the demonstrator did."""
+    policy = MVVDPPolicy.from_checkpoint(shipped_checkpoint())
+    obs = observation_from_step(held_out_demo.step(0), policy, PickTask().name)
+    out = policy.predict(obs, return_video=True, seed=0)
+    horizon = len(out.chunk.positions)
+    truth = held_out_demo.ee_positions()[1 : horizon + 1]
+    error = np.linalg.norm(out.chunk.positions[: len(truth)] - truth, axis=1)
+    start_distance = np.linalg.norm(truth[-1] - obs.ee_position)
+    assert error.mean() < 0.04 and error[-1] < 0.3 * start_distance, f"errors (cm) {np.round(100 * error)}"
+    assert out.rgb_video is not None and out.rgb_video.shape[:2] == (3, policy.config.future_frames)
+    assert out.chunk.step_confidence.min() > 0.05
+
+
+def test_shipped_checkpoint_path_error_names_the_folder(tmp_path: Path) -> None:
+    from mvvdp_core.model.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no shipped checkpoint"):
+        shipped_checkpoint("does_not_exist")
