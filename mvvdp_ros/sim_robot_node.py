@@ -1,9 +1,10 @@
 """`sim_robot`: the simulated FR3 (mvvdp_core.sim.franka.FrankaSim) behind the real robot's ROS interface.
 
-Publishes the three ZED-style registered clouds, the end-effector pose and the gripper joint states; takes a
-target pose (as a Cartesian impedance controller would) and a gripper width. Physics runs in a timer, kept in
-step with the ROS clock times a real-time factor; every message is stamped with the ROS time that corresponds
-to the simulated instant it shows.
+The scene is the pick task's (`mvvdp_core.sim.pick.PickTask`), the one recorded and evaluated. Publishes the
+three ZED-style registered clouds, the end-effector pose and the gripper joint states; takes a target pose (as
+a Cartesian impedance controller would) and a gripper width. Physics runs in a timer, kept in step with the ROS
+clock times a real-time factor; every message is stamped with the ROS time that corresponds to the simulated
+instant it shows.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from rclpy.time import Time as RosTime
 from sensor_msgs.msg import JointState, PointCloud2
 from std_msgs.msg import Float64
 
-from mvvdp_core.sim.franka import FrankaSim, SimConfig
+from mvvdp_core.sim.franka import FrankaSim
+from mvvdp_core.sim.pick import PickTask
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.pointcloud import cloud_to_msg
 from mvvdp_ros.spin import run_node
@@ -36,7 +38,7 @@ PARAMETERS = {
     "camera_width": (320, "Simulated camera image width (pixels)", (16, 2048)),
     "camera_height": (240, "Simulated camera image height (pixels)", (16, 2048)),
     "seed": (0, "Seed of the object placement", (0, 2**31 - 1)),
-    "num_objects": (3, "Cubes on the table", (0, 5)),
+    "num_objects": (PickTask.num_objects, "Cubes on the table: the red target cube plus distractors", (1, 5)),
     "base_frame": ("fr3_link0", "Robot base frame"),
     "cloud_topic": ("/{name}/zed_node/point_cloud/cloud_registered", "Cloud topic; {name} = camera"),
     "cloud_frame_id": ("{name}_left_camera_frame", "Cloud frame id; {name} = camera"),
@@ -59,7 +61,7 @@ class SimRobotNode(Node):
         gripper_state_topic, target_topic = p["gripper_state_topic"], p["target_pose_topic"]
         gripper_cmd_topic = p["gripper_command_topic"]
 
-        self.sim = FrankaSim(SimConfig(width=width, height=height, num_objects=num_objects))
+        self.sim = FrankaSim(PickTask(num_objects=num_objects).sim_config(width, height))  # the pick scene
         self.sim.reset(seed)
         self._cloud_pubs = {
             name: self.create_publisher(PointCloud2, cloud_topic.format(name=name), qos_profile_sensor_data)

@@ -30,7 +30,8 @@ from mvvdp_ros.bringup import GraphProcesses  # noqa: E402
 from mvvdp_ros.conversions import chunk_to_msg  # noqa: E402
 
 BOX_LOWER, BOX_UPPER = np.array([0.28, -0.08, 0.33]), np.array([0.45, 0.08, 0.5])
-STEP_LIMIT = 0.04  # the executor's max_step_translation (m per control period)
+STEP_LIMIT = 0.04  # the executor's max_step_translation (m per control period, command to command)
+TRACKING_BOUND = 0.10  # the executor's max_tracking_error (m between a command and the measured pose)
 # A slow CPU predicts a chunk in seconds: chunks of 24 x 0.4 s give the scheduler room to overlap them.
 CONTROL_PERIOD, MAX_AGE = 0.4, 8.0
 STALE_ID = 4_000_000_000
@@ -143,15 +144,18 @@ def test_chunks_switch_continuously_and_stale_ones_never_run(graph) -> None:
     assert between <= {"executing", "settling"}, [
         s for _, s in node.states[first:third] if "executing" not in s
     ]
-    # Every command asks the arm to move at most the step limit from where it was (the ee pose stamped last
-    # before the command), across the switches as within the chunks.
+    # Every command moves at most the step limit from the previous one, across the switches as within the
+    # chunks, and stays within the tracking bound of where the arm was (the ee pose stamped last before the
+    # command; the executor may have seen one a period newer, hence the slack).
     ee_stamps = np.array([t for t, _ in node.ee])
     ee_positions = np.array([p for _, p in node.ee])
     commanded = [(t, p) for t, p in node.targets if t >= ee_stamps[0]]
     assert len(commanded) > 50
-    steps = [
+    steps = np.linalg.norm(np.diff([p for _, p in commanded], axis=0), axis=1)
+    assert steps.max() <= STEP_LIMIT + 1e-9, f"largest commanded step {steps.max() * 1000:.1f} mm"
+    lags = [
         np.linalg.norm(p - ee_positions[np.searchsorted(ee_stamps, t, side="right") - 1])
         for t, p in commanded
     ]
-    assert max(steps) <= STEP_LIMIT, f"largest commanded step {max(steps) * 1000:.1f} mm"
+    assert max(lags) <= TRACKING_BOUND + 0.01, f"largest command-to-arm distance {max(lags) * 1000:.1f} mm"
     assert max(np.linalg.norm(p - start) for p in ee_positions) > 0.01, "the arm did not move"

@@ -88,3 +88,21 @@ def test_loop_runs_at_the_executor_rate_and_rejects_bad_input() -> None:
             evaluate_policy(oracle_predictor(sim, task), 1, seed=0, sim=sim, replan_steps=0)
     with pytest.raises(ValueError, match="preview"):
         LoopConfig(executor=ExecutorConfig(mode="auto"))
+
+
+def test_evaluate_command_runs_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mvvdp_core.cli import main as mvvdp
+    from mvvdp_core.model.checkpoint import main as tiny_checkpoint
+
+    tiny_checkpoint([str(tmp_path / "ck"), "--task", "pick"])
+    out = tmp_path / "eval.json"
+    argv = ["evaluate", "--checkpoint", str(tmp_path / "ck"), "--episodes", "1", "--seed", "1000",
+            "--time-limit", "0.2", "--replan-steps", "2", "--num-steps", "1", "--camera-width", "48",
+            "--camera-height", "32", "--json", str(out)]
+    assert mvvdp(argv) == 0
+    printed = capsys.readouterr().out
+    assert "success 0/1" in printed and "mean final distance" in printed
+    report = json.loads(out.read_text())
+    assert report["episodes"][0]["seed"] == 1000 and report["episodes"][0]["chunks"] == 1
+    with pytest.raises(SystemExit):
+        mvvdp(argv[:-2] + ["--task", "unknown"])
