@@ -11,7 +11,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["mvvdp_core", "mvvdp_core.*", "mvvdp_ros", "mvvdp_ros.*"]),
-    package_data={"mvvdp_core": ["sim/assets/*", "checkpoints/*/*.*", "checkpoints/*/*/*.*", "checkpoints/*/*/*/*.*"]},
+    package_data={
+        "mvvdp_core": ["sim/assets/*", "checkpoints/*/*.*", "checkpoints/*/*/*.*", "checkpoints/*/*/*/*.*"]
+    },
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -71,6 +71,18 @@ def default_config_dir() -> Path:
     raise FileNotFoundError(f"no mvvdp config folder in {[str(c) for c in candidates]}")
 
 
+def default_sim_checkpoint(sim: bool) -> str:
+    """With the simulated robot and no checkpoint given: the shipped small pick model (if installed)."""
+    if not sim:
+        return ""
+    from mvvdp_core.checkpoints import shipped_checkpoint
+
+    try:
+        return str(shipped_checkpoint())
+    except FileNotFoundError:
+        return ""
+
+
 def build_graph(
     sim: bool = True,
     mode: str = "preview",
@@ -94,6 +106,8 @@ def build_graph(
 
     def params(name: str, base: dict[str, Any]) -> dict[str, Any]:
         return {**base, **overrides.get(name, {})}
+
+    checkpoint = checkpoint or default_sim_checkpoint(sim)
 
     nodes = []
     if sim:

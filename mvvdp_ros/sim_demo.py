@@ -1,9 +1,11 @@
 """`mvvdp sim-demo`: the whole stack on the simulated robot, as an operator would use it.
 
 Starts the graph (simulated FR3 with three RGB-D cameras, perception, policy, executor) over DDS, waits for
-the first projected views, asks /mvvdp/preview for a chunk, writes the predicted multi-view video (GIF + PNG)
-to the output folder, approves the chunk through /mvvdp/execute, records what the executor commanded and
-where the arm went, and writes summary.json and trajectory.png. Exit status 0 when the arm tracked the chunk.
+the first projected views, then chunk after chunk: asks /mvvdp/preview for a chunk, which writes the predicted
+multi-view video (GIF + PNG) to the output folder, approves it through /mvvdp/execute and waits until it has
+run, until the cube is lifted or --chunks have run. Records what the executor commanded, where the arm and the
+cube went, and writes summary.json (with the pick's success) and trajectory.png. Exit status 0 when the arm
+tracked the commands.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from mvvdp_core.graph import build_graph
+from mvvdp_core.sim.pick import PickTask
 from mvvdp_ros.bringup import GraphProcesses
 
 PREVIEW_RETRIES = 20  # the first views take a while to arrive while the tiny checkpoint is being built
+TASK = PickTask()  # the simulated scene's task: success = the cube lifted and held
 TRANSIENT_REFUSALS = ("no views", "no end-effector", "stale")  # refusals worth waiting out
 
 
@@ -38,8 +42,9 @@ def _track(commanded: np.ndarray, reached: np.ndarray) -> dict[str, float]:
     }
 
 
-def _plot(path: Path, predicted: np.ndarray, times: np.ndarray, commanded: list, reached: list) -> None:
-    """Predicted steps at their time from the approval, with the commanded targets and the arm's path."""
+def _plot(path: Path, predicted: np.ndarray, commanded: list, reached: list, cube: list) -> None:
+    """Predicted steps of every chunk (markers), the commanded targets, the arm's path and the cube over
+    time since the first approval."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,13 +53,14 @@ def _plot(path: Path, predicted: np.ndarray, times: np.ndarray, commanded: list,
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), constrained_layout=True)
     t0 = commanded[0][0] if commanded else 0.0
     for axis, (ax, name) in enumerate(zip(axes, "xyz", strict=True)):
-        ax.plot(times, predicted[:, axis], "o-", ms=3, label="predicted")
-        if commanded:
-            ax.plot([t - t0 for t, _ in commanded], [p[axis] for _, p in commanded], label="commanded")
-        if reached:
-            ax.plot([t - t0 for t, _ in reached], [p[axis] for _, p in reached], label="arm")
+        for series, label, style in ((commanded, "commanded", "-"), (reached, "arm", "-"),
+                                     ([c for c in cube if c[0] >= t0], "cube", "--")):
+            if series:
+                ax.plot([t - t0 for t, _ in series], [p[axis] for _, p in series], style, label=label)
+        ax.axhline(predicted[-1, axis], color="grey", lw=0.5)
+        ax.plot(np.full(len(predicted), -0.2), predicted[:, axis], "k.", ms=3, label="predicted (all chunks)")
         ax.set_title(f"{name} [m]")
-        ax.set_xlabel("time since approval [s]")
+        ax.set_xlabel("time since the first approval [s]")
     axes[0].legend(fontsize=7)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -67,13 +73,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from rclpy.qos import qos_profile_sensor_data
     from std_msgs.msg import String
 
-    from mvvdp_msgs.msg import ActionChunk, ProjectedViews
+    from mvvdp_msgs.msg import ProjectedViews
     from mvvdp_msgs.srv import Execute, Preview
 
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 200)))
-    overrides: dict[str, dict[str, Any]] = {"policy": {"seed": args.seed, "max_observation_age": 5.0}}
+    overrides: dict[str, dict[str, Any]] = {"policy": {"seed": args.seed, "max_observation_age": 5.0},
+                                            "sim_robot": {"seed": args.scene_seed}}
     if args.cache_dir:
         overrides["policy"]["cache_dir"] = args.cache_dir
     specs = build_graph(sim=True, mode="preview", checkpoint=args.checkpoint, out_dir=str(out / "preview"),
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         commanded: list[tuple[float, np.ndarray]] = []
         states: list[str] = []
         views: list[float] = []
-        chunks: dict[int, ActionChunk] = {}
+        cube: list[tuple[float, np.ndarray]] = []
 
         def position(msg: PoseStamped) -> np.ndarray:
             p = msg.pose.position
@@ -99,7 +106,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  lambda m: commanded.append((time.monotonic(), position(m))), 10)
         node.create_subscription(String, "/mvvdp/executor/state", lambda m: states.append(m.data), 10)
         node.create_subscription(ProjectedViews, "/mvvdp/views", lambda _m: views.append(time.monotonic()), 1)
-        node.create_subscription(ActionChunk, "/mvvdp/chunk", lambda m: chunks.update({m.chunk_id: m}), 10)
+        node.create_subscription(PoseStamped, "/sim/target_object_pose",
+                                 lambda m: cube.append((time.monotonic(), position(m))), 10)
         preview = node.create_client(Preview, "/mvvdp/preview")
         execute = node.create_client(Execute, "/mvvdp/execute")
 
@@ -120,44 +128,64 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         try:
             print("waiting for the simulated robot and the first projected views ...", flush=True)
-            spin_until(lambda: bool(ee) and bool(views), args.timeout, "end-effector pose and views")
-            reply = None
-            for _ in range(PREVIEW_RETRIES):
-                reply = call(preview, Preview.Request(task=args.task, num_steps=args.steps), args.timeout)
-                if reply.success or not any(word in reply.message for word in TRANSIENT_REFUSALS):
-                    break
-                print(f"  {reply.message}; retrying", flush=True)
-                deadline = time.monotonic() + 2.0
-                spin_until(lambda d=deadline: time.monotonic() > d, 5.0, "a retry")
-            if reply is None or not reply.success:
-                raise RuntimeError(f"preview failed: {reply.message if reply else 'no reply'}")
-            predicted = np.array([[p.x, p.y, p.z] for p in reply.positions])
-            print(f"preview: {reply.message}", flush=True)
-            summary.update(chunk_id=int(reply.chunk_id), confidence=float(reply.confidence),
-                           preview_latency_s=float(reply.latency), predicted_positions=predicted.tolist(),
-                           preview_files=sorted(str(p) for p in (out / "preview").glob("*")))
-            if not args.approve:
-                summary["approved"] = False
-                return summary
+            spin_until(lambda: bool(ee) and bool(views) and bool(cube), args.timeout,
+                       "end-effector pose, views and the cube")
+            rest_height = cube[-1][1][2]
             start = ee[-1][1]
-            answer = call(execute, Execute.Request(chunk_id=reply.chunk_id, approve=True), 10.0)
-            if not answer.success:
-                raise RuntimeError(f"execute refused: {answer.message}")
-            print(f"approved chunk {reply.chunk_id}; executing ...", flush=True)
-            spin_until(lambda: any(s.startswith("executing") for s in states), 10.0, "execution to start")
-            spin_until(lambda: not states[-1].startswith(("executing", "settling")), args.timeout,
-                       "execution to finish")
+            summary["chunks"] = []
+            for index in range(args.chunks):
+                reply = None
+                for _ in range(PREVIEW_RETRIES):
+                    reply = call(preview, Preview.Request(task=args.task, num_steps=args.steps), args.timeout)
+                    if reply.success or not any(word in reply.message for word in TRANSIENT_REFUSALS):
+                        break
+                    print(f"  {reply.message}; retrying", flush=True)
+                    deadline = time.monotonic() + 2.0
+                    spin_until(lambda d=deadline: time.monotonic() > d, 5.0, "a retry")
+                if reply is None or not reply.success:
+                    raise RuntimeError(f"preview failed: {reply.message if reply else 'no reply'}")
+                predicted = np.array([[p.x, p.y, p.z] for p in reply.positions])
+                print(f"chunk {index + 1}/{args.chunks} preview: {reply.message}", flush=True)
+                summary["chunks"].append(
+                    {"chunk_id": int(reply.chunk_id), "confidence": float(reply.confidence),
+                     "latency_s": float(reply.latency), "predicted_positions": predicted.tolist()}
+                )  # fmt: skip
+                if index == 0:
+                    summary.update(chunk_id=int(reply.chunk_id), confidence=float(reply.confidence),
+                                   preview_latency_s=float(reply.latency),
+                                   predicted_positions=predicted.tolist())
+                if not args.approve:
+                    break
+                seen = len(states)
+                answer = call(execute, Execute.Request(chunk_id=reply.chunk_id, approve=True), 10.0)
+                if not answer.success:
+                    raise RuntimeError(f"execute refused: {answer.message}")
+                print(f"approved chunk {reply.chunk_id}; executing ...", flush=True)
+                spin_until(lambda s=seen: any(x.startswith("executing") for x in states[s:]), 10.0,
+                           "execution to start")
+                spin_until(lambda: not states[-1].startswith(("executing", "settling")), args.timeout,
+                           "execution to finish")
+                if cube[-1][1][2] >= rest_height + TASK.min_lift:
+                    break  # lifted: hold and score
+            summary["preview_files"] = sorted(str(p) for p in (out / "preview").glob("*"))
+            summary["approved"] = bool(args.approve)
+            if not args.approve:
+                return summary
             t_done = time.monotonic()
-            spin_until(lambda: time.monotonic() > t_done + 1.0, 5.0, "the arm to settle")
+            spin_until(lambda: time.monotonic() > t_done + TASK.hold_time + 0.5, 10.0, "the hold")
             if not commanded:
-                raise RuntimeError("the executor sent no target for the approved chunk")
+                raise RuntimeError("the executor sent no target for the approved chunks")
             reached = np.array([p for _, p in ee if p is not None])
-            figures = _track(np.array([p for _, p in commanded]), np.array([start, reached[-1]]))
-            summary.update(approved=True, **figures)
-            spin_until(lambda: reply.chunk_id in chunks, 5.0, "the previewed chunk on /mvvdp/chunk")
-            times = np.asarray(chunks[reply.chunk_id].time_from_start, dtype=float)
-            _plot(out / "trajectory.png", predicted, times, commanded,
-                  [e for e in ee if e[0] >= commanded[0][0]])
+            held = [p[2] for t, p in cube if t >= t_done + 0.25]
+            final_cube = cube[-1][1]
+            summary.update(
+                **_track(np.array([p for _, p in commanded]), np.array([start, reached[-1]])),
+                success=TASK.pick_success(rest_height, held), lift_m=float(final_cube[2] - rest_height),
+                final_distance_m=float(np.linalg.norm(reached[-1] - final_cube)),
+            )  # fmt: skip
+            predicted_all = np.concatenate([np.asarray(c["predicted_positions"]) for c in summary["chunks"]])
+            arm = [e for e in ee if e[0] >= commanded[0][0]]
+            _plot(out / "trajectory.png", predicted_all, commanded, arm, cube)
             summary["plot"] = str(out / "trajectory.png")
             return summary
         finally:
@@ -168,8 +196,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mvvdp sim-demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="out", help="output folder (preview video, logs, summary, plot)")
-    parser.add_argument("--checkpoint", default="", help="checkpoint folder (default: a tiny random model)")
-    parser.add_argument("--cache-dir", default="", help="where the tiny checkpoint is built and kept")
+    parser.add_argument("--checkpoint", default="",
+                        help="checkpoint folder (default: the shipped small model trained on the pick task)")
+    parser.add_argument("--cache-dir", default="", help="where a tiny checkpoint is built when none ships")
+    parser.add_argument("--chunks", type=int, default=4, help="chunks to preview and execute at most "
+                        "(stops once the cube is lifted)")
+    parser.add_argument("--scene-seed", type=int, default=1000, help="cube placement of the simulated scene "
+                        "(the shipped model was trained on seeds 0-19)")
     parser.add_argument("--task", default="", help="task name stored in the checkpoint (default: its first)")
     parser.add_argument("--steps", type=int, default=0, help="denoising steps (0: the checkpoint's default)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (-1: random)")
@@ -178,13 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--approve", action=argparse.BooleanOptionalAction, default=True,
                         help="approve and execute the previewed chunk (default: on)")
     args = parser.parse_args(argv)
-    if args.steps < 0 or args.timeout <= 0 or args.tolerance <= 0:
-        parser.error("--steps must be >= 0, --timeout and --tolerance > 0")
+    if args.steps < 0 or args.timeout <= 0 or args.tolerance <= 0 or args.chunks < 1:
+        parser.error("--steps must be >= 0, --chunks >= 1, --timeout and --tolerance > 0")
     summary = run(args)
     path = Path(summary["out"]) / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
     if summary.get("approved"):
-        print(f"arm travelled {summary['arm_travel_m'] * 1000:.0f} mm, settled "
+        print(f"{len(summary['chunks'])} chunks executed: cube lifted {summary['lift_m'] * 100:.1f} cm, "
+              f"pick {'succeeded' if summary['success'] else 'failed'}; arm settled "
               f"{summary['final_error_m'] * 1000:.1f} mm from the last target; largest commanded step "
               f"{summary['max_commanded_step_m'] * 1000:.1f} mm")
     print(f"summary: {path}")

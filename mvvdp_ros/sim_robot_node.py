@@ -1,8 +1,9 @@
 """`sim_robot`: the simulated FR3 (mvvdp_core.sim.franka.FrankaSim) behind the real robot's ROS interface.
 
 The scene is the pick task's (`mvvdp_core.sim.pick.PickTask`), the one recorded and evaluated. Publishes the
-three ZED-style registered clouds, the end-effector pose and the gripper joint states; takes a target pose (as
-a Cartesian impedance controller would) and a gripper width. Physics runs in a timer, kept in step with the ROS
+three ZED-style registered clouds, the end-effector pose, the gripper joint states and the target cube's pose
+(ground truth, for scoring); takes a target pose (as a Cartesian impedance controller would) and a gripper
+width. Physics runs in a timer, kept in step with the ROS
 clock times a real-time factor; every message is stamped with the ROS time that corresponds to the simulated
 instant it shows.
 """
@@ -46,6 +47,7 @@ PARAMETERS = {
     "gripper_state_topic": ("/franka_gripper/joint_states", "Fingers out"),
     "target_pose_topic": ("/cartesian_impedance_controller/target_pose", "Target pose in"),
     "gripper_command_topic": ("/mvvdp/gripper_command", "Gripper width in"),
+    "target_object_topic": ("/sim/target_object_pose", "Pose of the task's target cube out (ground truth)"),
 }
 
 
@@ -61,7 +63,8 @@ class SimRobotNode(Node):
         gripper_state_topic, target_topic = p["gripper_state_topic"], p["target_pose_topic"]
         gripper_cmd_topic = p["gripper_command_topic"]
 
-        self.sim = FrankaSim(PickTask(num_objects=num_objects).sim_config(width, height))  # the pick scene
+        self._task = PickTask(num_objects=num_objects)
+        self.sim = FrankaSim(self._task.sim_config(width, height))  # the pick scene
         self.sim.reset(seed)
         self._cloud_pubs = {
             name: self.create_publisher(PointCloud2, cloud_topic.format(name=name), qos_profile_sensor_data)
@@ -69,6 +72,7 @@ class SimRobotNode(Node):
         }
         self._pose_pub = self.create_publisher(PoseStamped, pose_topic, 10)
         self._gripper_pub = self.create_publisher(JointState, gripper_state_topic, 10)
+        self._object_pub = self.create_publisher(PoseStamped, p["target_object_topic"], 10)
         self.create_subscription(PoseStamped, target_topic, self._on_target_pose, 10)
         self.create_subscription(Float64, gripper_cmd_topic, self._on_gripper_command, 10)
 
@@ -139,6 +143,14 @@ class SimRobotNode(Node):
         joints.name = ["fr3_finger_joint1", "fr3_finger_joint2"]
         joints.position = [float(v) for v in self.sim.gripper_finger_positions()]
         self._gripper_pub.publish(joints)
+
+        cube, cube_quat = self._task.target_pose(self.sim)
+        target = PoseStamped()
+        target.header = pose.header
+        target.pose.position.x, target.pose.position.y, target.pose.position.z = (float(v) for v in cube)
+        o = target.pose.orientation
+        o.x, o.y, o.z, o.w = (float(v) for v in cube_quat)
+        self._object_pub.publish(target)
 
     def _publish_clouds(self) -> None:
         stamp = self._sim_stamp()

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from mvvdp_core.checkpoints import shipped_checkpoint
 from mvvdp_core.data.dataset import EpisodeDataset, SampleConfig
 from mvvdp_core.data.episode import Episode
 from mvvdp_core.data.record import record_pick_demos
-from mvvdp_core.model.checkpoint import load_checkpoint, shipped_checkpoint
+from mvvdp_core.model.checkpoint import load_checkpoint
 from mvvdp_core.policy import MVVDPPolicy
 from mvvdp_core.sim.closed_loop import evaluate_policy
 from mvvdp_core.sim.pick import PickTask
@@ -72,7 +73,5 @@ def test_predicted_chunk_follows_the_demonstration(held_out_demo: Episode) -> No
 
 
 def test_shipped_checkpoint_path_error_names_the_folder(tmp_path: Path) -> None:
-    from mvvdp_core.model.checkpoint import CheckpointError
-
-    with pytest.raises(CheckpointError, match="no shipped checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no shipped checkpoint"):
         shipped_checkpoint("does_not_exist")

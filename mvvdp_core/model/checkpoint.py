@@ -46,8 +46,6 @@ HEAD_FILE = "head.safetensors"
 TEXT_FILE = "text_embeddings.safetensors"
 BASE_DIR = "base"
 TRANSFORMER_WEIGHTS = "diffusion_pytorch_model.safetensors"
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"  # trained checkpoints in the package
-DEFAULT_SHIPPED = "pick_small"  # the small model trained on the simulated pick task
 RUN_CHECKPOINTS_DIR = "checkpoints"  # a training run keeps its checkpoints here ...
 LATEST_POINTER = "latest"  # ... and names the newest one in this file
 
@@ -62,15 +60,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
             if not name:
                 raise CheckpointError(f"empty checkpoint pointer: {pointer}")
             return pointer.parent / name
-    return path
-
-
-def shipped_checkpoint(name: str = DEFAULT_SHIPPED) -> Path:
-    """A checkpoint that ships with the package (`mvvdp_core/checkpoints/<name>`)."""
-    path = SHIPPED_DIR / name
-    if not (path / CONFIG_FILE).is_file():
-        available = sorted(p.name for p in SHIPPED_DIR.glob("*") if (p / CONFIG_FILE).is_file())
-        raise CheckpointError(f"no shipped checkpoint {name!r} in {SHIPPED_DIR} (available: {available})")
     return path
 
 

@@ -1,8 +1,8 @@
 """On-disk cache of clean training latents, keyed by content: the VAE encode is paid once across runs.
 
 A key covers everything a sample's latents depend on: the episode's recorded content (its index file), the
-condition step, the scene motion of its augmentation copy, the sample settings (workspace, frames, heatmap, splat)
-and the VAE's weights and latent statistics. Files are written atomically, so an interrupted fill resumes.
+condition step, the scene motion of its augmentation copy, the sample settings (workspace, frames, heatmap,
+splat) and the VAE's weights and latent statistics. Files are written atomically: an interrupted fill resumes.
 Only deterministic datasets are cacheable (no augmentation, or fixed augmented copies).
 """
 

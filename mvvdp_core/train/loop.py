@@ -198,10 +198,11 @@ def load_episodes(
     roots = [data] if isinstance(data, str | Path) else list(data)
     found = [e for root in roots for e in list_episodes(root)]
     episodes = [e for e in found if include_failed or e.success is not False]
-    if log is not None and len(episodes) < len(found):
-        log(f"episodes: skipped {len(found) - len(episodes)} of {len(found)} recorded as failed")
+    if len(episodes) < len(found):
+        (log or tqdm.write)(f"skipped {len(found) - len(episodes)} of {len(found)} episodes recorded as "
+                            "unsuccessful")
     if not episodes:
-        raise ValueError(f"no usable recorded episodes with steps under {[str(r) for r in roots]}")
+        raise ValueError(f"no successful recorded episodes with steps under {[str(r) for r in roots]}")
     return episodes
 
 
