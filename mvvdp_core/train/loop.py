@@ -351,7 +351,7 @@ def _lr_lambda(settings: TrainSettings) -> Callable[[int], float]:
 
 
 @dataclass
-class _Data:
+class TrainData:
     """The run's episodes and datasets (training samples, and unaugmented ones for validation)."""
 
     episodes: list[Episode]
@@ -371,7 +371,7 @@ def load_fitted_vae(path: str | Path, config: MVVDPConfig) -> VideoVAE:
     return VideoVAE(load_base_model(source, resolve_checkpoint(path), torch.float32)[1])
 
 
-def _build_data(settings: TrainSettings, config: MVVDPConfig, episodes: list[Episode], rank: int) -> _Data:
+def build_data(settings: TrainSettings, config: MVVDPConfig, episodes: list[Episode], rank: int) -> TrainData:
     augment = AugmentConfig(settings.max_yaw_deg, settings.max_translation) if settings.augment else None
     sample_config = SampleConfig(
         workspace=config.workspace(), future_frames=config.future_frames, frame_stride=settings.frame_stride,
@@ -383,7 +383,7 @@ def _build_data(settings: TrainSettings, config: MVVDPConfig, episodes: list[Epi
     plain = EpisodeDataset(episodes, replace(sample_config, augment=None, start_stride=1, cache_views=0))
     train_set = EpisodeDataset(episodes, sample_config, seed=settings.seed + (0 if augment is None else rank))
     tasks = sorted({episode_task(e) for e in episodes})
-    return _Data(episodes, tasks, [episode_task(e) for e in episodes], train_set, plain)
+    return TrainData(episodes, tasks, [episode_task(e) for e in episodes], train_set, plain)
 
 
 def _loader(dataset: EpisodeDataset, settings: TrainSettings) -> DataLoader:
@@ -395,7 +395,7 @@ def _loader(dataset: EpisodeDataset, settings: TrainSettings) -> DataLoader:
 
 
 def _prepare_vae(
-    parts: ModelParts, config: MVVDPConfig, data: _Data, settings: TrainSettings, fit: bool,
+    parts: ModelParts, config: MVVDPConfig, data: TrainData, settings: TrainSettings, fit: bool,
     generator: torch.Generator, log: Callable[[str], None],
 ) -> tuple[list[float], list[float] | None]:
     """Fit the VAE (models without a pretrained one), measure its latent statistics and its heatmap round
@@ -475,7 +475,7 @@ def train(
         f"{num_trainable / 1e6:.3f} M trained; {len(episodes)} episodes"
         + (f"; {threads} CPU threads" if threads else ""))
     # Data and VAE -----------------------------------------------------------------------------------
-    data_ = _build_data(settings, config, episodes, accelerator.process_index)
+    data_ = build_data(settings, config, episodes, accelerator.process_index)
     generator = torch.Generator().manual_seed(settings.seed + 1000 * accelerator.process_index)
     parts.vae.to(accelerator.device)
     vae_losses, roundtrip = _prepare_vae(parts, config, data_, settings, previous is None, generator, log)
