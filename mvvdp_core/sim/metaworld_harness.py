@@ -210,11 +210,14 @@ def evaluate(
     max_steps: int,
     camera_resolution: int = 128,
     steps_per_chunk: int = 24,
+    seed: int = EVAL_SEED,
 ) -> dict[str, list[TrialResult]]:
-    """trials episodes per task from the evaluation seed's random initialisations."""
+    """trials episodes per task from the random initialisations of `seed` (not the demonstrations' seed)."""
+    if seed == DEMO_SEED:
+        raise ValueError(f"evaluation seed {seed} is the demonstrations' seed: pick another")
     results: dict[str, list[TrialResult]] = {}
     for task in tasks:
-        sim = TaskEnv(task, EVAL_SEED, camera_resolution, max_path_length=max(max_steps, 500))
+        sim = TaskEnv(task, seed, camera_resolution, max_path_length=max(max_steps, 500))
         if trials > sim.num_variations:
             raise ValueError(f"at most {sim.num_variations} trials per task, got {trials}")
         try:
@@ -250,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demos", type=int, default=5, help="expert demonstrations per task")
     parser.add_argument("--trials", type=int, default=25, help="evaluation trials per task")
     parser.add_argument("--max-steps", type=int, default=600, help="environment steps per trial")
-    parser.add_argument("--config", default="tiny", choices=["tiny", "wan22"], help="model preset")
+    parser.add_argument("--config", default="small", choices=["tiny", "small", "wan22"], help="model preset")
+    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="seed of the evaluation's initial "
+                        "states (the demonstrations use another)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: TrainSettings')")
+    parser.add_argument("--augment-copies", type=int, default=2, help="fixed augmented copies per demo")
     parser.add_argument("--base-model", default=None, help="local Wan2.2 diffusers folder (wan22)")
     parser.add_argument("--train-steps", type=int, default=1000, help="optimiser steps for each module")
     parser.add_argument("--camera-resolution", type=int, default=128, help="RGB-D camera pixels per side")
@@ -264,10 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mvvdp_core.threads import set_torch_threads
     from mvvdp_core.train.loop import TrainSettings, train_from_episodes
     from mvvdp_core.train.predictor import load_chunk_predictor
 
     args = build_parser().parse_args(argv)
+    set_torch_threads()
     for task in args.tasks:
         _check_task(task)
     out = Path(args.out)
@@ -282,13 +291,16 @@ def main(argv: list[str] | None = None) -> int:
         config=args.config, steps=args.train_steps, base_model=args.base_model, seed=args.seed,
         workspace_center=METAWORLD_WORKSPACE_CENTER, workspace_edge=METAWORLD_WORKSPACE_EDGE,
         vae_steps=args.vae_steps, config_overrides=overrides, checkpoint_every=max(args.train_steps // 4, 1),
+        augment_copies=args.augment_copies, start_stride=2, lr_warmup=min(200, args.train_steps // 10),
+        **({"lr": args.lr, "head_lr": args.lr} if args.lr else {}),
     )  # fmt: skip
     checkpoint, model_info = train_from_episodes([data_dir / t for t in args.tasks], out / "model", settings)
     predictor = load_chunk_predictor(checkpoint, args.inference_steps)
     results = evaluate(args.tasks, predictor, args.trials, args.max_steps, args.camera_resolution,
-                       args.steps_per_chunk)
+                       args.steps_per_chunk, args.eval_seed)
     notes = (
-        f"demos/task: {args.demos}, trials/task: {args.trials}, max steps: {args.max_steps}, "
+        f"demos/task: {args.demos}, trials/task: {args.trials} (seed {args.eval_seed}), "
+        f"max steps: {args.max_steps}, "
         f"model: {args.config} ({model_info['parameters'] / 1e6:.2f} M parameters, "
         f"{model_info['trainable'] / 1e6:.3f} M trained), train steps: {args.train_steps}, "
         f"wall time: {time.time() - started:.0f} s"
