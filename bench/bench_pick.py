@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                 replays += outcome.success
                 both += bool(episode.success) and outcome.success
                 print(f"  seed {episode.meta['seed']}: demo {episode.success}, replay {outcome.success} "
-                      f"(lift {outcome.lift:.3f} m, final ee-cube distance {outcome.distance:.3f} m)")
+                      f"(lift {outcome.lift:.3f} m, final ee-cube distance {outcome.distance:.3f} m, "
+                      f"largest distance from the recorded path {outcome.tracking_error:.3f} m)")
             last = args.replay_seed + args.replay - 1
             print(f"replay through the executor, seeds {args.replay_seed}-{last}: "
                   f"{replays}/{args.replay} lifted; demos {demos}/{args.replay}; both {both}")
