@@ -267,8 +267,10 @@ def replay_episode(
     """Replay a recorded episode chunk by chunk through the executor from its initial scene (same seed and
     task scene); success from `PickTask.pick_success` after a final hold."""
     episode = episode if isinstance(episode, Episode) else Episode(episode)
-    if "seed" not in episode.meta:
-        raise ValueError(f"episode {episode.root} has no scene seed in its meta; it cannot be replayed")
+    missing = [key for key in ("seed", "num_objects", "region") if key not in episode.meta]
+    if missing:
+        raise ValueError(f"episode {episode.root} does not record its pick scene "
+                         f"({', '.join(missing)} missing from its meta); it cannot be replayed")
     task = PickTask.from_meta(episode.meta)
     chunks = episode_chunks(episode, chunk_steps)
     own = sim is None
