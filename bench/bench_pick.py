@@ -1,7 +1,9 @@
-"""Pick task figures: scripted demonstrator success per seed range, and replay of recorded demos through the
-executor path (ChunkExecutor + SafetyFilter + simulated FR3) against the demos' own success.
+"""Pick task figures: scripted demonstrator success per seed range, replay of recorded demos through the
+executor path (ChunkExecutor + SafetyFilter + simulated FR3) against the demos' own success, and the
+demonstrator's plan served as chunks in closed loop (oracle predictor).
 
-python bench/bench_pick.py [--demo-seeds 0:50 1000:1050] [--replay 10 --replay-seed 2000] [--num-objects 1]
+python bench/bench_pick.py [--demo-seeds 0:50 1000:1050] [--replay 10 --replay-seed 2000]
+    [--oracle 10 --oracle-seed 3000] [--num-objects 1]
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 
 from mvvdp_core.data.episode import list_episodes
 from mvvdp_core.data.record import record_pick_demos, run_pick_demo
-from mvvdp_core.sim.closed_loop import replay_episode
+from mvvdp_core.sim.closed_loop import evaluate_policy, oracle_predictor, replay_episode
 from mvvdp_core.sim.pick import PickScript, PickTask
 
 
@@ -31,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seed ranges start:stop for the demonstrator (no rendering)")
     parser.add_argument("--replay", type=int, default=10, help="demos to record (64x48 cameras) and replay")
     parser.add_argument("--replay-seed", type=int, default=2000)
+    parser.add_argument("--oracle", type=int, default=10, help="closed-loop episodes of the oracle predictor")
+    parser.add_argument("--oracle-seed", type=int, default=3000)
     parser.add_argument("--num-objects", type=int, default=PickTask.num_objects)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -62,10 +66,21 @@ def main(argv: list[str] | None = None) -> int:
                 replays += outcome.success
                 both += bool(episode.success) and outcome.success
                 print(f"  seed {episode.meta['seed']}: demo {episode.success}, replay {outcome.success} "
-                      f"(lift {outcome.lift:.3f} m, final ee-cube distance {outcome.distance:.3f} m)")
+                      f"(lift {outcome.lift:.3f} m, final ee-cube distance {outcome.distance:.3f} m, "
+                      f"largest distance from the recorded path {outcome.tracking_error:.3f} m)")
             last = args.replay_seed + args.replay - 1
             print(f"replay through the executor, seeds {args.replay_seed}-{last}: "
                   f"{replays}/{args.replay} lifted; demos {demos}/{args.replay}; both {both}")
+
+    if args.oracle > 0:
+        with task.make_sim(48, 32) as sim:
+            for replan in (None, 8):
+                result = evaluate_policy(oracle_predictor(sim, task), args.oracle, args.oracle_seed, sim=sim,
+                                         replan_steps=replan, time_limit=7.2)
+                print(f"oracle closed loop (re-plan after {replan or 'all 24'} steps), seeds "
+                      f"{args.oracle_seed}-{args.oracle_seed + args.oracle - 1}: "
+                      f"{sum(e.success for e in result.episodes)}/{args.oracle}, "
+                      f"mean final ee-cube distance {result.mean_distance:.3f} m")
     return 0
 
 

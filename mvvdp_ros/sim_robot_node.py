@@ -1,11 +1,10 @@
 """`sim_robot`: the simulated FR3 (mvvdp_core.sim.franka.FrankaSim) behind the real robot's ROS interface.
 
-The scene is the pick task's (`mvvdp_core.sim.pick.PickTask`), the one recorded and evaluated. Publishes the
-three ZED-style registered clouds, the end-effector pose, the gripper joint states and the target cube's pose
-(ground truth, for scoring); takes a target pose (as a Cartesian impedance controller would) and a gripper
-width. Physics runs in a timer, kept in step with the ROS
-clock times a real-time factor; every message is stamped with the ROS time that corresponds to the simulated
-instant it shows.
+The scene is the pick task's (`mvvdp_core.sim.pick.PickTask`), the one recorded and evaluated. Publishes
+the three ZED-style registered clouds, the end-effector pose, the gripper joint states and the target cube's
+pose (ground truth, for scoring); takes a target pose (as a Cartesian impedance controller would) and a
+gripper width. Physics runs in a timer, kept in step with the ROS clock times a real-time factor; every
+message is stamped with the ROS time that corresponds to the simulated instant it shows.
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ def test_replayed_demos_lift_the_cube_as_often_as_the_demos(demos: Path) -> None
     assert [o.success for o in outcomes] == [e.success for e in episodes]
     for outcome in outcomes:
         assert outcome.lift > 0.1 and outcome.distance < 0.02 and outcome.refused == 0
+        # The arm follows the recorded path in time: at most ~one step (0.1 s at 0.2 m/s) behind it.
+        assert outcome.tracking_error < 0.04
 
 
 def test_episode_chunks_cover_the_recorded_steps_at_their_times(demos: Path) -> None:
@@ -51,6 +53,19 @@ def test_episode_chunks_cover_the_recorded_steps_at_their_times(demos: Path) -> 
     np.testing.assert_allclose(chunks[-1].positions[-1], episode.ee_positions()[-1])  # padded with the last
     with pytest.raises(ValueError, match="chunk_steps"):
         episode_chunks(episode, 0)
+
+
+def test_an_episode_without_its_scene_is_not_replayed(tmp_path: Path) -> None:
+    from mvvdp_core.data.episode import CameraCloud, Step
+    from mvvdp_core.data.recorder import Recorder
+
+    writer = Recorder(tmp_path).start_episode(["cam"], task="pick", seed=3)  # recorded before PickTask
+    cloud = CameraCloud(np.zeros((4, 3), np.float32), np.zeros((4, 3), np.uint8), np.eye(4))
+    for t in range(3):
+        writer.add_step(Step({"cam": cloud}, np.array([0.5, 0.0, 0.3]), np.eye(3), 0.08, False, 0.1 * t))
+    writer.close(success=True)
+    with pytest.raises(ValueError, match="num_objects, region missing"):
+        replay_episode(writer.root)
 
 
 def test_oracle_closed_loop_succeeds_with_whole_chunks_and_with_replanning() -> None:

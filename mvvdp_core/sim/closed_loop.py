@@ -20,7 +20,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,7 @@ class SimLoop:
         self._ticks = 0
         self._next_id = 1
         self.refused: list[str] = []  # chunks the executor did not run, with its reason
+        self.trace: list[tuple[float, np.ndarray]] = [(0.0, sim.ee_pose()[0])]  # (time, measured position)
 
     @property
     def dt(self) -> float:
@@ -103,6 +104,7 @@ class SimLoop:
         self.executor = ChunkExecutor(self.config.executor, self.config.limits)
         self._ticks = 0
         self.refused.clear()
+        self.trace = [(0.0, self.sim.ee_pose()[0])]
 
     def gripper_closed(self) -> bool:
         """The last commanded gripper state (as recorded in a Step)."""
@@ -135,6 +137,12 @@ class SimLoop:
             self.sim.set_gripper_width(cfg.gripper_closed_width + command.target.gripper * span)
         self.sim.step(self.physics_steps)
         self._ticks += 1
+        self.trace.append((self.now, self.sim.ee_pose()[0]))
+
+    def position_at(self, time: float) -> np.ndarray:
+        """The measured end-effector position at the control period boundary nearest `time`."""
+        times = np.array([t for t, _ in self.trace])
+        return self.trace[int(np.argmin(np.abs(times - time)))][1]
 
     def run_for(self, seconds: float, on_tick: Callable[[], None] | None = None) -> None:
         """Tick for `seconds` (rounded to whole periods), calling on_tick after each period."""
@@ -185,6 +193,7 @@ class EpisodeOutcome:
     distance: float  # final distance between the end effector and the cube centre (m)
     chunks: int  # chunks offered
     refused: int  # chunks the executor did not run
+    tracking_error: float = math.nan  # replay: largest distance between the arm and the recorded step (m)
 
 
 @dataclass(frozen=True)
@@ -258,8 +267,10 @@ def replay_episode(
     """Replay a recorded episode chunk by chunk through the executor from its initial scene (same seed and
     task scene); success from `PickTask.pick_success` after a final hold."""
     episode = episode if isinstance(episode, Episode) else Episode(episode)
-    if "seed" not in episode.meta:
-        raise ValueError(f"episode {episode.root} has no scene seed in its meta; it cannot be replayed")
+    missing = [key for key in ("seed", "num_objects", "region") if key not in episode.meta]
+    if missing:
+        raise ValueError(f"episode {episode.root} does not record its pick scene "
+                         f"({', '.join(missing)} missing from its meta); it cannot be replayed")
     task = PickTask.from_meta(episode.meta)
     chunks = episode_chunks(episode, chunk_steps)
     own = sim is None
@@ -271,7 +282,11 @@ def replay_episode(
         rest_height = float(task.target_pose(sim)[0][2])
         for c, chunk in enumerate(chunks):  # run each chunk up to the episode's last step
             loop.execute(chunk, steps=min(chunk_steps, len(episode) - 1 - c * chunk_steps))
-        return _outcome(loop, task, seed, rest_height, len(chunks))
+        period = float(chunks[0].time_from_start[0])
+        recorded = episode.ee_positions()
+        error = max(float(np.linalg.norm(loop.position_at(k * period) - recorded[k]))
+                    for k in range(len(episode)))
+        return replace(_outcome(loop, task, seed, rest_height, len(chunks)), tracking_error=error)
     finally:
         if own:
             sim.close()
