@@ -36,7 +36,7 @@ def test_every_preset_takes_size_overrides(preset: str) -> None:
 
 def test_small_preset_sizes() -> None:
     config = MVVDPConfig.small()
-    assert config.latent_size == 8 and config.latent_channels == 16 and not config.uses_lora
+    assert config.latent_size == 16 and config.latent_channels == 16 and not config.uses_lora
     assert config.image_size == 64 and config.latent_frames == 7
     with pytest.raises(ValueError, match="unknown model preset"):
         MVVDPConfig.preset("huge")

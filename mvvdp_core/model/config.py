@@ -229,17 +229,18 @@ class MVVDPConfig:
 
     @classmethod
     def small(cls, **overrides: Any) -> MVVDPConfig:
-        """A model that learns a task from scratch on a CPU: 64 px views, 8x8x16 latents (the heatmap position
-        survives the VAE), one token per latent pixel, 4 blocks of width 128; all weights train (no LoRA)."""
+        """A model that learns a task from scratch on a CPU: 64 px views, 16x16x16 latents (spatial x4, so the
+        heatmap position survives the VAE), 2x2 latent patches per token, 4 blocks of width 128; all weights
+        train (no LoRA)."""
         transformer = dict(
-            patch_size=(1, 1, 1), num_attention_heads=4, attention_head_dim=32, in_channels=16,
+            patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16,
             out_channels=16, text_dim=32, freq_dim=64, ffn_dim=512, num_layers=4, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
         )  # fmt: skip
         vae = dict(
-            base_dim=16, decoder_base_dim=16, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
-            temperal_downsample=[True, True], dropout=0.0, is_residual=True, in_channels=12,
-            out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=8,
+            base_dim=8, decoder_base_dim=8, z_dim=16, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
+            temperal_downsample=[True, True], dropout=0.0, is_residual=True, in_channels=3,
+            out_channels=3, patch_size=None, scale_factor_temporal=4, scale_factor_spatial=4,
             latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
         )  # fmt: skip
         head = HeadConfig(width=64, conv_channels=(32, 64), local_patch=3, num_layers=4, num_heads=4)
