@@ -5,7 +5,12 @@ the predicted frames per view (RGB and heatmap overlay, looped for RViz), a traj
 optionally PNG/GIF files. Auto mode: continuous; an InferenceScheduler (mvvdp_core.serving) decides when to
 predict the next chunk from the freshest observation so that it is ready at a fraction of the running one
 (following the timing of the chunks this node publishes), and results that came back stale are not published.
-A heartbeat (std_msgs/Header) tells the executor the policy is alive.
+A heartbeat (std_msgs/Header) tells the executor the policy is alive; it is published from a thread of its
+own, so neither a running inference nor a busy executor delays it. Callback groups are chosen so that no
+entity can be ready while its group is busy (the multi-threaded executor would spin on it): the inputs are
+reentrant, each timer has a group of its own, and one prediction runs at a time (a request that finds one
+running is refused, an auto step skipped). Requests are validated: num_steps in [0, max_denoising_steps], a
+known task.
 """
 
 from __future__ import annotations
@@ -19,8 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from geometry_msgs.msg import PoseStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import ColorRGBA, Header
@@ -42,6 +46,7 @@ from mvvdp_ros.conversions import (
     to_uint8_image,
     views_from_msg,
 )
+from mvvdp_ros.guard import GuardedNode
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.spin import run_node
 
@@ -52,6 +57,7 @@ PARAMETERS = {
     "device": ("cpu", "torch device of the model"),
     "task": ("", "task used when a request names none (empty: the checkpoint's first task)"),
     "num_steps": (0, "denoising steps (0 = the checkpoint's default)"),
+    "max_denoising_steps": (50, "largest num_steps a preview request may ask for", (1, 1000)),
     "seed": (-1, "sampling seed (-1 = random)"),
     "mode": ("preview", "preview: predict on /mvvdp/preview; auto: predict continuously"),
     "fast_path": (False, "fast inference path: merged LoRA, bf16 + flash SDPA on CUDA, cached condition"),
@@ -78,12 +84,14 @@ PARAMETERS = {
 }
 
 
-class PolicyNode(Node):
+class PolicyNode(GuardedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy", **kwargs)
         p = declare_parameters(self, PARAMETERS)
         if p["mode"] not in ("preview", "auto"):
             raise ValueError(f"mode must be preview or auto, got {p['mode']!r}")
+        if not 0 <= p["num_steps"] <= p["max_denoising_steps"]:
+            raise ValueError(f"num_steps {p['num_steps']} must be in [0, {p['max_denoising_steps']}]")
         self.params = p
         fast = FastPathOptions(compile=p["compile"]) if p["fast_path"] else None
         self.policy = MVVDPPolicy.from_checkpoint(self._checkpoint_path(), device=p["device"], fast=fast)
@@ -100,14 +108,14 @@ class PolicyNode(Node):
         self._playback: dict[str, list[Image]] = {}
         self._playback_index = 0
 
-        state_group, work_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        inputs = ReentrantCallbackGroup()  # each callback only swaps in the latest message
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
         self.create_subscription(ProjectedViews, p["views_topic"], self._on_views, reliable,
-                                 callback_group=state_group)
+                                 callback_group=inputs)
         self.create_subscription(PoseStamped, p["ee_pose_topic"], self._on_pose, qos_profile_sensor_data,
-                                 callback_group=state_group)
+                                 callback_group=inputs)
         self.create_subscription(JointState, p["gripper_state_topic"], self._on_gripper,
-                                 qos_profile_sensor_data, callback_group=state_group)
+                                 qos_profile_sensor_data, callback_group=inputs)
         self.chunk_pub = self.create_publisher(ActionChunk, p["chunk_topic"], QoSProfile(depth=10))
         self.heartbeat_pub = self.create_publisher(Header, p["heartbeat_topic"], QoSProfile(depth=1))
         self.marker_pub = self.create_publisher(MarkerArray, p["marker_topic"], QoSProfile(depth=1))
@@ -116,11 +124,15 @@ class PolicyNode(Node):
                                                 QoSProfile(depth=1))
             for view in self.workspace.views for kind in ("rgb", "heatmap")
         }
-        self.create_service(Preview, p["preview_service"], self._on_preview, callback_group=work_group)
-        self.create_timer(1.0 / p["heartbeat_rate"], self._beat, callback_group=state_group)
-        self.create_timer(1.0 / p["preview_fps"], self._play, callback_group=state_group)
+        self.create_service(Preview, p["preview_service"], self._on_preview, callback_group=inputs)
+        self.create_timer(1.0 / p["preview_fps"], self._play, callback_group=MutuallyExclusiveCallbackGroup())
         if p["mode"] == "auto":
-            self.create_timer(1.0 / p["schedule_rate"], self._auto_step, callback_group=work_group)
+            self.create_timer(1.0 / p["schedule_rate"], self._auto_step,
+                              callback_group=MutuallyExclusiveCallbackGroup())
+        self._beating = threading.Event()
+        self._beat_thread = threading.Thread(target=self._beat_loop, args=(1.0 / p["heartbeat_rate"],),
+                                             name="heartbeat", daemon=True)
+        self._beat_thread.start()
         self.get_logger().info(f"policy ready ({p['mode']} mode), tasks {self.policy.tasks}")
 
     # ---- setup --------------------------------------------------------------------------------------
@@ -154,8 +166,20 @@ class PolicyNode(Node):
     def _on_gripper(self, msg: JointState) -> None:
         self._gripper = float(np.clip(sum(msg.position) / self.params["gripper_open_width"], 0.0, 1.0))
 
-    def _beat(self) -> None:
-        self.heartbeat_pub.publish(Header(stamp=self.get_clock().now().to_msg(), frame_id=self.get_name()))
+    def _beat_loop(self, period: float) -> None:
+        """The heartbeat thread: one Header per period until the node is destroyed."""
+        while not self._beating.wait(period):
+            try:
+                self.heartbeat_pub.publish(Header(stamp=self.get_clock().now().to_msg(),
+                                                  frame_id=self.get_name()))
+            except Exception as err:  # noqa: BLE001 - shutting down: the context or publisher is gone
+                self.get_logger().info(f"heartbeat stopped: {err!r}")
+                return
+
+    def destroy_node(self) -> None:
+        self._beating.set()
+        self._beat_thread.join(timeout=1.0)
+        super().destroy_node()
 
     # ---- prediction ---------------------------------------------------------------------------------
     def observation(self, task: str) -> Observation:
@@ -190,6 +214,14 @@ class PolicyNode(Node):
         obs = self.observation(task)
         return self.predict_from(obs, num_steps, return_video), obs
 
+    def check_request(self, task: str, num_steps: int) -> None:
+        """ValueError with a clear message for a request the node must not serve."""
+        limit = self.params["max_denoising_steps"]
+        if not 0 <= num_steps <= limit:
+            raise ValueError(f"num_steps {num_steps} outside [0, max_denoising_steps {limit}] (0 = default)")
+        if task and task not in self.policy.tasks:
+            raise ValueError(f"unknown task {task[:64]!r}; known: {self.policy.tasks}")
+
     def predict_from(self, obs: Observation, num_steps: int, return_video: bool) -> PolicyOutput:
         steps = num_steps or self.params["num_steps"] or None
         seed = self.params["seed"] if self.params["seed"] >= 0 else None
@@ -200,13 +232,19 @@ class PolicyNode(Node):
 
     def _on_preview(self, request: Preview.Request, response: Preview.Response) -> Preview.Response:
         start = time.perf_counter()
+        if not self._lock.acquire(blocking=False):
+            response.success, response.message = False, "preview refused: a prediction is already running"
+            self.get_logger().warning(response.message)
+            return response
         try:
-            with self._lock:
-                output, obs = self.predict(request.task, int(request.num_steps), return_video=True)
+            self.check_request(request.task, int(request.num_steps))
+            output, obs = self.predict(request.task, int(request.num_steps), return_video=True)
         except (ValueError, KeyError) as err:
             response.success, response.message = False, f"preview refused: {err}"
             self.get_logger().warning(response.message)
             return response
+        finally:
+            self._lock.release()
         chunk = output.chunk
         self.chunk_pub.publish(chunk_to_msg(chunk, self.params["base_frame"], "pending"))
         self._publish_markers(output)
@@ -231,14 +269,17 @@ class PolicyNode(Node):
         except ValueError as err:
             self.get_logger().warning(f"auto prediction waits: {err}", throttle_duration_sec=2.0)
             return
+        if not self._lock.acquire(blocking=False):
+            return  # a preview is running; ask again at the next step
         request = self.scheduler.start_request(self._now(), obs.stamp)
         try:
-            with self._lock:
-                output = self.predict_from(obs, 0, return_video=False)
+            output = self.predict_from(obs, 0, return_video=False)
         except (ValueError, KeyError) as err:
             self.scheduler.finish_request(request.request_id, self._now())
             self.get_logger().warning(f"auto prediction failed: {err}", throttle_duration_sec=2.0)
             return
+        finally:
+            self._lock.release()
         chunk = output.chunk
         decision = self.scheduler.finish_request(request.request_id, self._now(), chunk.stamp)
         if not decision.accepted:
