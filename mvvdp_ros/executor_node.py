@@ -4,6 +4,12 @@ Thin adapter over mvvdp_core.execution.ChunkExecutor; see that module for the be
 validated whole on arrival (mvvdp_core.execution.validate_chunk); a rejected one is logged, counted on
 /diagnostics and the arm holds. /mvvdp/stop latches until /mvvdp/resume (or an approval in preview mode).
 A callback that raises is logged and the arm holds (mvvdp_ros.guard).
+
+Policy liveness: the heartbeat subscription asks for DDS liveliness (automatic, lease heartbeat_timeout). The
+policy's DDS participant asserts it from its own native thread, so a policy whose Python threads are starved
+of CPU (inference, load) stays alive, while a killed or frozen one loses it within the lease: a running chunk
+is then cancelled at once. While the policy is live each control period counts as a heartbeat; heartbeat
+messages count too (ChunkExecutor's heartbeat_timeout then covers a publisher without liveliness).
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import sys
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.duration import Duration
+from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
+from rclpy.qos import LivelinessPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Header, String
 from std_srvs.srv import Trigger
@@ -48,10 +56,11 @@ PARAMETERS = {
     "grasp_force": (30.0, "grasp force for franka_gripper grasp (N)"),
     "gripper_open_width": (0.08, "gripper width commanded for 'open' (m)"),
     "gripper_closed_width": (0.0, "gripper width commanded for 'closed' (m)"),
-    "max_chunk_age": (1.0, "auto: drop chunks older than this on arrival (s)"),
+    "max_chunk_age": (2.0, "auto: drop chunks whose observation is older than this on arrival (s)"),
     "approval_timeout": (120.0, "preview: pending chunks older than this cannot be approved (s)"),
     "ee_timeout": (0.25, "hold when the end-effector state is older than this (s)"),
-    "heartbeat_timeout": (0.3, "hold a running chunk when the policy heartbeat is older than this (s)"),
+    "heartbeat_timeout": (0.3, "hold a running chunk when the policy heartbeat is older than this; also the "
+                               "DDS liveliness lease asked of the policy's heartbeat publisher (s)"),
     "settle_time": (0.5, "keep aiming at a chunk's last step this long after its last step time (s)"),
     "blend_overlap": (0.3, "auto: a new chunk's targets ramp in from the running chunk over this long (s)"),
     "switch_delay": (0.0, "auto: the running chunk goes on this long after a new one arrives (s)"),
@@ -98,7 +107,13 @@ class ExecutorNode(GuardedNode):
         self.create_subscription(PoseStamped, p["ee_pose_topic"], self._on_pose, sensor)
         self.create_subscription(JointState, p["gripper_state_topic"], self._on_gripper, sensor)
         self.create_subscription(ActionChunk, p["chunk_topic"], self._on_chunk, reliable)
-        self.create_subscription(Header, p["heartbeat_topic"], self._on_heartbeat, sensor)
+        self._policy_live = False
+        liveliness = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                                liveliness=LivelinessPolicy.AUTOMATIC,
+                                liveliness_lease_duration=Duration(seconds=p["heartbeat_timeout"]))
+        events = SubscriptionEventCallbacks(liveliness=self._guard(self._on_liveliness))
+        self.create_subscription(Header, p["heartbeat_topic"], self._on_heartbeat, liveliness,
+                                 event_callbacks=events)
         self.target_pub = self.create_publisher(PoseStamped, p["target_pose_topic"], QoSProfile(depth=1))
         self.gripper_pub = self.create_publisher(Float64, p["gripper_command_topic"], QoSProfile(depth=1))
         if p["gripper_interface"] not in ("topic", "franka"):
@@ -137,6 +152,16 @@ class ExecutorNode(GuardedNode):
 
     def _on_heartbeat(self, _msg: Header) -> None:
         self.core.heartbeat(self._now())
+
+    def _on_liveliness(self, info: QoSLivelinessChangedInfo) -> None:
+        live = info.alive_count > 0
+        if self._policy_live and not live:
+            self.get_logger().warning("policy liveliness lost (lease expired)")
+            if self.core.running is not None or self.core.next_switch is not None:
+                self.core.fault("policy heartbeat lost (liveliness lease expired)", self._now())
+                self._flush_events()
+                self._tick()
+        self._policy_live = live
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         now = self._now()
@@ -198,6 +223,8 @@ class ExecutorNode(GuardedNode):
 
     def _tick(self) -> None:
         now = self._now()
+        if self._policy_live:
+            self.core.heartbeat(now)
         command = self.core.tick(now, self.period)
         self._flush_events()
         if command.target is not None:

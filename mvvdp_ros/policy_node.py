@@ -6,11 +6,12 @@ optionally PNG/GIF files. Auto mode: continuous; an InferenceScheduler (mvvdp_co
 predict the next chunk from the freshest observation so that it is ready at a fraction of the running one
 (following the timing of the chunks this node publishes), and results that came back stale are not published.
 A heartbeat (std_msgs/Header) tells the executor the policy is alive; it is published from a thread of its
-own, so neither a running inference nor a busy executor delays it. Callback groups are chosen so that no
-entity can be ready while its group is busy (the multi-threaded executor would spin on it): the inputs are
-reentrant, each timer has a group of its own, and one prediction runs at a time (a request that finds one
-running is refused, an auto step skipped). Requests are validated: num_steps in [0, max_denoising_steps], a
-known task.
+own, so neither a running inference nor a busy executor delays it, and its publisher offers DDS liveliness
+(automatic, lease heartbeat_lease), asserted by the DDS participant's own thread. Callback groups are chosen
+so that no entity can be ready while its group is busy (the multi-threaded executor would spin on it): the
+inputs are reentrant, each timer has a group of its own, and one prediction runs at a time (a request that
+finds one running is refused, an auto step skipped). Requests are validated: num_steps in
+[0, max_denoising_steps], a known task.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.duration import Duration
+from rclpy.qos import LivelinessPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
@@ -66,7 +68,7 @@ PARAMETERS = {
     "request_fraction": (0.5, "auto: the next chunk should be ready at this fraction of the running one"),
     "initial_latency": (0.4, "auto: inference latency assumed before the first measurement (s)"),
     "latency_smoothing": (0.3, "auto: weight of a new latency measurement in its moving average"),
-    "max_chunk_age": (1.0, "auto: a chunk whose observation is older than this when ready is dropped (s)"),
+    "max_chunk_age": (2.0, "auto: a chunk whose observation is older than this when ready is dropped (s)"),
     "max_observation_age": (2.0, "reject observations older than this (s)"),
     "base_frame": ("fr3_link0", "robot base frame"),
     "views_topic": ("/mvvdp/views", "projected views in"),
@@ -76,6 +78,8 @@ PARAMETERS = {
     "chunk_topic": ("/mvvdp/chunk", "action chunks out"),
     "heartbeat_topic": ("/mvvdp/heartbeat", "heartbeat out (std_msgs/Header)"),
     "heartbeat_rate": (20.0, "heartbeat rate (Hz)"),
+    "heartbeat_lease": (0.25, "DDS liveliness lease offered on the heartbeat topic; <= the executor's "
+                              "heartbeat_timeout (s)", (0.01, 10.0)),
     "preview_service": ("/mvvdp/preview", "preview service (mvvdp_msgs/Preview)"),
     "preview_image_topic": ("/mvvdp/preview/{view}/{kind}", "predicted frames; {kind} = rgb or heatmap"),
     "preview_fps": (5.0, "playback rate of the looped preview frames (Hz)"),
@@ -117,7 +121,9 @@ class PolicyNode(GuardedNode):
         self.create_subscription(JointState, p["gripper_state_topic"], self._on_gripper,
                                  qos_profile_sensor_data, callback_group=inputs)
         self.chunk_pub = self.create_publisher(ActionChunk, p["chunk_topic"], QoSProfile(depth=10))
-        self.heartbeat_pub = self.create_publisher(Header, p["heartbeat_topic"], QoSProfile(depth=1))
+        liveliness = QoSProfile(depth=1, liveliness=LivelinessPolicy.AUTOMATIC,
+                                liveliness_lease_duration=Duration(seconds=p["heartbeat_lease"]))
+        self.heartbeat_pub = self.create_publisher(Header, p["heartbeat_topic"], liveliness)
         self.marker_pub = self.create_publisher(MarkerArray, p["marker_topic"], QoSProfile(depth=1))
         self.image_pubs = {
             (view, kind): self.create_publisher(Image, p["preview_image_topic"].format(view=view, kind=kind),
