@@ -1,10 +1,10 @@
 """Perception logic without ROS: camera calibration file, per-cloud checks, stamp synchronisation, views.
 
 The perception node feeds every camera cloud to `CloudSynchronizer.add`, which rejects bad clouds with a
-reason (wrong frame, stamp in the future or too old, more than `max_points` points, no usable point) and keeps
-only the usable points of a good one: finite and between `min_range` and `max_range` from the camera (a cloud
-decoded with the wrong byte order or field layout has none: its coordinates come out as ~1e-40 or ~1e30);
-`take_synced` returns one cloud per
+reason (wrong frame, stamp in the future or too old, more than `max_points` points, too few usable points)
+and keeps only the usable points of a good one: finite and between `min_range` and `max_range` from the
+camera (a cloud decoded with the wrong byte order or field layout has almost none: its coordinates come out
+as ~1e-40 or ~1e30); `take_synced` returns one cloud per
 camera once all cameras have a cloud within the sync tolerance. `project_observation` merges such a set into
 the base frame, crops it to the workspace and projects the views (mvvdp_core.geometry).
 """
@@ -87,7 +87,8 @@ class SyncConfig:
     """Seconds: stamps of one set within `tolerance`; clouds older than `max_age` or more than
     `future_tolerance` ahead of now are rejected; a camera silent for `camera_timeout` is reported missing.
     Metres: a point is usable between `min_range` and `max_range` from its camera. A cloud of more than
-    `max_points` points is rejected before it is decoded."""
+    `max_points` points is rejected before it is decoded, so is one where fewer than `min_usable_fraction` of
+    the finite points are usable."""
 
     tolerance: float = 0.05
     max_age: float = 0.5
@@ -96,6 +97,7 @@ class SyncConfig:
     min_range: float = 0.05
     max_range: float = 40.0
     max_points: int = 1_000_000
+    min_usable_fraction: float = 0.5  # of the finite points; bytes read in the wrong order pass ~3 %
 
     def __post_init__(self) -> None:
         for name in ("tolerance", "max_age", "future_tolerance", "camera_timeout", "min_range"):
@@ -103,6 +105,8 @@ class SyncConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         if not (np.isfinite(self.max_range) and self.max_range > self.min_range):
             raise ValueError(f"max_range must be finite and > min_range, got {self.max_range!r}")
+        if not 0.0 <= self.min_usable_fraction <= 1.0:
+            raise ValueError(f"min_usable_fraction must be in [0, 1], got {self.min_usable_fraction!r}")
         if not self.max_points >= 1:
             raise ValueError(f"max_points must be >= 1, got {self.max_points!r}")
 
@@ -148,9 +152,10 @@ class CloudSynchronizer:
         with np.errstate(over="ignore", invalid="ignore"):
             distance = np.linalg.norm(points.astype(np.float64), axis=1)
         usable = finite & (distance >= self.config.min_range) & (distance <= self.config.max_range)
-        if not usable.any():
-            return (f"{frame.camera}: no usable point (none within {self.config.min_range}.."
-                    f"{self.config.max_range} m of the camera; wrong byte order or field layout?)")
+        if usable.sum() < max(1.0, self.config.min_usable_fraction * finite.sum()):
+            return (f"{frame.camera}: {usable.sum()} of {finite.sum()} finite points usable (within "
+                    f"{self.config.min_range}..{self.config.max_range} m of the camera); wrong byte order or "
+                    f"field layout?")
         if not usable.all():
             frame = CloudFrame(frame.camera, frame.stamp, frame.frame_id, points[usable],
                                np.asarray(frame.colors)[usable])

@@ -44,6 +44,7 @@ PARAMETERS = {
     "camera_timeout": (1.0, "a camera silent this long is reported missing (s)"),
     "min_range": (0.05, "points nearer than this to their camera are unusable (m)"),
     "max_range": (40.0, "points farther than this from their camera are unusable (m)"),
+    "min_usable_fraction": (0.5, "reject clouds with fewer usable points among the finite ones", (0.0, 1.0)),
     "max_points_per_camera": (1_000_000, "clouds with more points are rejected undecoded", (1, 100_000_000)),
     "max_rate": (10.0, "largest rate of published views (Hz)"),
     "workspace_center": ([0.5, 0.0, 0.4], "workspace cube centre in the base frame (m)"),
@@ -67,7 +68,7 @@ class PerceptionNode(GuardedNode):
                                    resolution=p["resolution"])
         self.sync = CloudSynchronizer(cameras, SyncConfig(
             p["sync_tolerance"], p["max_age"], p["future_tolerance"], p["camera_timeout"], p["min_range"],
-            p["max_range"], p["max_points_per_camera"]))
+            p["max_range"], p["max_points_per_camera"], p["min_usable_fraction"]))
         self.tf_buffer = self._make_tf_buffer() if p["use_tf"] else None
         self._min_period = 1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0
         self._last_publish = -np.inf
