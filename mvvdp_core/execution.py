@@ -80,7 +80,7 @@ class ChunkChecks:
     lower: tuple[float, float, float] = (0.0, -0.5, -0.1)  # every step inside this box (base frame, m)
     upper: tuple[float, float, float] = (1.0, 0.5, 0.9)
     min_step_confidence: float = 0.05  # every step's confidence at least this
-    max_duration: float = 60.0  # last step due at most this long after the observation (s)
+    max_duration: float = 120.0  # last step due at most this long after the observation (s)
 
     def __post_init__(self) -> None:
         lower, upper = np.asarray(self.lower, float), np.asarray(self.upper, float)
