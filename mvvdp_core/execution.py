@@ -288,7 +288,10 @@ class ChunkExecutor:
         return self.fault(f"chunk {chunk_id} rejected: {reason}", now)
 
     def fault(self, reason: str, now: float) -> str:
-        """Cancel any running or scheduled chunk and hold (a bad chunk, a failed callback)."""
+        """Cancel any running or scheduled chunk and hold (a bad chunk, a failed callback). An idle executor
+        stays idle: it has commanded nothing, so nothing moves."""
+        if self.running is None and self.next_switch is None and self._hold is None:
+            return self._log(f"idle, nothing to cancel: {reason}")
         if self.running is not None:
             self._log(f"chunk {self.running.chunk_id}: cancelled")
         self.running = None

@@ -107,6 +107,7 @@ def graph(tmp_path_factory, env_load):
         "policy": {"seed": 0, "max_observation_age": 4.0, "max_chunk_age": MAX_AGE, "initial_latency": 3.0},
         "executor": {"workspace_lower": BOX_LOWER.tolist(), "workspace_upper": BOX_UPPER.tolist(),
                      "ee_timeout": 0.5, "max_chunk_age": MAX_AGE,
+                     "min_step_confidence": 0.0,  # a random model's heatmaps have no peak: confidence 0
                      "blend_overlap": 1.0, "settle_time": 2.0},
     }  # fmt: skip
     specs = build_graph(sim=True, mode="auto", checkpoint=str(tmp / "checkpoint"), overrides=overrides)
