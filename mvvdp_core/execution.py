@@ -118,7 +118,7 @@ def validate_chunk(chunk: TimedChunk, frame_id: str, step_confidence: np.ndarray
     if outside.any():
         step = int(np.argmax(outside))
         return (f"{name}: step {step} at {np.round(chunk.positions[step], 3).tolist()} is outside the "
-                f"workspace {list(checks.lower)}..{list(checks.upper)}")
+                f"workspace {np.round(checks.lower, 3).tolist()}..{np.round(checks.upper, 3).tolist()}")
     if chunk.duration > checks.max_duration:
         return f"{name}: lasts {chunk.duration:.1f} s > {checks.max_duration} s"
     confidence = np.asarray(step_confidence, dtype=np.float64)

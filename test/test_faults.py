@@ -143,7 +143,8 @@ def checkpoint(tmp_path_factory):
 def start(names: tuple[str, ...], mode: str, tmp, heartbeat: bool, checkpoint="", overrides=None):
     """The named nodes of the sim graph as processes plus the Robot node spinning in a thread."""
     os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 200))
-    graph = build_graph(sim=True, mode=mode, checkpoint=str(checkpoint), overrides=overrides or {})
+    overrides = {"executor": {"min_step_confidence": 0.05}, **(overrides or {})}  # shipped, not the sim's 0
+    graph = build_graph(sim=True, mode=mode, checkpoint=str(checkpoint), overrides=overrides)
     specs = [s for s in graph if s.name in names]
     procs = GraphProcesses(specs, log_dir=tmp / "logs").start()
     try:
