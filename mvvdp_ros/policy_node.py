@@ -7,11 +7,11 @@ predict the next chunk from the freshest observation so that it is ready at a fr
 (following the timing of the chunks this node publishes), and results that came back stale are not published.
 A heartbeat (std_msgs/Header) tells the executor the policy is alive; it is published from a thread of its
 own, so neither a running inference nor a busy executor delays it, and its publisher offers DDS liveliness
-(automatic, lease heartbeat_lease), asserted by the DDS participant's own thread. Callback groups are chosen
-so that no entity can be ready while its group is busy (the multi-threaded executor would spin on it): the
-inputs are reentrant, each timer has a group of its own, and one prediction runs at a time (a request that
-finds one running is refused, an auto step skipped). Requests are validated: num_steps in
-[0, max_denoising_steps], a known task.
+(automatic, lease heartbeat_lease), asserted by the DDS participant's own thread. No entity can be ready while
+its callback group is busy (the multi-threaded executor would spin on it): the inputs are read when a
+prediction starts (mvvdp_ros.latest, no callback per message), each timer has a group of its own, and one
+prediction runs at a time (a request that finds one running is refused, an auto step skipped). Requests are
+validated: num_steps in [0, max_denoising_steps], a known task.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from mvvdp_ros.conversions import (
     views_from_msg,
 )
 from mvvdp_ros.guard import GuardedNode
+from mvvdp_ros.latest import LatestMessage
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.spin import run_node
 
@@ -105,21 +106,15 @@ class PolicyNode(GuardedNode):
         ))
         self.workspace = self.policy.workspace
         self._lock = threading.Lock()  # one prediction at a time
-        self._views: ProjectedViews | None = None
-        self._ee: tuple[float, np.ndarray, np.ndarray] | None = None  # (receive time, position, rotation)
-        self._gripper = 1.0
         self._next_chunk_id = int(time.time() * 1000)  # unique across restarts
         self._playback: dict[str, list[Image]] = {}
         self._playback_index = 0
 
-        inputs = ReentrantCallbackGroup()  # each callback only swaps in the latest message
-        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(ProjectedViews, p["views_topic"], self._on_views, reliable,
-                                 callback_group=inputs)
-        self.create_subscription(PoseStamped, p["ee_pose_topic"], self._on_pose, qos_profile_sensor_data,
-                                 callback_group=inputs)
-        self.create_subscription(JointState, p["gripper_state_topic"], self._on_gripper,
-                                 qos_profile_sensor_data, callback_group=inputs)
+        # Inputs are read when a prediction starts, not delivered per message (mvvdp_ros.latest).
+        reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.views_in = LatestMessage(self, ProjectedViews, p["views_topic"], reliable)
+        self.pose_in = LatestMessage(self, PoseStamped, p["ee_pose_topic"], qos_profile_sensor_data)
+        self.gripper_in = LatestMessage(self, JointState, p["gripper_state_topic"], qos_profile_sensor_data)
         self.chunk_pub = self.create_publisher(ActionChunk, p["chunk_topic"], QoSProfile(depth=10))
         liveliness = QoSProfile(depth=1, liveliness=LivelinessPolicy.AUTOMATIC,
                                 liveliness_lease_duration=Duration(seconds=p["heartbeat_lease"]))
@@ -130,7 +125,8 @@ class PolicyNode(GuardedNode):
                                                 QoSProfile(depth=1))
             for view in self.workspace.views for kind in ("rgb", "heatmap")
         }
-        self.create_service(Preview, p["preview_service"], self._on_preview, callback_group=inputs)
+        self.create_service(Preview, p["preview_service"], self._on_preview,
+                            callback_group=ReentrantCallbackGroup())
         self.create_timer(1.0 / p["preview_fps"], self._play, callback_group=MutuallyExclusiveCallbackGroup())
         if p["mode"] == "auto":
             self.create_timer(1.0 / p["schedule_rate"], self._auto_step,
@@ -160,17 +156,25 @@ class PolicyNode(GuardedNode):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _on_views(self, msg: ProjectedViews) -> None:
-        self._views = msg
-
-    def _on_pose(self, msg: PoseStamped) -> None:
+    def _ee_state(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Latest end-effector position, rotation matrix and gripper opening; ValueError if missing/stale."""
+        pose, gripper = self.pose_in.take(), self.gripper_in.take()
+        if pose is None:
+            raise ValueError("no end-effector pose received yet")
+        msg, received = pose
+        age = time.time() - received
+        if age > self.params["max_observation_age"]:
+            raise ValueError(f"end-effector pose is stale ({age:.2f} s old)")
         position, quaternion = pose_from_msg(msg.pose)
-        if np.isfinite(position).all() and np.isfinite(quaternion).all() and np.linalg.norm(quaternion) > 0:
-            rotation = quaternion_to_matrix(quaternion / np.linalg.norm(quaternion))
-            self._ee = (self._now(), position, rotation)
-
-    def _on_gripper(self, msg: JointState) -> None:
-        self._gripper = float(np.clip(sum(msg.position) / self.params["gripper_open_width"], 0.0, 1.0))
+        finite = np.isfinite(position).all() and np.isfinite(quaternion).all()
+        if not (finite and np.linalg.norm(quaternion) > 0):
+            raise ValueError("end-effector pose is not finite")
+        rotation = quaternion_to_matrix(quaternion / np.linalg.norm(quaternion))
+        opening = 1.0
+        if gripper is not None:
+            width = sum(gripper[0].position)
+            opening = float(np.clip(width / self.params["gripper_open_width"], 0.0, 1.0))
+        return position, rotation, opening
 
     def _beat_loop(self, period: float) -> None:
         """The heartbeat thread: one Header per period until the node is destroyed."""
@@ -191,16 +195,14 @@ class PolicyNode(GuardedNode):
     def observation(self, task: str) -> Observation:
         """The latest observation; ValueError naming what is missing or stale."""
         now, max_age = self._now(), self.params["max_observation_age"]
-        views, ee = self._views, self._ee
-        if views is None:
+        latest = self.views_in.take()
+        if latest is None:
             raise ValueError("no views received yet")
-        if ee is None:
-            raise ValueError("no end-effector pose received yet")
+        views = latest[0]
+        position, rotation, gripper = self._ee_state()
         stamp = stamp_to_sec(views.header.stamp)
         if now - stamp > max_age:
             raise ValueError(f"views are stale ({now - stamp:.2f} s old > {max_age} s)")
-        if now - ee[0] > max_age:
-            raise ValueError(f"end-effector pose is stale ({now - ee[0]:.2f} s old)")
         center = np.array([views.workspace_center.x, views.workspace_center.y, views.workspace_center.z])
         if not (np.allclose(center, self.workspace.center, atol=1e-6)
                 and abs(views.workspace_edge - self.workspace.edge) < 1e-6):
@@ -214,7 +216,7 @@ class PolicyNode(GuardedNode):
         if rgb_t.shape[-1] != size:
             rgb_t = F.interpolate(rgb_t, size=(size, size), mode="area").clamp(0, 1)
         task = task or self.params["task"] or self.policy.tasks[0]
-        return Observation(rgb_t, ee[1], ee[2], self._gripper, stamp, task)
+        return Observation(rgb_t, position, rotation, gripper, stamp, task)
 
     def predict(self, task: str, num_steps: int, return_video: bool) -> tuple[PolicyOutput, Observation]:
         obs = self.observation(task)
