@@ -270,6 +270,10 @@ class PolicyNode(GuardedNode):
 
     def _auto_step(self) -> None:
         """Auto mode: predict from the freshest observation when the scheduler says so; publish if fresh."""
+        if self.chunk_pub.get_subscription_count() == 0:  # a chunk published now would be lost
+            self.get_logger().warning("auto prediction waits: no executor subscribed to chunks",
+                                      throttle_duration_sec=2.0)
+            return
         if not self.scheduler.should_request(self._now()):
             return
         try:
