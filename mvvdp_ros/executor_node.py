@@ -8,8 +8,9 @@ A callback that raises is logged and the arm holds (mvvdp_ros.guard).
 Policy liveness: the heartbeat subscription asks for DDS liveliness (automatic, lease heartbeat_timeout). The
 policy's DDS participant asserts it from its own native thread, so a policy whose Python threads are starved
 of CPU (inference, load) stays alive, while a killed or frozen one loses it within the lease: a running chunk
-is then cancelled at once. While the policy is live each control period counts as a heartbeat; heartbeat
-messages count too (ChunkExecutor's heartbeat_timeout then covers a publisher without liveliness).
+is then cancelled at once. While the policy is live and its last heartbeat message is younger than
+heartbeat_grace, each control period counts as a heartbeat (a live process whose Python is starved pauses
+its messages, a hung one stops them); heartbeat messages from any publisher count as well.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ PARAMETERS = {
     "ee_timeout": (0.25, "hold when the end-effector state is older than this (s)"),
     "heartbeat_timeout": (0.3, "hold a running chunk when the policy heartbeat is older than this; also the "
                                "DDS liveliness lease asked of the policy's heartbeat publisher (s)"),
+    "heartbeat_grace": (2.0, "while the policy's DDS liveliness holds, its heartbeat messages may pause this "
+                             "long (CPU starvation) before it counts as lost (s)", (0.0, 60.0)),
     "settle_time": (0.5, "keep aiming at a chunk's last step this long after its last step time (s)"),
     "blend_overlap": (0.3, "auto: a new chunk's targets ramp in from the running chunk over this long (s)"),
     "switch_delay": (0.0, "auto: the running chunk goes on this long after a new one arrives (s)"),
@@ -108,12 +111,16 @@ class ExecutorNode(GuardedNode):
         self.create_subscription(JointState, p["gripper_state_topic"], self._on_gripper, sensor)
         self.create_subscription(ActionChunk, p["chunk_topic"], self._on_chunk, reliable)
         self._policy_live = False
+        self._last_beat = -np.inf  # node time of the last heartbeat message
         liveliness = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
                                 liveliness=LivelinessPolicy.AUTOMATIC,
                                 liveliness_lease_duration=Duration(seconds=p["heartbeat_timeout"]))
         events = SubscriptionEventCallbacks(liveliness=self._guard(self._on_liveliness))
-        self.create_subscription(Header, p["heartbeat_topic"], self._on_heartbeat, liveliness,
+        self.create_subscription(Header, p["heartbeat_topic"], lambda _msg: None, liveliness,
                                  event_callbacks=events)
+        # Heartbeat messages from any publisher, with or without a liveliness lease (the one above only
+        # matches publishers that offer a lease no longer than heartbeat_timeout).
+        self.create_subscription(Header, p["heartbeat_topic"], self._on_heartbeat, sensor)
         self.target_pub = self.create_publisher(PoseStamped, p["target_pose_topic"], QoSProfile(depth=1))
         self.gripper_pub = self.create_publisher(Float64, p["gripper_command_topic"], QoSProfile(depth=1))
         if p["gripper_interface"] not in ("topic", "franka"):
@@ -151,7 +158,8 @@ class ExecutorNode(GuardedNode):
         self._gripper_opening = float(np.clip((width - p["gripper_closed_width"]) / span, 0.0, 1.0))
 
     def _on_heartbeat(self, _msg: Header) -> None:
-        self.core.heartbeat(self._now())
+        self._last_beat = self._now()
+        self.core.heartbeat(self._last_beat)
 
     def _on_liveliness(self, info: QoSLivelinessChangedInfo) -> None:
         live = info.alive_count > 0
@@ -223,7 +231,7 @@ class ExecutorNode(GuardedNode):
 
     def _tick(self) -> None:
         now = self._now()
-        if self._policy_live:
+        if self._policy_live and now - self._last_beat < self.params["heartbeat_grace"]:
             self.core.heartbeat(now)
         command = self.core.tick(now, self.period)
         self._flush_events()
