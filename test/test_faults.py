@@ -204,6 +204,18 @@ class TestAutoExecutor:
         assert call(robot.triggers["stop"], Trigger.Request()).success
 
 
+    def test_a_live_policy_that_stops_beating_is_held_after_the_grace(self, auto_executor) -> None:
+        """DDS liveliness holds (the process lives) but no heartbeat message comes: a hung policy."""
+        robot = auto_executor
+        call(robot.triggers["resume"], Trigger.Request())
+        robot.chunk_pub.publish(robot.chunk(40, "auto", duration=60.0))
+        assert wait_until(lambda: "chunk=40" in robot.state(), 20)
+        robot.heartbeat = False
+        try:
+            assert wait_until(lambda: "heartbeat" in robot.state(), 20), robot.state()
+        finally:
+            robot.heartbeat = True
+
     def test_stop_latches_until_resume_in_auto_mode(self, auto_executor) -> None:
         robot = auto_executor
         call(robot.triggers["resume"], Trigger.Request())
