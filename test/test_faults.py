@@ -215,6 +215,7 @@ class TestAutoExecutor:
             assert wait_until(lambda: "heartbeat" in robot.state(), 20), robot.state()
         finally:
             robot.heartbeat = True
+            time.sleep(1.0)  # heartbeats reach the executor again before the next test's chunks
 
     def test_stop_latches_until_resume_in_auto_mode(self, auto_executor) -> None:
         robot = auto_executor
