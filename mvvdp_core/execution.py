@@ -13,6 +13,11 @@ Modes:
 While a chunk runs, a stale ee state or policy heartbeat cancels it and the executor holds (publishes the
 pose latched when holding started, keeps the gripper); so do `stop()` and a chunk that finished and settled.
 Before any chunk ran, nothing is sent.
+
+Faults: every chunk is checked whole on arrival (`validate_chunk`) before any of its steps can run; the node
+hands a chunk that fails to `reject()`, which cancels whatever runs and holds. `fault()` does the same for
+any other failure (an exception in a node callback). `stop()` latches: until `resume()` (or, in preview mode,
+the approval of a chunk) only holds go out and auto chunks that arrive are dropped and counted.
 """
 
 from __future__ import annotations
@@ -68,6 +73,66 @@ class TimedChunk:
 
 
 @dataclass(frozen=True)
+class ChunkChecks:
+    """What every arriving chunk must satisfy before any of its steps may run."""
+
+    base_frame: str = "fr3_link0"
+    lower: tuple[float, float, float] = (0.0, -0.5, -0.1)  # every step inside this box (base frame, m)
+    upper: tuple[float, float, float] = (1.0, 0.5, 0.9)
+    min_step_confidence: float = 0.05  # every step's confidence at least this
+    max_duration: float = 120.0  # last step due at most this long after the observation (s)
+
+    def __post_init__(self) -> None:
+        lower, upper = np.asarray(self.lower, float), np.asarray(self.upper, float)
+        if lower.shape != (3,) or upper.shape != (3,) or not np.isfinite([lower, upper]).all():
+            raise ValueError(f"chunk bounds must be 3 finite numbers each, got {self.lower} and {self.upper}")
+        if np.any(lower >= upper):
+            raise ValueError(f"chunk bounds: lower {lower.tolist()} not below upper {upper.tolist()}")
+        if not 0.0 <= self.min_step_confidence <= 1.0:
+            raise ValueError(f"min_step_confidence must be in [0, 1], got {self.min_step_confidence!r}")
+        if not self.max_duration > 0:
+            raise ValueError(f"max_duration must be > 0 s, got {self.max_duration!r}")
+
+
+def validate_chunk(chunk: TimedChunk, frame_id: str, step_confidence: np.ndarray, checks: ChunkChecks) -> str:
+    """Why the chunk must not run ("" when it may): frame, finite values, unit quaternions, gripper in [0, 1],
+    every step inside the bounds, timing, and per-step confidence. Shapes are checked by TimedChunk."""
+    steps = len(chunk.time_from_start)
+    name = f"chunk {chunk.chunk_id}"
+    if frame_id != checks.base_frame:
+        return f"{name}: frame {frame_id!r}, expected {checks.base_frame!r}"
+    arrays = {"positions": chunk.positions, "quaternions": chunk.quaternions, "gripper": chunk.gripper,
+              "step_confidence": step_confidence}
+    for key, values in arrays.items():
+        bad = ~np.isfinite(np.asarray(values, dtype=np.float64))
+        if bad.any():
+            return f"{name}: {key} not finite at step {int(np.argwhere(bad)[0][0])}"
+    if not np.isfinite(chunk.stamp) or chunk.stamp < 0:
+        return f"{name}: stamp {chunk.stamp!r} is not a valid time"
+    norms = np.linalg.norm(chunk.quaternions, axis=1)
+    if np.any(np.abs(norms - 1.0) > 1e-2):
+        return f"{name}: quaternion of step {int(np.argmax(np.abs(norms - 1.0)))} is not unit length"
+    if np.any((chunk.gripper < 0) | (chunk.gripper > 1)):
+        return f"{name}: gripper values outside [0, 1]"
+    outside = np.any((chunk.positions < checks.lower) | (chunk.positions > checks.upper), axis=1)
+    if outside.any():
+        step = int(np.argmax(outside))
+        return (f"{name}: step {step} at {np.round(chunk.positions[step], 3).tolist()} is outside the "
+                f"workspace {np.round(checks.lower, 3).tolist()}..{np.round(checks.upper, 3).tolist()}")
+    if chunk.duration > checks.max_duration:
+        return f"{name}: lasts {chunk.duration:.1f} s > {checks.max_duration} s"
+    confidence = np.asarray(step_confidence, dtype=np.float64)
+    if confidence.shape != (steps,):
+        return f"{name}: {confidence.size} step confidences for {steps} steps"
+    low = confidence < checks.min_step_confidence
+    if low.any():
+        step = int(np.argmax(low))
+        return (f"{name}: step {step} confidence {confidence[step]:.3f} < "
+                f"min_step_confidence {checks.min_step_confidence}")
+    return ""
+
+
+@dataclass(frozen=True)
 class ExecutorConfig:
     """Timing parameters of the executor (seconds)."""
 
@@ -117,6 +182,11 @@ def _splice(chunk: TimedChunk, continuation: Continuation) -> TimedChunk:
 
 
 class ChunkExecutor:
+    # Stop latch and fault counters (class defaults, set per instance by the methods below).
+    stopped: bool = False
+    rejected_chunks: int = 0
+    dropped_while_stopped: int = 0
+
     def __init__(self, config: ExecutorConfig | None = None, limits: SafetyLimits | None = None) -> None:
         self.config = config or ExecutorConfig()
         self.safety = SafetyFilter(limits)
@@ -143,6 +213,9 @@ class ChunkExecutor:
     def offer(self, chunk: TimedChunk, status: str, now: float) -> str:
         """A chunk arrived from the policy; returns what was done with it."""
         cfg = self.config
+        if self.stopped and cfg.mode == "auto":
+            self.dropped_while_stopped += 1
+            return self._log(f"chunk {chunk.chunk_id}: dropped, stopped (resume to run chunks again)")
         if cfg.mode == "preview":
             if status != "pending":
                 return self._log(f"chunk {chunk.chunk_id}: status {status!r} ignored in preview mode")
@@ -188,16 +261,44 @@ class ChunkExecutor:
         problem = self._hold_cause(now, need_heartbeat=True)
         if problem:
             return False, self._log(f"chunk {chunk_id}: not executed, {problem}")
+        resumed = ", resumed after stop" if self.stopped else ""
+        self.stopped = False  # approving a chunk is the operator's explicit resume
         self._run(chunk, start=now)
-        return True, self._log(f"chunk {chunk_id}: approved, executing")
+        return True, self._log(f"chunk {chunk_id}: approved, executing{resumed}")
 
     def stop(self, now: float) -> str:
-        """Cancel any chunk and hold the current pose."""
+        """Cancel any chunk and hold the current pose until `resume()` (or an approval in preview mode)."""
         self.pending.clear()
         self.running = None
         self.next_switch = None
+        self.stopped = True
         self._enter_hold("stop requested")
-        return self._log("stopped: holding the current pose")
+        return self._log("stopped: holding the current pose until resumed")
+
+    def resume(self, now: float) -> str:
+        """Lift the stop latch: auto chunks that arrive from now on run again (preview: approvals do)."""
+        if not self.stopped:
+            return self._log("resume: not stopped")
+        self.stopped = False
+        return self._log("resumed: holding until the next chunk runs")
+
+    def reject(self, chunk_id: int, reason: str, now: float) -> str:
+        """A chunk failed validation: it never runs, whatever runs is cancelled, the arm holds."""
+        self.rejected_chunks += 1
+        self.pending.pop(chunk_id, None)
+        return self.fault(f"chunk {chunk_id} rejected: {reason}", now)
+
+    def fault(self, reason: str, now: float) -> str:
+        """Cancel any running or scheduled chunk and hold (a bad chunk, a failed callback). An idle executor
+        stays idle: it has commanded nothing, so nothing moves."""
+        if self.running is None and self.next_switch is None and self._hold is None:
+            return self._log(f"idle, nothing to cancel: {reason}")
+        if self.running is not None:
+            self._log(f"chunk {self.running.chunk_id}: cancelled")
+        self.running = None
+        self.next_switch = None
+        self._enter_hold(reason)
+        return self._log(f"holding: {reason}")
 
     # ---- control period -----------------------------------------------------------------------------
     def tick(self, now: float, dt: float) -> Command:

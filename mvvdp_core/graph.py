@@ -108,7 +108,8 @@ def build_graph(
         return {**base, **overrides.get(name, {})}
 
     checkpoint = checkpoint or default_sim_checkpoint(sim)
-
+    random_model = sim and not checkpoint  # a tiny random model: its heatmaps have no peak, confidence 0
+    executor = {"mode": mode, **({"min_step_confidence": 0.0} if random_model else {})}
     nodes = []
     if sim:
         nodes.append(NodeSpec("sim_robot", "mvvdp_ros.sim_robot_node", "sim_robot_node",
@@ -118,8 +119,8 @@ def build_graph(
                  params("perception", {"cameras_file": str(cameras)})),
         NodeSpec("policy", "mvvdp_ros.policy_node", "policy_node", (config / "policy.yaml",),
                  params("policy", {"checkpoint": checkpoint, "mode": mode, "output_dir": out_dir,
-                                   "create_tiny_checkpoint": sim and not checkpoint})),
+                                   "create_tiny_checkpoint": random_model})),
         NodeSpec("executor", "mvvdp_ros.executor_node", "executor_node", (config / "executor.yaml",),
-                 params("executor", {"mode": mode})),
+                 params("executor", executor)),
     ]
     return nodes

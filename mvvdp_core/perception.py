@@ -1,7 +1,10 @@
 """Perception logic without ROS: camera calibration file, per-cloud checks, stamp synchronisation, views.
 
 The perception node feeds every camera cloud to `CloudSynchronizer.add`, which rejects bad clouds with a
-reason (wrong frame, stamp in the future or too old, no finite point); `take_synced` returns one cloud per
+reason (wrong frame, stamp in the future or too old, more than `max_points` points, too few usable points)
+and keeps only the usable points of a good one: finite and between `min_range` and `max_range` from the
+camera (a cloud decoded with the wrong byte order or field layout has almost none: its coordinates come out
+as ~1e-40 or ~1e30); `take_synced` returns one cloud per
 camera once all cameras have a cloud within the sync tolerance. `project_observation` merges such a set into
 the base frame, crops it to the workspace and projects the views (mvvdp_core.geometry).
 """
@@ -82,17 +85,30 @@ class CloudFrame:
 @dataclass(frozen=True)
 class SyncConfig:
     """Seconds: stamps of one set within `tolerance`; clouds older than `max_age` or more than
-    `future_tolerance` ahead of now are rejected; a camera silent for `camera_timeout` is reported missing."""
+    `future_tolerance` ahead of now are rejected; a camera silent for `camera_timeout` is reported missing.
+    Metres: a point is usable between `min_range` and `max_range` from its camera. A cloud of more than
+    `max_points` points is rejected before it is decoded, so is one where fewer than `min_usable_fraction` of
+    the finite points are usable."""
 
     tolerance: float = 0.05
     max_age: float = 0.5
     future_tolerance: float = 0.05
     camera_timeout: float = 1.0
+    min_range: float = 0.05
+    max_range: float = 40.0
+    max_points: int = 1_000_000
+    min_usable_fraction: float = 0.5  # of the finite points; bytes read in the wrong order pass ~3 %
 
     def __post_init__(self) -> None:
-        for name in ("tolerance", "max_age", "future_tolerance", "camera_timeout"):
+        for name in ("tolerance", "max_age", "future_tolerance", "camera_timeout", "min_range"):
             if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0 seconds, got {getattr(self, name)!r}")
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if not (np.isfinite(self.max_range) and self.max_range > self.min_range):
+            raise ValueError(f"max_range must be finite and > min_range, got {self.max_range!r}")
+        if not 0.0 <= self.min_usable_fraction <= 1.0:
+            raise ValueError(f"min_usable_fraction must be in [0, 1], got {self.min_usable_fraction!r}")
+        if not self.max_points >= 1:
+            raise ValueError(f"max_points must be >= 1, got {self.max_points!r}")
 
 
 class CloudSynchronizer:
@@ -105,8 +121,14 @@ class CloudSynchronizer:
         self.last_seen: dict[str, float] = {}
         self.last_synced_stamp = -np.inf
 
+    def check_size(self, camera: str, num_points: int) -> str | None:
+        """Why a cloud of num_points must not even be decoded, or None."""
+        if num_points > self.config.max_points:
+            return f"{camera}: cloud of {num_points} points > max_points {self.config.max_points}"
+        return None
+
     def add(self, frame: CloudFrame, now: float) -> str | None:
-        """Store a cloud; returns the reason it was rejected, or None."""
+        """Store a cloud (its usable points); returns the reason it was rejected, or None."""
         camera = self.cameras.get(frame.camera)
         if camera is None:
             return f"unknown camera {frame.camera!r}"
@@ -121,8 +143,22 @@ class CloudSynchronizer:
         points = np.asarray(frame.points)
         if points.ndim != 2 or points.shape[1] != 3 or len(points) == 0:
             return f"{frame.camera}: empty cloud"
-        if not np.isfinite(points).all(axis=1).any():
+        size = self.check_size(frame.camera, len(points))
+        if size:
+            return size
+        finite = np.isfinite(points).all(axis=1)
+        if not finite.any():
             return f"{frame.camera}: cloud holds no finite point (all NaN)"
+        with np.errstate(over="ignore", invalid="ignore"):
+            distance = np.linalg.norm(points.astype(np.float64), axis=1)
+        usable = finite & (distance >= self.config.min_range) & (distance <= self.config.max_range)
+        if usable.sum() < max(1.0, self.config.min_usable_fraction * finite.sum()):
+            return (f"{frame.camera}: {usable.sum()} of {finite.sum()} finite points usable (within "
+                    f"{self.config.min_range}..{self.config.max_range} m of the camera); wrong byte order or "
+                    f"field layout?")
+        if not usable.all():
+            frame = CloudFrame(frame.camera, frame.stamp, frame.frame_id, points[usable],
+                               np.asarray(frame.colors)[usable])
         self.latest[frame.camera] = frame
         return None
 

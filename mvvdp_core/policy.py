@@ -28,7 +28,7 @@ from mvvdp_core.geometry.heatmaps import colorize_heatmaps, decolorize_heatmaps,
 from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.model.checkpoint import ModelParts, load_checkpoint, save_checkpoint
 from mvvdp_core.model.config import MVVDPConfig
-from mvvdp_core.model.flow import euler_sample
+from mvvdp_core.model.flow import check_num_steps, euler_sample
 from mvvdp_core.model.lora import merge_lora
 
 # A view disagreement of this many pixels halves a step's confidence roughly (exp(-1) at the scale).
@@ -309,7 +309,7 @@ class MVVDPPolicy:
     ) -> PolicyOutput:
         cfg = self.config
         parts = self.parts
-        steps = cfg.num_inference_steps if num_steps is None else num_steps
+        steps = check_num_steps(cfg.num_inference_steps if num_steps is None else num_steps)
         r = cfg.num_rgb_views
         timings: dict[str, float] = {}
         generator = torch.Generator().manual_seed(

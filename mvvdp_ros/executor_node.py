@@ -1,6 +1,16 @@
 """Executor node: streams approved (preview) or auto chunks through the safety filter to the controller.
 
-Thin adapter over mvvdp_core.execution.ChunkExecutor; see that module for the behaviour.
+Thin adapter over mvvdp_core.execution.ChunkExecutor; see that module for the behaviour. Every chunk is
+validated whole on arrival (mvvdp_core.execution.validate_chunk); a rejected one is logged, counted on
+/diagnostics and the arm holds. /mvvdp/stop latches until /mvvdp/resume (or an approval in preview mode).
+A callback that raises is logged and the arm holds (mvvdp_ros.guard).
+
+Policy liveness: the heartbeat subscription asks for DDS liveliness (automatic, lease heartbeat_timeout). The
+policy's DDS participant asserts it from its own native thread, so a policy whose Python threads are starved
+of CPU (inference, load) stays alive, while a killed or frozen one loses it within the lease: a running chunk
+is then cancelled at once. While the policy is live and its last heartbeat message is younger than
+heartbeat_grace, each control period counts as a heartbeat (a live process whose Python is starved pauses
+its messages, a hung one stops them); heartbeat messages from any publisher count as well.
 """
 
 from __future__ import annotations
@@ -8,18 +18,21 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
-from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.duration import Duration
+from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
+from rclpy.qos import LivelinessPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Header, String
 from std_srvs.srv import Trigger
 
-from mvvdp_core.execution import ChunkExecutor, ExecutorConfig
+from mvvdp_core.execution import ChunkChecks, ChunkExecutor, ExecutorConfig, validate_chunk
 from mvvdp_core.safety import DEFAULT_CONTROL_RATE, PoseTarget, SafetyLimits
 from mvvdp_msgs.msg import ActionChunk
 from mvvdp_msgs.srv import Execute
 from mvvdp_ros.conversions import chunk_from_msg, pose_from_msg, pose_stamped
+from mvvdp_ros.guard import GuardedNode
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.spin import run_node
 
@@ -35,17 +48,22 @@ PARAMETERS = {
     "heartbeat_topic": ("/mvvdp/heartbeat", "policy heartbeat (std_msgs/Header)"),
     "state_topic": ("/mvvdp/executor/state", "executor state for monitoring (std_msgs/String)"),
     "execute_service": ("/mvvdp/execute", "approve or reject a pending chunk (mvvdp_msgs/Execute)"),
-    "stop_service": ("/mvvdp/stop", "cancel and hold (std_srvs/Trigger)"),
+    "stop_service": ("/mvvdp/stop", "cancel and hold until resumed (std_srvs/Trigger)"),
+    "resume_service": ("/mvvdp/resume", "lift a stop: chunks run again (std_srvs/Trigger)"),
+    "diagnostics_topic": ("/diagnostics", "rejected chunks, drops while stopped, callback errors"),
     "gripper_interface": ("topic", "topic: width on gripper_command_topic; franka: move/grasp actions"),
     "franka_gripper_namespace": ("/franka_gripper", "franka_gripper node namespace (franka interface)"),
     "gripper_speed": (0.1, "finger speed for franka_gripper move/grasp (m/s)"),
     "grasp_force": (30.0, "grasp force for franka_gripper grasp (N)"),
     "gripper_open_width": (0.08, "gripper width commanded for 'open' (m)"),
     "gripper_closed_width": (0.0, "gripper width commanded for 'closed' (m)"),
-    "max_chunk_age": (1.0, "auto: drop chunks older than this on arrival (s)"),
+    "max_chunk_age": (2.0, "auto: drop chunks whose observation is older than this on arrival (s)"),
     "approval_timeout": (120.0, "preview: pending chunks older than this cannot be approved (s)"),
     "ee_timeout": (0.25, "hold when the end-effector state is older than this (s)"),
-    "heartbeat_timeout": (0.3, "hold a running chunk when the policy heartbeat is older than this (s)"),
+    "heartbeat_timeout": (0.3, "hold a running chunk when the policy heartbeat is older than this; also the "
+                               "DDS liveliness lease asked of the policy's heartbeat publisher (s)"),
+    "heartbeat_grace": (2.0, "while the policy's DDS liveliness holds, its heartbeat messages may pause this "
+                             "long (CPU starvation) before it counts as lost (s)", (0.0, 60.0)),
     "settle_time": (0.5, "keep aiming at a chunk's last step this long after its last step time (s)"),
     "blend_overlap": (0.3, "auto: a new chunk's targets ramp in from the running chunk over this long (s)"),
     "switch_delay": (0.0, "auto: the running chunk goes on this long after a new one arrives (s)"),
@@ -58,10 +76,13 @@ PARAMETERS = {
     "max_tracking_error": (0.10, "largest distance of a target from the measured ee position (m)"),
     "max_tracking_rotation_deg": (30.0, "largest rotation of a target from the measured orientation (deg)"),
     "gripper_min_hold": (0.5, "the gripper keeps a new open/closed state at least this long (s)"),
+    "workspace_center": ([0.5, 0.0, 0.4], "reject chunks with a step outside this cube (m)"),
+    "workspace_edge": (1.0, "edge of that cube (m)", (0.01, 10.0)),
+    "min_step_confidence": (0.05, "chunks with a step below this confidence are rejected", (0.0, 1.0)),
 }
 
 
-class ExecutorNode(Node):
+class ExecutorNode(GuardedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("executor", **kwargs)
         p = declare_parameters(self, PARAMETERS)
@@ -81,6 +102,10 @@ class ExecutorNode(Node):
                                  "max_tracking_rotation_deg", "gripper_min_hold")},
         )
         self.core = ChunkExecutor(config, limits)
+        center, half = np.asarray(p["workspace_center"], float), p["workspace_edge"] / 2
+        self.checks = ChunkChecks(p["base_frame"], tuple(center - half), tuple(center + half),
+                                  p["min_step_confidence"])
+        self.callback_errors = 0
         self._gripper_opening = 1.0
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -88,6 +113,16 @@ class ExecutorNode(Node):
         self.create_subscription(PoseStamped, p["ee_pose_topic"], self._on_pose, sensor)
         self.create_subscription(JointState, p["gripper_state_topic"], self._on_gripper, sensor)
         self.create_subscription(ActionChunk, p["chunk_topic"], self._on_chunk, reliable)
+        self._policy_live = False
+        self._last_beat = -np.inf  # node time of the last heartbeat message
+        liveliness = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
+                                liveliness=LivelinessPolicy.AUTOMATIC,
+                                liveliness_lease_duration=Duration(seconds=p["heartbeat_timeout"]))
+        events = SubscriptionEventCallbacks(liveliness=self._guard(self._on_liveliness))
+        self.create_subscription(Header, p["heartbeat_topic"], lambda _msg: None, liveliness,
+                                 event_callbacks=events)
+        # Heartbeat messages from any publisher, with or without a liveliness lease (the one above only
+        # matches publishers that offer a lease no longer than heartbeat_timeout).
         self.create_subscription(Header, p["heartbeat_topic"], self._on_heartbeat, sensor)
         self.target_pub = self.create_publisher(PoseStamped, p["target_pose_topic"], QoSProfile(depth=1))
         self.gripper_pub = self.create_publisher(Float64, p["gripper_command_topic"], QoSProfile(depth=1))
@@ -98,6 +133,8 @@ class ExecutorNode(Node):
         self.state_pub = self.create_publisher(String, p["state_topic"], reliable)
         self.create_service(Execute, p["execute_service"], self._on_execute)
         self.create_service(Trigger, p["stop_service"], self._on_stop)
+        self.create_service(Trigger, p["resume_service"], self._on_resume)
+        self.diag_pub = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], QoSProfile(depth=10))
         self.create_timer(self.period, self._tick)
         self.get_logger().info(f"executor ready: mode {config.mode}, {p['control_rate']:.0f} Hz")
 
@@ -124,16 +161,37 @@ class ExecutorNode(Node):
         self._gripper_opening = float(np.clip((width - p["gripper_closed_width"]) / span, 0.0, 1.0))
 
     def _on_heartbeat(self, _msg: Header) -> None:
-        self.core.heartbeat(self._now())
+        self._last_beat = self._now()
+        self.core.heartbeat(self._last_beat)
+
+    def _on_liveliness(self, info: QoSLivelinessChangedInfo) -> None:
+        live = info.alive_count > 0
+        if self._policy_live and not live:
+            self.get_logger().warning("policy liveliness lost (lease expired)")
+            if self.core.running is not None or self.core.next_switch is not None:
+                self.core.fault("policy heartbeat lost (liveliness lease expired)", self._now())
+                self._flush_events()
+                self._tick()
+        self._policy_live = live
 
     def _on_chunk(self, msg: ActionChunk) -> None:
+        now = self._now()
         try:
             chunk = chunk_from_msg(msg)
+            problem = validate_chunk(chunk, msg.header.frame_id, np.asarray(msg.step_confidence), self.checks)
         except ValueError as err:
-            self.get_logger().error(f"malformed chunk rejected: {err}")
+            problem = str(err)
+        if problem:
+            self.core.reject(int(msg.chunk_id), problem, now)
+            self._flush_events()
+            self._report(f"chunk {msg.chunk_id} rejected: {problem}")
+            self._tick()  # the hold goes out now
             return
-        self.core.offer(chunk, msg.status, self._now())
+        dropped = self.core.dropped_while_stopped
+        self.core.offer(chunk, msg.status, now)
         self._flush_events()
+        if self.core.dropped_while_stopped != dropped:
+            self._report(f"chunk {msg.chunk_id} dropped: stopped")
 
     def _on_execute(self, request: Execute.Request, response: Execute.Response) -> Execute.Response:
         now = self._now()
@@ -145,10 +203,39 @@ class ExecutorNode(Node):
         response.message = self.core.stop(self._now())
         response.success = True
         self._tick()  # send the hold target now rather than at the next period
+        self._report("stopped")
         return response
+
+    def _on_resume(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        response.message = self.core.resume(self._now())
+        response.success = True
+        self._flush_events()
+        self._report("resumed", DiagnosticStatus.OK)
+        return response
+
+    def on_callback_error(self, where: str, error: Exception) -> None:
+        self.callback_errors += 1
+        self.core.fault(f"{where} failed: {error}", self._now())
+        self._flush_events()
+        self._report(f"{where} failed: {error}", DiagnosticStatus.ERROR)
+
+    def _report(self, message: str, level: bytes = DiagnosticStatus.WARN) -> None:
+        """One /diagnostics status with the executor's fault counters."""
+        if level != DiagnosticStatus.OK:
+            self.get_logger().warning(message)
+        core = self.core
+        values = {"rejected_chunks": core.rejected_chunks,
+                  "dropped_while_stopped": core.dropped_while_stopped,
+                  "callback_errors": self.callback_errors, "stopped": core.stopped}
+        status = DiagnosticStatus(level=level, name="mvvdp/executor", message=message, hardware_id="executor",
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+        self.diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
+                                              status=[status]))
 
     def _tick(self) -> None:
         now = self._now()
+        if self._policy_live and now - self._last_beat < self.params["heartbeat_grace"]:
+            self.core.heartbeat(now)
         command = self.core.tick(now, self.period)
         self._flush_events()
         if command.target is not None:

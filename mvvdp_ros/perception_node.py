@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import Image, PointCloud2
@@ -28,6 +27,7 @@ from mvvdp_core.perception import (
 )
 from mvvdp_msgs.msg import ProjectedViews
 from mvvdp_ros.conversions import image_to_msg, stamp_to_sec, to_uint8_image, views_to_msg
+from mvvdp_ros.guard import GuardedNode
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.pointcloud import cloud_from_msg
 from mvvdp_ros.spin import run_node
@@ -42,6 +42,10 @@ PARAMETERS = {
     "max_age": (0.5, "clouds older than this are rejected (s)"),
     "future_tolerance": (0.05, "clouds stamped further ahead of now than this are rejected (s)"),
     "camera_timeout": (1.0, "a camera silent this long is reported missing (s)"),
+    "min_range": (0.05, "points nearer than this to their camera are unusable (m)"),
+    "max_range": (40.0, "points farther than this from their camera are unusable (m)"),
+    "min_usable_fraction": (0.5, "reject clouds with fewer usable points among the finite ones", (0.0, 1.0)),
+    "max_points_per_camera": (1_000_000, "clouds with more points are rejected undecoded", (1, 100_000_000)),
     "max_rate": (10.0, "largest rate of published views (Hz)"),
     "workspace_center": ([0.5, 0.0, 0.4], "workspace cube centre in the base frame (m)"),
     "workspace_edge": (1.0, "workspace cube edge (m)"),
@@ -51,7 +55,7 @@ PARAMETERS = {
 }
 
 
-class PerceptionNode(Node):
+class PerceptionNode(GuardedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("perception", **kwargs)
         p = declare_parameters(self, PARAMETERS)
@@ -62,8 +66,9 @@ class PerceptionNode(Node):
         self.extrinsics = {c.name: c.base_T_camera for c in cameras}
         self.workspace = Workspace(center=tuple(p["workspace_center"]), edge=p["workspace_edge"],
                                    resolution=p["resolution"])
-        self.sync = CloudSynchronizer(cameras, SyncConfig(p["sync_tolerance"], p["max_age"],
-                                                          p["future_tolerance"], p["camera_timeout"]))
+        self.sync = CloudSynchronizer(cameras, SyncConfig(
+            p["sync_tolerance"], p["max_age"], p["future_tolerance"], p["camera_timeout"], p["min_range"],
+            p["max_range"], p["max_points_per_camera"], p["min_usable_fraction"]))
         self.tf_buffer = self._make_tf_buffer() if p["use_tf"] else None
         self._min_period = 1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0
         self._last_publish = -np.inf
@@ -102,6 +107,10 @@ class PerceptionNode(Node):
 
     def _on_cloud(self, camera: str, msg: PointCloud2) -> None:
         now = self._now()
+        too_big = self.sync.check_size(camera, int(msg.width) * int(msg.height))
+        if too_big:
+            self._reject(camera, too_big)
+            return
         try:
             points, colors = cloud_from_msg(msg)
         except ValueError as err:

@@ -85,6 +85,9 @@ def cloud_to_msg(points: np.ndarray, colors: np.ndarray, frame_id: str, stamp: T
 def cloud_dtype(msg: PointCloud2) -> np.dtype:
     """Structured dtype of one point as the message's fields describe it (itemsize = point_step)."""
     order = ">" if msg.is_bigendian else "<"
+    if msg.point_step == 0 or len({f.name for f in msg.fields}) != len(msg.fields):
+        names = [f.name for f in msg.fields]
+        raise ValueError(f"invalid layout: point_step {msg.point_step}, fields {names} (duplicates?)")
     names, formats, offsets = [], [], []
     for field in msg.fields:
         if field.datatype not in _FIELD_TYPES:
@@ -109,6 +112,9 @@ def cloud_from_msg(msg: PointCloud2) -> tuple[np.ndarray, np.ndarray]:
     missing = [name for name in ("x", "y", "z") if name not in dtype.names]
     if missing:
         raise ValueError(f"PointCloud2 lacks fields {missing}; has {list(dtype.names)}")
+    for name in ("x", "y", "z"):
+        if dtype[name].kind != "f" or dtype[name].shape != ():
+            raise ValueError(f"field {name!r} must be one float32 or float64, got {dtype[name]}")
     color_field = next((name for name in ("rgb", "rgba") if name in dtype.names), None)
     if color_field is None:
         raise ValueError(f"PointCloud2 has no rgb/rgba field; has {list(dtype.names)}")

@@ -5,7 +5,13 @@ the predicted frames per view (RGB and heatmap overlay, looped for RViz), a traj
 optionally PNG/GIF files. Auto mode: continuous; an InferenceScheduler (mvvdp_core.serving) decides when to
 predict the next chunk from the freshest observation so that it is ready at a fraction of the running one
 (following the timing of the chunks this node publishes), and results that came back stale are not published.
-A heartbeat (std_msgs/Header) tells the executor the policy is alive.
+A heartbeat (std_msgs/Header) tells the executor the policy is alive; it is published from a thread of its
+own, so neither a running inference nor a busy executor delays it, and its publisher offers DDS liveliness
+(automatic, lease heartbeat_lease), asserted by the DDS participant's own thread. No entity can be ready while
+its callback group is busy (the multi-threaded executor would spin on it): the inputs are read when a
+prediction starts (mvvdp_ros.latest, no callback per message), each timer has a group of its own, and one
+prediction runs at a time (a request that finds one running is refused, an auto step skipped). Requests are
+validated: num_steps in [0, max_denoising_steps], a known task.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from geometry_msgs.msg import PoseStamped
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.duration import Duration
+from rclpy.qos import LivelinessPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
@@ -42,6 +48,8 @@ from mvvdp_ros.conversions import (
     to_uint8_image,
     views_from_msg,
 )
+from mvvdp_ros.guard import GuardedNode
+from mvvdp_ros.latest import LatestMessage
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.spin import run_node
 
@@ -52,6 +60,7 @@ PARAMETERS = {
     "device": ("cpu", "torch device of the model"),
     "task": ("", "task used when a request names none (empty: the checkpoint's first task)"),
     "num_steps": (0, "denoising steps (0 = the checkpoint's default)"),
+    "max_denoising_steps": (50, "largest num_steps a preview request may ask for", (1, 1000)),
     "seed": (-1, "sampling seed (-1 = random)"),
     "mode": ("preview", "preview: predict on /mvvdp/preview; auto: predict continuously"),
     "fast_path": (False, "fast inference path: merged LoRA, bf16 + flash SDPA on CUDA, cached condition"),
@@ -60,7 +69,7 @@ PARAMETERS = {
     "request_fraction": (0.5, "auto: the next chunk should be ready at this fraction of the running one"),
     "initial_latency": (0.4, "auto: inference latency assumed before the first measurement (s)"),
     "latency_smoothing": (0.3, "auto: weight of a new latency measurement in its moving average"),
-    "max_chunk_age": (1.0, "auto: a chunk whose observation is older than this when ready is dropped (s)"),
+    "max_chunk_age": (2.0, "auto: a chunk whose observation is older than this when ready is dropped (s)"),
     "max_observation_age": (2.0, "reject observations older than this (s)"),
     "base_frame": ("fr3_link0", "robot base frame"),
     "views_topic": ("/mvvdp/views", "projected views in"),
@@ -70,6 +79,8 @@ PARAMETERS = {
     "chunk_topic": ("/mvvdp/chunk", "action chunks out"),
     "heartbeat_topic": ("/mvvdp/heartbeat", "heartbeat out (std_msgs/Header)"),
     "heartbeat_rate": (20.0, "heartbeat rate (Hz)"),
+    "heartbeat_lease": (0.25, "DDS liveliness lease offered on the heartbeat topic; <= the executor's "
+                              "heartbeat_timeout (s)", (0.01, 10.0)),
     "preview_service": ("/mvvdp/preview", "preview service (mvvdp_msgs/Preview)"),
     "preview_image_topic": ("/mvvdp/preview/{view}/{kind}", "predicted frames; {kind} = rgb or heatmap"),
     "preview_fps": (5.0, "playback rate of the looped preview frames (Hz)"),
@@ -78,12 +89,14 @@ PARAMETERS = {
 }
 
 
-class PolicyNode(Node):
+class PolicyNode(GuardedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy", **kwargs)
         p = declare_parameters(self, PARAMETERS)
         if p["mode"] not in ("preview", "auto"):
             raise ValueError(f"mode must be preview or auto, got {p['mode']!r}")
+        if not 0 <= p["num_steps"] <= p["max_denoising_steps"]:
+            raise ValueError(f"num_steps {p['num_steps']} must be in [0, {p['max_denoising_steps']}]")
         self.params = p
         fast = FastPathOptions(compile=p["compile"]) if p["fast_path"] else None
         self.policy = MVVDPPolicy.from_checkpoint(self._checkpoint_path(), device=p["device"], fast=fast)
@@ -93,34 +106,35 @@ class PolicyNode(Node):
         ))
         self.workspace = self.policy.workspace
         self._lock = threading.Lock()  # one prediction at a time
-        self._views: ProjectedViews | None = None
-        self._ee: tuple[float, np.ndarray, np.ndarray] | None = None  # (receive time, position, rotation)
-        self._gripper = 1.0
         self._next_chunk_id = int(time.time() * 1000)  # unique across restarts
         self._playback: dict[str, list[Image]] = {}
         self._playback_index = 0
 
-        state_group, work_group = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
-        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        self.create_subscription(ProjectedViews, p["views_topic"], self._on_views, reliable,
-                                 callback_group=state_group)
-        self.create_subscription(PoseStamped, p["ee_pose_topic"], self._on_pose, qos_profile_sensor_data,
-                                 callback_group=state_group)
-        self.create_subscription(JointState, p["gripper_state_topic"], self._on_gripper,
-                                 qos_profile_sensor_data, callback_group=state_group)
+        # Inputs are read when a prediction starts, not delivered per message (mvvdp_ros.latest).
+        reliable = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.views_in = LatestMessage(self, ProjectedViews, p["views_topic"], reliable)
+        self.pose_in = LatestMessage(self, PoseStamped, p["ee_pose_topic"], qos_profile_sensor_data)
+        self.gripper_in = LatestMessage(self, JointState, p["gripper_state_topic"], qos_profile_sensor_data)
         self.chunk_pub = self.create_publisher(ActionChunk, p["chunk_topic"], QoSProfile(depth=10))
-        self.heartbeat_pub = self.create_publisher(Header, p["heartbeat_topic"], QoSProfile(depth=1))
+        liveliness = QoSProfile(depth=1, liveliness=LivelinessPolicy.AUTOMATIC,
+                                liveliness_lease_duration=Duration(seconds=p["heartbeat_lease"]))
+        self.heartbeat_pub = self.create_publisher(Header, p["heartbeat_topic"], liveliness)
         self.marker_pub = self.create_publisher(MarkerArray, p["marker_topic"], QoSProfile(depth=1))
         self.image_pubs = {
             (view, kind): self.create_publisher(Image, p["preview_image_topic"].format(view=view, kind=kind),
                                                 QoSProfile(depth=1))
             for view in self.workspace.views for kind in ("rgb", "heatmap")
         }
-        self.create_service(Preview, p["preview_service"], self._on_preview, callback_group=work_group)
-        self.create_timer(1.0 / p["heartbeat_rate"], self._beat, callback_group=state_group)
-        self.create_timer(1.0 / p["preview_fps"], self._play, callback_group=state_group)
+        self.create_service(Preview, p["preview_service"], self._on_preview,
+                            callback_group=ReentrantCallbackGroup())
+        self.create_timer(1.0 / p["preview_fps"], self._play, callback_group=MutuallyExclusiveCallbackGroup())
         if p["mode"] == "auto":
-            self.create_timer(1.0 / p["schedule_rate"], self._auto_step, callback_group=work_group)
+            self.create_timer(1.0 / p["schedule_rate"], self._auto_step,
+                              callback_group=MutuallyExclusiveCallbackGroup())
+        self._beating = threading.Event()
+        self._beat_thread = threading.Thread(target=self._beat_loop, args=(1.0 / p["heartbeat_rate"],),
+                                             name="heartbeat", daemon=True)
+        self._beat_thread.start()
         self.get_logger().info(f"policy ready ({p['mode']} mode), tasks {self.policy.tasks}")
 
     # ---- setup --------------------------------------------------------------------------------------
@@ -142,35 +156,53 @@ class PolicyNode(Node):
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
 
-    def _on_views(self, msg: ProjectedViews) -> None:
-        self._views = msg
-
-    def _on_pose(self, msg: PoseStamped) -> None:
+    def _ee_state(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Latest end-effector position, rotation matrix and gripper opening; ValueError if missing/stale."""
+        pose, gripper = self.pose_in.take(), self.gripper_in.take()
+        if pose is None:
+            raise ValueError("no end-effector pose received yet")
+        msg, received = pose
+        age = time.time() - received
+        if age > self.params["max_observation_age"]:
+            raise ValueError(f"end-effector pose is stale ({age:.2f} s old)")
         position, quaternion = pose_from_msg(msg.pose)
-        if np.isfinite(position).all() and np.isfinite(quaternion).all() and np.linalg.norm(quaternion) > 0:
-            rotation = quaternion_to_matrix(quaternion / np.linalg.norm(quaternion))
-            self._ee = (self._now(), position, rotation)
+        finite = np.isfinite(position).all() and np.isfinite(quaternion).all()
+        if not (finite and np.linalg.norm(quaternion) > 0):
+            raise ValueError("end-effector pose is not finite")
+        rotation = quaternion_to_matrix(quaternion / np.linalg.norm(quaternion))
+        opening = 1.0
+        if gripper is not None:
+            width = sum(gripper[0].position)
+            opening = float(np.clip(width / self.params["gripper_open_width"], 0.0, 1.0))
+        return position, rotation, opening
 
-    def _on_gripper(self, msg: JointState) -> None:
-        self._gripper = float(np.clip(sum(msg.position) / self.params["gripper_open_width"], 0.0, 1.0))
+    def _beat_loop(self, period: float) -> None:
+        """The heartbeat thread: one Header per period until the node is destroyed."""
+        while not self._beating.wait(period):
+            try:
+                self.heartbeat_pub.publish(Header(stamp=self.get_clock().now().to_msg(),
+                                                  frame_id=self.get_name()))
+            except Exception as err:  # noqa: BLE001 - shutting down: the context or publisher is gone
+                self.get_logger().info(f"heartbeat stopped: {err!r}")
+                return
 
-    def _beat(self) -> None:
-        self.heartbeat_pub.publish(Header(stamp=self.get_clock().now().to_msg(), frame_id=self.get_name()))
+    def destroy_node(self) -> None:
+        self._beating.set()
+        self._beat_thread.join(timeout=1.0)
+        super().destroy_node()
 
     # ---- prediction ---------------------------------------------------------------------------------
     def observation(self, task: str) -> Observation:
         """The latest observation; ValueError naming what is missing or stale."""
         now, max_age = self._now(), self.params["max_observation_age"]
-        views, ee = self._views, self._ee
-        if views is None:
+        latest = self.views_in.take()
+        if latest is None:
             raise ValueError("no views received yet")
-        if ee is None:
-            raise ValueError("no end-effector pose received yet")
+        views = latest[0]
+        position, rotation, gripper = self._ee_state()
         stamp = stamp_to_sec(views.header.stamp)
         if now - stamp > max_age:
             raise ValueError(f"views are stale ({now - stamp:.2f} s old > {max_age} s)")
-        if now - ee[0] > max_age:
-            raise ValueError(f"end-effector pose is stale ({now - ee[0]:.2f} s old)")
         center = np.array([views.workspace_center.x, views.workspace_center.y, views.workspace_center.z])
         if not (np.allclose(center, self.workspace.center, atol=1e-6)
                 and abs(views.workspace_edge - self.workspace.edge) < 1e-6):
@@ -184,11 +216,19 @@ class PolicyNode(Node):
         if rgb_t.shape[-1] != size:
             rgb_t = F.interpolate(rgb_t, size=(size, size), mode="area").clamp(0, 1)
         task = task or self.params["task"] or self.policy.tasks[0]
-        return Observation(rgb_t, ee[1], ee[2], self._gripper, stamp, task)
+        return Observation(rgb_t, position, rotation, gripper, stamp, task)
 
     def predict(self, task: str, num_steps: int, return_video: bool) -> tuple[PolicyOutput, Observation]:
         obs = self.observation(task)
         return self.predict_from(obs, num_steps, return_video), obs
+
+    def check_request(self, task: str, num_steps: int) -> None:
+        """ValueError with a clear message for a request the node must not serve."""
+        limit = self.params["max_denoising_steps"]
+        if not 0 <= num_steps <= limit:
+            raise ValueError(f"num_steps {num_steps} outside [0, max_denoising_steps {limit}] (0 = default)")
+        if task and task not in self.policy.tasks:
+            raise ValueError(f"unknown task {task[:64]!r}; known: {self.policy.tasks}")
 
     def predict_from(self, obs: Observation, num_steps: int, return_video: bool) -> PolicyOutput:
         steps = num_steps or self.params["num_steps"] or None
@@ -200,13 +240,19 @@ class PolicyNode(Node):
 
     def _on_preview(self, request: Preview.Request, response: Preview.Response) -> Preview.Response:
         start = time.perf_counter()
+        if not self._lock.acquire(blocking=False):
+            response.success, response.message = False, "preview refused: a prediction is already running"
+            self.get_logger().warning(response.message)
+            return response
         try:
-            with self._lock:
-                output, obs = self.predict(request.task, int(request.num_steps), return_video=True)
+            self.check_request(request.task, int(request.num_steps))
+            output, obs = self.predict(request.task, int(request.num_steps), return_video=True)
         except (ValueError, KeyError) as err:
             response.success, response.message = False, f"preview refused: {err}"
             self.get_logger().warning(response.message)
             return response
+        finally:
+            self._lock.release()
         chunk = output.chunk
         self.chunk_pub.publish(chunk_to_msg(chunk, self.params["base_frame"], "pending"))
         self._publish_markers(output)
@@ -224,6 +270,10 @@ class PolicyNode(Node):
 
     def _auto_step(self) -> None:
         """Auto mode: predict from the freshest observation when the scheduler says so; publish if fresh."""
+        if self.chunk_pub.get_subscription_count() == 0:  # a chunk published now would be lost
+            self.get_logger().warning("auto prediction waits: no executor subscribed to chunks",
+                                      throttle_duration_sec=2.0)
+            return
         if not self.scheduler.should_request(self._now()):
             return
         try:
@@ -231,14 +281,17 @@ class PolicyNode(Node):
         except ValueError as err:
             self.get_logger().warning(f"auto prediction waits: {err}", throttle_duration_sec=2.0)
             return
+        if not self._lock.acquire(blocking=False):
+            return  # a preview is running; ask again at the next step
         request = self.scheduler.start_request(self._now(), obs.stamp)
         try:
-            with self._lock:
-                output = self.predict_from(obs, 0, return_video=False)
+            output = self.predict_from(obs, 0, return_video=False)
         except (ValueError, KeyError) as err:
             self.scheduler.finish_request(request.request_id, self._now())
             self.get_logger().warning(f"auto prediction failed: {err}", throttle_duration_sec=2.0)
             return
+        finally:
+            self._lock.release()
         chunk = output.chunk
         decision = self.scheduler.finish_request(request.request_id, self._now(), chunk.stamp)
         if not decision.accepted:

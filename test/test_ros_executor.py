@@ -154,7 +154,7 @@ def test_stop_holds_the_current_pose(robot: Robot) -> None:
 
 
 def test_lost_heartbeat_holds_within_timeout_plus_one_period(robot: Robot) -> None:
-    robot.send_chunk(10, dx=0.02, steps=40)
+    robot.send_chunk(10, dx=0.01, steps=40)  # inside the workspace cube: chunks reaching out are rejected
     robot.spin_until(lambda: False, 0.3)
     assert robot.call(robot.execute, Execute.Request(chunk_id=10, approve=True)).success
     assert robot.spin_until(lambda: robot.states[-1][1].startswith("executing"), 2.0)

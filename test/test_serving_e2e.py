@@ -97,7 +97,7 @@ class Watcher(Node):
 
 
 @pytest.fixture(scope="module")
-def graph(tmp_path_factory):
+def graph(tmp_path_factory, env_load):
     tmp = tmp_path_factory.mktemp("serving_e2e")
     config = MVVDPConfig.tiny(control_period=CONTROL_PERIOD, num_inference_steps=1)
     save_checkpoint(build_model_parts(config, seed=0, tasks=["default"]), config, tmp / "checkpoint")
@@ -107,7 +107,8 @@ def graph(tmp_path_factory):
         "perception": {"resolution": 64, "max_age": 2.0, "camera_timeout": 3.0, "use_tf": False},
         "policy": {"seed": 0, "max_observation_age": 4.0, "max_chunk_age": MAX_AGE, "initial_latency": 3.0},
         "executor": {"workspace_lower": BOX_LOWER.tolist(), "workspace_upper": BOX_UPPER.tolist(),
-                     "heartbeat_timeout": 1.0, "ee_timeout": 0.5, "max_chunk_age": MAX_AGE,
+                     "ee_timeout": 0.5, "max_chunk_age": MAX_AGE,
+                     "min_step_confidence": 0.0,  # a random model's heatmaps have no peak: confidence 0
                      "blend_overlap": 1.0, "settle_time": 2.0},
     }  # fmt: skip
     specs = build_graph(sim=True, mode="auto", checkpoint=str(tmp / "checkpoint"), overrides=overrides)

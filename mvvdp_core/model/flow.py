@@ -73,10 +73,22 @@ def impose_condition(
     return out
 
 
+# More Euler steps than the 1000 training timesteps resolve nothing further; a request for more is a mistake
+# (1e9 steps would allocate gigabytes here before the first model call).
+MAX_INFERENCE_STEPS = 1000
+
+
+def check_num_steps(num_steps: int) -> int:
+    """num_steps as an int in [1, MAX_INFERENCE_STEPS]; ValueError otherwise."""
+    whole = not isinstance(num_steps, bool) and int(num_steps) == num_steps
+    if not whole or not 1 <= num_steps <= MAX_INFERENCE_STEPS:
+        raise ValueError(f"num_steps must be an integer in [1, {MAX_INFERENCE_STEPS}], got {num_steps!r}")
+    return int(num_steps)
+
+
 def inference_sigmas(num_steps: int, shift: float) -> torch.Tensor:
     """(num_steps + 1,) decreasing noise levels from 1 to 0."""
-    if int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    num_steps = check_num_steps(num_steps)
     return shift_sigmas(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), shift)
 
 
