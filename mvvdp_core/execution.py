@@ -182,13 +182,11 @@ def _splice(chunk: TimedChunk, continuation: Continuation) -> TimedChunk:
 
 
 class ChunkExecutor:
-    # Stop latch and fault counters (class defaults, set per instance by the methods below).
-    stopped: bool = False
-    rejected_chunks: int = 0
-    dropped_while_stopped: int = 0
-
     def __init__(self, config: ExecutorConfig | None = None, limits: SafetyLimits | None = None) -> None:
         self.config = config or ExecutorConfig()
+        self.stopped = False  # latched by stop(), cleared by resume() or an approval in preview mode
+        self.rejected_chunks = 0
+        self.dropped_while_stopped = 0
         self.safety = SafetyFilter(limits)
         self.pending: dict[int, TimedChunk] = {}
         self.running: TimedChunk | None = None
