@@ -28,7 +28,7 @@ import torch
 
 from mvvdp_core.geometry.workspace import VIEW_ROTATIONS, Workspace
 
-PEAKS_PER_VIEW = 4  # local maxima per view combined into candidates (pairs of views: 3 x 4 x 4 per frame)
+PEAKS_PER_VIEW = 4  # local maxima per view combined into candidates (ordered view pairs: 6 x 4 x 4 per frame)
 FINE_REACH = 2  # voxels searched around each candidate at full resolution, per axis and direction
 MAX_OFFSET = 1.5  # largest sub-pixel offset of a log-parabola vertex, pixels
 MODEL_CAP = 1.5  # largest fitted peak of a max-normalised map (a peak between pixels exceeds them all)
@@ -110,22 +110,23 @@ def _view_peaks(support: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def _candidates(support: torch.Tensor, axes: list[_ViewAxes]) -> torch.Tensor:
-    """(T, K, 3) voxels combining the peaks of every pair of views (any two views see all three axes)."""
+    """(T, K, 3) voxels combining the peaks of every ordered pair of views (two views see all three axes).
+
+    The first view of a pair gives both its axes, the second the axis the first does not see; an axis that
+    neither sees (fewer than three views) is the middle of the cube.
+    """
     frames, res = support.shape[0], support.shape[-1]
-    peaks = _view_peaks(support, PEAKS_PER_VIEW)
+    peaks = _view_peaks(support, PEAKS_PER_VIEW)  # (T, V, M, 2)
     count = peaks.shape[2]
-    pairs = list(itertools.combinations(range(len(axes)), 2)) or [(0, 0)]
+    pairs = list(itertools.permutations(range(len(axes)), 2)) or [(0, 0)]
     combined = []
     for v, w in pairs:
-        total = torch.zeros(frames, count, count, 3, dtype=torch.float32, device=support.device)
-        seen = torch.zeros(3, dtype=torch.float32, device=support.device)
-        for view, expand in ((v, (slice(None), slice(None), None)), (w, (slice(None), None, slice(None)))):
+        voxel = torch.full((frames, count, count, 3), res // 2, dtype=torch.long, device=support.device)
+        for view, expand in ((w, (slice(None), None, slice(None))), (v, (slice(None), slice(None), None))):
             ax = axes[view]
-            for k, axis in enumerate((ax.first, ax.second)):
-                total[..., axis] += peaks[:, view, :, k][expand].float()
-                seen[axis] += 1
-        centre = torch.full_like(total, (res - 1) / 2)
-        combined.append(torch.where(seen > 0, total / seen.clamp_min(1), centre).round().long().flatten(1, 2))
+            voxel[..., ax.first] = peaks[:, view, :, 0][expand]
+            voxel[..., ax.second] = peaks[:, view, :, 1][expand]
+        combined.append(voxel.flatten(1, 2))
     return torch.cat(combined, dim=1)
 
 
@@ -148,14 +149,16 @@ def _fine_voxels(support: torch.Tensor, axes: list[_ViewAxes], centres: torch.Te
 
 
 def _log_quadratic(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Slope and curvature of the parabola through the logs of samples at -1, 0, +1, and its vertex offset."""
+    """Parabola through the logs of samples at -1, 0, +1: slope, curvature, vertex offset, and whether it
+    models a peak (all samples positive, concave, vertex within MAX_OFFSET)."""
     tiny = torch.finfo(centre.dtype).tiny
     la, lb, lc = (x.clamp_min(tiny).log() for x in (left, centre, right))
     slope = 0.5 * (lc - la)
     curvature = 0.5 * (la + lc) - lb
     peaked = curvature < 0
     offset = torch.where(peaked, -slope / torch.where(peaked, 2 * curvature, -1.0), 0.0)
-    return slope, curvature, offset.clamp(-MAX_OFFSET, MAX_OFFSET)
+    models_peak = peaked & (left > 0) & (centre > 0) & (right > 0) & (offset.abs() <= MAX_OFFSET)
+    return slope, curvature, offset.clamp(-MAX_OFFSET, MAX_OFFSET), models_peak
 
 
 def _bilinear(plane: torch.Tensor, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -211,7 +214,7 @@ def _refine(
         log_model = centre.clamp_min(torch.finfo(dtype).tiny).log()
         log_model = log_model + fit_i[0] * di + fit_i[1] * di * di + fit_j[0] * dj + fit_j[1] * dj * dj
         model = log_model.exp().clamp(max=MODEL_CAP)
-        holds = (fit_i[1] < 0) & (fit_j[1] < 0) & (di.abs() <= MAX_OFFSET) & (dj.abs() <= MAX_OFFSET)
+        holds = fit_i[3] & fit_j[3] & (di.abs() <= MAX_OFFSET) & (dj.abs() <= MAX_OFFSET)
         value = torch.where(holds, model, _bilinear(plane, point[..., ax.first], point[..., ax.second]))
         scale = 1 - background[:, v, None]
         values.append(
