@@ -24,6 +24,7 @@ from mvvdp_core.geometry.workspace import Workspace
 EMPTY_KEY = 0x7FFF_FFFF_FFFF_FFFF
 LOW_MASK = 0xFFFF_FFFF
 MAX_POINTS = 2**31 - 1
+POINT_CHUNK = 1 << 16  # points per pass of the z-ordering: temporaries of a few MB stay in cache
 
 
 @dataclass
@@ -73,21 +74,57 @@ def prepare_inputs(
     return points.contiguous(), colors.to(device=points.device, dtype=torch.float32).contiguous()
 
 
-def view_pixels(points: torch.Tensor, workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+def _axis_terms(
+    column: torch.Tensor, sign: float, resolution: int, edge: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel index (int64, clamped to the image) and depth along a signed base axis, from one column (N,)
+    of unit coordinates.
+
+    The same float32 operations as Workspace.to_view for a view row that is +-(this axis): the rotation's
+    other entries are zeros, so its sum reduces exactly to sign * unit. Clamping before the integer
+    conversion equals floor-then-clamp (truncation is the floor of a non-negative value).
+    """
+    cam = (column * sign if sign < 0 else column) + 0.5
+    pixel = (cam * float(resolution)).clamp_(0, resolution - 1).to(torch.int64)
+    depth = cam.mul_(float(edge)).clamp_(0.0, edge).add_(0.0)  # adding +0.0 turns -0.0 into +0.0
+    return pixel, depth
+
+
+def view_pixels(
+    points: torch.Tensor, workspace: Workspace, outside: int = -1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat pixel index into (V, H, W) images and depth per (view, point), both (V, N).
 
-    Points outside the cube get index -1. Depth is float32, clamped to >= +0.0 (never -0.0).
+    Points outside the cube get index `outside` (-1 unless a caller reserves a slot for them). Depth is
+    float32, clamped to >= +0.0 (never -0.0). Equal to Workspace.to_view's column, row and depth and to
+    Workspace.contains, computed per signed base axis (views share them) on contiguous columns.
     """
     res = workspace.resolution
-    coords = workspace.to_view(points).permute(1, 0, 2)  # (V, N, 3): column, row, depth
-    inside = workspace.contains(points)
-    col = coords[..., 0].floor().clamp(0, res - 1).to(torch.int64)
-    row = coords[..., 1].floor().clamp(0, res - 1).to(torch.int64)
-    views = torch.arange(coords.shape[0], device=points.device).unsqueeze(1)
-    flat = (views * res + row) * res + col
-    flat = torch.where(inside.unsqueeze(0), flat, torch.full_like(flat, -1))
-    depth = coords[..., 2].clamp(0.0, workspace.edge) + 0.0  # adding +0.0 turns -0.0 into +0.0
-    return flat, depth.to(torch.float32).contiguous()
+    columns = points.to(torch.float32).T.contiguous()  # (3, N)
+    lower = torch.as_tensor(workspace.lower, dtype=torch.float32).tolist()
+    upper = torch.as_tensor(workspace.upper, dtype=torch.float32).tolist()
+    center = torch.as_tensor(workspace.center, dtype=torch.float32).tolist()
+    outside_cube = torch.zeros(columns.shape[1], dtype=torch.bool, device=columns.device)
+    for axis in range(3):
+        outside_cube |= columns[axis] < lower[axis]
+        outside_cube |= columns[axis] > upper[axis]
+    cache: dict[tuple[int, float], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def terms(row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        axis = int(row.abs().argmax())
+        key = (axis, float(row[axis]))
+        if key not in cache:
+            unit = (columns[axis] - center[axis]) / workspace.edge
+            cache[key] = _axis_terms(unit, key[1], res, workspace.edge)
+        return cache[key]
+
+    flat = torch.empty(len(workspace.views), columns.shape[1], dtype=torch.int64, device=columns.device)
+    depth = torch.empty(len(workspace.views), columns.shape[1], dtype=torch.float32, device=columns.device)
+    for v, (right, down, forward) in enumerate(workspace.view_rotations()):
+        torch.add(terms(right)[0], terms(down)[0], alpha=res, out=flat[v])
+        flat[v].add_(v * res * res).masked_fill_(outside_cube, outside)
+        depth[v] = terms(forward)[1]
+    return flat, depth
 
 
 def pack_keys(depth: torch.Tensor, point_index: torch.Tensor) -> torch.Tensor:
@@ -96,14 +133,31 @@ def pack_keys(depth: torch.Tensor, point_index: torch.Tensor) -> torch.Tensor:
     return (depth_bits << 32) | point_index.to(torch.int64)
 
 
-def zorder_keys(flat: torch.Tensor, depth: torch.Tensor, num_pixels: int) -> torch.Tensor:
-    """Minimum key per pixel of the points landing on it, EMPTY_KEY where none does; shape (num_pixels,)."""
-    num_points = flat.shape[1]
-    point_index = torch.arange(num_points, device=flat.device).expand_as(flat)
-    keys = pack_keys(depth, point_index)
-    valid = flat >= 0
-    image = torch.full((num_pixels,), EMPTY_KEY, dtype=torch.int64, device=flat.device)
-    return image.scatter_reduce(0, flat[valid], keys[valid], reduce="amin", include_self=True)
+def zorder_keys(points: torch.Tensor, workspace: Workspace) -> torch.Tensor:
+    """Minimum key per pixel of the points landing on it, EMPTY_KEY where none does; shape (V, H, W).
+
+    Points go through view_pixels in chunks of POINT_CHUNK, so the temporaries stay in cache and the cost is
+    linear in the number of points. On the CPU the per-pixel minimum is numpy's minimum.at, elsewhere torch's
+    scatter_reduce; points outside the cube land on a discarded extra pixel.
+    """
+    num_views, res = len(workspace.views), workspace.resolution
+    num_pixels = num_views * res * res
+    on_cpu = points.device.type == "cpu"
+    if on_cpu:
+        image = torch.from_numpy(np.full(num_pixels + 1, EMPTY_KEY, dtype=np.int64))
+    else:
+        image = torch.full((num_pixels + 1,), EMPTY_KEY, dtype=torch.int64, device=points.device)
+    for start in range(0, points.shape[0], POINT_CHUNK):
+        chunk = points[start : start + POINT_CHUNK]
+        flat, depth = view_pixels(chunk, workspace, outside=num_pixels)
+        point_index = torch.arange(start, start + chunk.shape[0], device=points.device)
+        for v in range(num_views):
+            keys = pack_keys(depth[v], point_index)
+            if on_cpu:
+                np.minimum.at(image.numpy(), flat[v].numpy(), keys.numpy())
+            else:
+                image.scatter_reduce_(0, flat[v], keys, reduce="amin", include_self=True)
+    return image[:num_pixels].view(num_views, res, res)
 
 
 def splat_offsets(reach: int, max_d2: int) -> list[tuple[int, list[tuple[int, int]]]]:
@@ -164,11 +218,7 @@ def project_views_torch(
     """Reference projection in vectorised torch (CPU or CUDA tensors). Points outside the cube are ignored."""
     points, colors = prepare_inputs(points, colors)
     reach, max_d2 = splat_extent(splat_radius, workspace)
-    res = workspace.resolution
-    num_views = len(workspace.views)
-    flat, depth = view_pixels(points, workspace)
-    keys = zorder_keys(flat, depth, num_views * res * res).view(num_views, res, res)
-    return unpack_keys(splat_keys(keys, reach, max_d2), colors)
+    return unpack_keys(splat_keys(zorder_keys(points, workspace), reach, max_d2), colors)
 
 
 def project_views(
