@@ -69,7 +69,7 @@ def prepare_inputs(
     elif not colors.is_floating_point():
         raise ValueError(f"colors must be uint8 or floating point, got {colors.dtype}")
     points = points.to(torch.float32)
-    if not torch.isfinite(points).all():
+    if not bool(torch.isfinite(torch.stack(torch.aminmax(points))).all()):  # NaN and inf reach min or max
         raise ValueError("points contain NaN or infinite coordinates")
     return points.contiguous(), colors.to(device=points.device, dtype=torch.float32).contiguous()
 
