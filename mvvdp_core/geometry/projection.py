@@ -24,7 +24,9 @@ from mvvdp_core.geometry.workspace import Workspace
 EMPTY_KEY = 0x7FFF_FFFF_FFFF_FFFF
 LOW_MASK = 0xFFFF_FFFF
 MAX_POINTS = 2**31 - 1
-POINT_CHUNK = 1 << 16  # points per pass of the z-ordering: temporaries of a few MB stay in cache
+POINT_CHUNK = 32_000  # points per pass of the z-ordering: temporaries stay in cache, and below torch's
+# intra-op grain size (32768 elements) element-wise ops run on the calling thread: no stalls on busy cores
+IMAGE_BLOCK = 16_384  # pixels per block of the splatting and unpacking, for the same reason
 
 
 @dataclass
@@ -69,8 +71,9 @@ def prepare_inputs(
     elif not colors.is_floating_point():
         raise ValueError(f"colors must be uint8 or floating point, got {colors.dtype}")
     points = points.to(torch.float32)
-    if not bool(torch.isfinite(torch.stack(torch.aminmax(points))).all()):  # NaN and inf reach min or max
-        raise ValueError("points contain NaN or infinite coordinates")
+    for chunk in points.split(POINT_CHUNK // 3):  # serial-sized; NaN and inf reach the minimum or maximum
+        if not bool(torch.isfinite(torch.stack(torch.aminmax(chunk))).all()):
+            raise ValueError("points contain NaN or infinite coordinates")
     return points.contiguous(), colors.to(device=points.device, dtype=torch.float32).contiguous()
 
 
@@ -171,8 +174,17 @@ def splat_offsets(reach: int, max_d2: int) -> list[tuple[int, list[tuple[int, in
     return sorted(groups.items())
 
 
+def _row_blocks(num_views: int, height: int, width: int, elements: int) -> list[tuple[int, slice]]:
+    """(view, rows) blocks of at most `elements` pixels (at least one row) covering (V, H, W) images."""
+    rows = max(1, elements // width)
+    return [(v, slice(r, min(r + rows, height))) for v in range(num_views) for r in range(0, height, rows)]
+
+
 def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
-    """Screen-space splatting on a (V, H, W) key image; returns a new key image."""
+    """Screen-space splatting on a (V, H, W) key image; returns a new key image.
+
+    Works through blocks of rows small enough for torch to run each operation on the calling thread.
+    """
     if max_d2 == 0:
         return keys
     num_views, height, width = keys.shape
@@ -181,32 +193,44 @@ def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
     )
     padded[:, reach : reach + height, reach : reach + width] = keys
     padded_depth_bits = padded >> 32
-    own_depth_bits = keys >> 32
-    empty = torch.full_like(keys, EMPTY_KEY)
-    result = keys.clone()
-    found = torch.zeros_like(keys, dtype=torch.bool)
-    ring_best = torch.empty_like(keys)
-    for _, offsets in splat_offsets(reach, max_d2):
-        ring_best.fill_(EMPTY_KEY)
-        for dy, dx in offsets:
-            rows, cols = slice(reach + dy, reach + dy + height), slice(reach + dx, reach + dx + width)
-            nearer = padded_depth_bits[:, rows, cols] < own_depth_bits
-            torch.minimum(ring_best, torch.where(nearer, padded[:, rows, cols], empty), out=ring_best)
-        take = ~found & (ring_best != EMPTY_KEY)
-        result = torch.where(take, ring_best, result)
-        found |= take
+    result = torch.empty_like(keys)
+    groups = splat_offsets(reach, max_d2)
+    for v, rows in _row_blocks(num_views, height, width, IMAGE_BLOCK):
+        own = keys[v, rows]
+        own_depth_bits = own >> 32
+        empty = torch.full_like(own, EMPTY_KEY)
+        block = own.clone()
+        found = torch.zeros_like(own, dtype=torch.bool)
+        ring_best = torch.empty_like(own)
+        for _, offsets in groups:
+            ring_best.fill_(EMPTY_KEY)
+            for dy, dx in offsets:
+                near_rows = slice(reach + dy + rows.start, reach + dy + rows.stop)
+                near = (v, near_rows, slice(reach + dx, reach + dx + width))
+                nearer = padded_depth_bits[near] < own_depth_bits
+                torch.minimum(ring_best, torch.where(nearer, padded[near], empty), out=ring_best)
+            take = ~found & (ring_best != EMPTY_KEY)
+            block = torch.where(take, ring_best, block)
+            found |= take
+        result[v, rows] = block
     return result
 
 
 def unpack_keys(keys: torch.Tensor, colors: torch.Tensor) -> ProjectedViews:
-    """Key image (V, H, W) -> ProjectedViews with colours (N, C) looked up by point index."""
-    empty = keys == EMPTY_KEY
-    depth = (keys >> 32).to(torch.int32).view(torch.float32)
-    depth = torch.where(empty, torch.full_like(depth, math.inf), depth)
-    index = torch.where(empty, torch.zeros_like(keys), keys & LOW_MASK)
-    rgb = colors[index]  # (V, H, W, C)
-    rgb = torch.where(empty.unsqueeze(-1), torch.zeros_like(rgb), rgb)
-    return ProjectedViews(rgb=rgb.permute(0, 3, 1, 2).contiguous(), depth=depth.contiguous())
+    """Key image (V, H, W) -> ProjectedViews with colours (N, C) looked up by point index (in row blocks)."""
+    num_views, height, width = keys.shape
+    rgb = torch.empty(num_views, colors.shape[1], height, width, dtype=colors.dtype, device=keys.device)
+    depth = torch.empty(num_views, height, width, dtype=torch.float32, device=keys.device)
+    for v, rows in _row_blocks(num_views, height, width, IMAGE_BLOCK // max(1, colors.shape[1])):
+        block = keys[v, rows]
+        empty = block == EMPTY_KEY
+        block_depth = (block >> 32).to(torch.int32).view(torch.float32)
+        depth[v, rows] = torch.where(empty, math.inf, block_depth)
+        index = torch.where(empty, 0, block & LOW_MASK)
+        features = colors.index_select(0, index.flatten()).view(*index.shape, -1)  # (rows, W, C)
+        features = torch.where(empty.unsqueeze(-1), 0.0, features)
+        rgb[v, :, rows] = features.permute(2, 0, 1)
+    return ProjectedViews(rgb=rgb, depth=depth)
 
 
 def project_views_torch(
