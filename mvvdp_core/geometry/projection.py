@@ -7,7 +7,11 @@ pixel k within the splat radius whose depth is strictly smaller (ties: smaller k
 smaller point index). It reads only the z-ordered key image, so a farther surface never covers a nearer one.
 Keys are finally unpacked into feature and depth images.
 
-The CUDA kernel (cuda/) implements the same three steps on the same keys; this module is the reference.
+The CUDA kernel (cuda/) implements the same three steps on the same keys; this module is the reference and
+the CPU path. Pixels and depths are computed once per signed base axis (views share them) and points are
+z-ordered in cache-sized chunks (numpy's minimum.at on the CPU), so the cost is linear in the number of
+points; every CPU step works on blocks below torch's parallel grain size, so it never waits on a thread of a
+busy core.
 """
 
 from __future__ import annotations
