@@ -132,3 +132,42 @@ def test_other_resolutions(resolution):
     error = (result.positions.double() - points).norm(dim=-1)
     assert float(error.max()) < 0.1 * workspace.pixel_size
     assert math.isclose(float(result.confidence.min()), 1.0, abs_tol=0.01)
+
+
+def test_a_flat_top_counts_as_one_local_maximum():
+    from mvvdp_core.geometry.backproject import _local_maxima
+
+    images = torch.zeros(1, 6, 6)
+    images[0, 1:3, 1:4] = 1.0  # saturated 2 x 3 plateau
+    images[0, 5, 5] = 0.5
+    expected = torch.zeros(1, 6, 6, dtype=torch.bool)
+    expected[0, 1, 1] = expected[0, 5, 5] = True
+    assert torch.equal(_local_maxima(images), expected)
+
+
+def test_saturated_blobs_do_not_hide_the_true_point():
+    # Every view clips its heatmap at 30 % of the peak (a saturated video frame): each blob is a plateau of
+    # about 15 pixels. Four strong decoys lie in the top view only; the true point is the only one all
+    # three views share.
+    point = torch.tensor([0.42, 0.13, 0.52])
+    maps = ee_heatmaps(point, WS).unsqueeze(0).clone()
+    for decoy in ([0.2, -0.3, 0.4], [0.7, 0.3, 0.4], [0.3, 0.35, 0.4], [0.8, -0.2, 0.4]):
+        maps[0, 0] += ee_heatmaps(torch.tensor(decoy), WS)[0]
+    maps = maps.clamp(max=0.3 * maps.amax(dim=(-2, -1), keepdim=True))
+    result = backproject_heatmaps(maps, WS)
+    # A plateau has no sub-pixel peak: the pick is one of its pixels (within 2.5 px of the true point).
+    assert float((result.positions[0] - point).norm()) < 2.5 * WS.pixel_size
+    assert result.confidence.item() > 0.9
+
+
+def test_points_on_faces_and_edges_of_the_cube():
+    # Peaks on the border pixels' outer edges are fitted around the next pixel inward, 1.5 px away.
+    generator = torch.Generator().manual_seed(1)
+    points = random_points(generator, 90)
+    lower, upper = torch.tensor(WS.lower), torch.tensor(WS.upper)
+    for k in range(len(points)):
+        for axis in {k % 3, (k // 3) % 3}:
+            points[k, axis] = lower[axis] if (k + axis) % 2 else upper[axis]
+    result = backproject_heatmaps(ee_heatmaps(points.float(), WS), WS)
+    assert float((result.positions.double() - points).norm(dim=-1).max()) < 0.0005
+    assert float(result.confidence.min()) > 0.99

@@ -25,12 +25,16 @@ import itertools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from mvvdp_core.geometry.workspace import VIEW_ROTATIONS, Workspace
 
 PEAKS_PER_VIEW = 4  # local maxima per view combined into candidates (ordered view pairs: 6 x 4 x 4 per frame)
 FINE_REACH = 2  # voxels searched around each candidate at full resolution, per axis and direction
-MAX_OFFSET = 1.5  # largest sub-pixel offset of a log-parabola vertex, pixels
+# Largest sub-pixel offset of a log-parabola vertex, pixels: a peak on the cube's face, fitted around the
+# pixel next to the border pixel, is 1.5 away.
+MAX_OFFSET = 1.5
+MODEL_REACH = MAX_OFFSET + 1e-3  # the fitted peak model is used this far from its centre (rounding slack)
 MODEL_CAP = 1.5  # largest fitted peak of a max-normalised map (a peak between pixels exceeds them all)
 BACKGROUND_SAMPLES = 64  # per image axis: the background is the median of a grid of this many pixels squared
 MIN_SUPPORT = 0.05  # a view takes part in an axis estimate and the spread only above this support
@@ -88,23 +92,27 @@ def _broadcast(plane: torch.Tensor, ax: _ViewAxes) -> torch.Tensor:
     return plane.unsqueeze(plane.ndim - 2 + ax.forward)
 
 
-def _neighbourhood_max(images: torch.Tensor) -> torch.Tensor:
-    """Maximum over the 3x3 neighbourhood of every pixel of images (..., H, W), one axis at a time."""
-    result = images
-    for dim in (-2, -1):
-        out, inner = result.clone(), result.shape[dim] - 1
-        after, before = out.narrow(dim, 1, inner), out.narrow(dim, 0, inner)
-        torch.maximum(after, result.narrow(dim, 0, inner), out=after)
-        torch.maximum(before, result.narrow(dim, 1, inner), out=before)
-        result = out
-    return result
+def _local_maxima(images: torch.Tensor) -> torch.Tensor:
+    """Mask of the local maxima of images (..., H, W) over the 3x3 neighbourhood, one pixel per plateau.
+
+    A pixel must exceed its neighbours before it in raster order and equal or exceed those after it, so a
+    flat top (saturated blob) yields one candidate, not several that would crowd out other blobs.
+    """
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (1, 1, 1, 1), value=-1.0)  # below every value (maps are >= 0)
+    local = torch.ones_like(images, dtype=torch.bool)
+    for dy, dx in itertools.product((-1, 0, 1), repeat=2):
+        if dy == dx == 0:
+            continue
+        neighbour = padded[..., 1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+        local &= images > neighbour if (dy, dx) < (0, 0) else images >= neighbour
+    return local
 
 
 def _view_peaks(support: torch.Tensor, count: int) -> torch.Tensor:
     """(T, V, M, 2) plane indices of each view's M highest local maxima (3x3, full resolution)."""
     frames, num_views, res = support.shape[0], support.shape[1], support.shape[-1]
-    local = support == _neighbourhood_max(support)
-    ranked = (support * local).view(frames, num_views, res * res)
+    ranked = (support * _local_maxima(support)).view(frames, num_views, res * res)
     best = ranked.topk(min(count, res * res), dim=2).indices
     return torch.stack(torch.unravel_index(best, (res, res)), dim=-1)
 
@@ -157,7 +165,7 @@ def _log_quadratic(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor
     curvature = 0.5 * (la + lc) - lb
     peaked = curvature < 0
     offset = torch.where(peaked, -slope / torch.where(peaked, 2 * curvature, -1.0), 0.0)
-    models_peak = peaked & (left > 0) & (centre > 0) & (right > 0) & (offset.abs() <= MAX_OFFSET)
+    models_peak = peaked & (left > 0) & (centre > 0) & (right > 0) & (offset.abs() <= MODEL_REACH)
     return slope, curvature, offset.clamp(-MAX_OFFSET, MAX_OFFSET), models_peak
 
 
@@ -214,7 +222,7 @@ def _refine(
         log_model = centre.clamp_min(torch.finfo(dtype).tiny).log()
         log_model = log_model + fit_i[0] * di + fit_i[1] * di * di + fit_j[0] * dj + fit_j[1] * dj * dj
         model = log_model.exp().clamp(max=MODEL_CAP)
-        holds = fit_i[3] & fit_j[3] & (di.abs() <= MAX_OFFSET) & (dj.abs() <= MAX_OFFSET)
+        holds = fit_i[3] & fit_j[3] & (di.abs() <= MODEL_REACH) & (dj.abs() <= MODEL_REACH)
         value = torch.where(holds, model, _bilinear(plane, point[..., ax.first], point[..., ax.second]))
         scale = 1 - background[:, v, None]
         values.append(
