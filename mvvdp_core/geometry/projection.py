@@ -75,7 +75,8 @@ def prepare_inputs(
     elif not colors.is_floating_point():
         raise ValueError(f"colors must be uint8 or floating point, got {colors.dtype}")
     points = points.to(torch.float32)
-    for chunk in points.split(POINT_CHUNK // 3):  # serial-sized; NaN and inf reach the minimum or maximum
+    step = POINT_CHUNK // 3 if points.device.type == "cpu" else max(1, points.shape[0])
+    for chunk in points.split(step):  # NaN and inf reach the minimum or the maximum
         if not bool(torch.isfinite(torch.stack(torch.aminmax(chunk))).all()):
             raise ValueError("points contain NaN or infinite coordinates")
     return points.contiguous(), colors.to(device=points.device, dtype=torch.float32).contiguous()
@@ -143,9 +144,9 @@ def pack_keys(depth: torch.Tensor, point_index: torch.Tensor) -> torch.Tensor:
 def zorder_keys(points: torch.Tensor, workspace: Workspace) -> torch.Tensor:
     """Minimum key per pixel of the points landing on it, EMPTY_KEY where none does; shape (V, H, W).
 
-    Points go through view_pixels in chunks of POINT_CHUNK, so the temporaries stay in cache and the cost is
-    linear in the number of points. On the CPU the per-pixel minimum is numpy's minimum.at, elsewhere torch's
-    scatter_reduce; points outside the cube land on a discarded extra pixel.
+    On the CPU points go through view_pixels in chunks of POINT_CHUNK, so the temporaries stay in cache and
+    the cost is linear in the number of points, and the per-pixel minimum is numpy's minimum.at; elsewhere
+    one pass with torch's scatter_reduce. Points outside the cube land on a discarded extra pixel.
     """
     num_views, res = len(workspace.views), workspace.resolution
     num_pixels = num_views * res * res
@@ -154,8 +155,9 @@ def zorder_keys(points: torch.Tensor, workspace: Workspace) -> torch.Tensor:
         image = torch.from_numpy(np.full(num_pixels + 1, EMPTY_KEY, dtype=np.int64))
     else:
         image = torch.full((num_pixels + 1,), EMPTY_KEY, dtype=torch.int64, device=points.device)
-    for start in range(0, points.shape[0], POINT_CHUNK):
-        chunk = points[start : start + POINT_CHUNK]
+    step = POINT_CHUNK if on_cpu else max(1, points.shape[0])
+    for start in range(0, points.shape[0], step):
+        chunk = points[start : start + step]
         flat, depth = view_pixels(chunk, workspace, outside=num_pixels)
         point_index = torch.arange(start, start + chunk.shape[0], device=points.device)
         for v in range(num_views):
@@ -178,16 +180,19 @@ def splat_offsets(reach: int, max_d2: int) -> list[tuple[int, list[tuple[int, in
     return sorted(groups.items())
 
 
-def _row_blocks(num_views: int, height: int, width: int, elements: int) -> list[tuple[int, slice]]:
-    """(view, rows) blocks of at most `elements` pixels (at least one row) covering (V, H, W) images."""
-    rows = max(1, elements // width)
+def _row_blocks(images: torch.Tensor, elements: int) -> list[tuple[int, slice]]:
+    """(view, rows) blocks covering images (V, H, W, ...): on the CPU of at most `elements` pixels (at least
+    one row), elsewhere whole views."""
+    num_views, height, width = images.shape[:3]
+    rows = max(1, elements // width) if images.device.type == "cpu" else height
     return [(v, slice(r, min(r + rows, height))) for v in range(num_views) for r in range(0, height, rows)]
 
 
 def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
     """Screen-space splatting on a (V, H, W) key image; returns a new key image.
 
-    Works through blocks of rows small enough for torch to run each operation on the calling thread.
+    On the CPU it works through blocks of rows small enough for torch to run each operation on the calling
+    thread.
     """
     if max_d2 == 0:
         return keys
@@ -199,7 +204,7 @@ def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
     padded_depth_bits = padded >> 32
     result = torch.empty_like(keys)
     groups = splat_offsets(reach, max_d2)
-    for v, rows in _row_blocks(num_views, height, width, IMAGE_BLOCK):
+    for v, rows in _row_blocks(keys, IMAGE_BLOCK):
         own = keys[v, rows]
         own_depth_bits = own >> 32
         empty = torch.full_like(own, EMPTY_KEY)
@@ -225,7 +230,7 @@ def unpack_keys(keys: torch.Tensor, colors: torch.Tensor) -> ProjectedViews:
     num_views, height, width = keys.shape
     rgb = torch.empty(num_views, colors.shape[1], height, width, dtype=colors.dtype, device=keys.device)
     depth = torch.empty(num_views, height, width, dtype=torch.float32, device=keys.device)
-    for v, rows in _row_blocks(num_views, height, width, IMAGE_BLOCK // max(1, colors.shape[1])):
+    for v, rows in _row_blocks(keys, IMAGE_BLOCK // max(1, colors.shape[1])):
         block = keys[v, rows]
         empty = block == EMPTY_KEY
         block_depth = (block >> 32).to(torch.int32).view(torch.float32)
