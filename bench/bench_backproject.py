@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     for amplitude in AMPLITUDES:
         error = decoy_errors(workspace, args.cases, amplitude)
         right = error[error <= WRONG_M]
-        worst = f"{float(right.max()) * 1e3:.3f} mm" if len(right) else "-"
+        worst = f"{float(right.max()) * 1e3:.4f} mm" if len(right) else "-"
         print(
             f"  decoy {amplitude:.2f}x: {int((error > WRONG_M).sum())}/{len(error)} wrong, "
             f"right picks within {worst}"
