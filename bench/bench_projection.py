@@ -30,7 +30,8 @@ def project_numpy(points: np.ndarray, colors: np.ndarray, workspace: Workspace, 
     rgb = np.zeros((len(workspace.views), colors.shape[1], res, res), dtype=np.float32)
     depth = np.full((len(workspace.views), res, res), np.inf, dtype=np.float32)
     for v, name in enumerate(workspace.views):
-        cam = unit @ VIEW_ROTATIONS[name].T.astype(np.float32) + np.float32(0.5)
+        # einsum, not matmul: BLAS threads would stall on a busy machine and flatter the comparison
+        cam = np.einsum("ij,nj->ni", VIEW_ROTATIONS[name].astype(np.float32), unit) + np.float32(0.5)
         col = np.clip(np.floor(cam[:, 0] * np.float32(res)), 0, res - 1).astype(np.int64)
         row = np.clip(np.floor(cam[:, 1] * np.float32(res)), 0, res - 1).astype(np.int64)
         z = np.clip(cam[:, 2] * edge, np.float32(0), edge) + np.float32(0)

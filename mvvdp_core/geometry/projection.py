@@ -30,7 +30,7 @@ LOW_MASK = 0xFFFF_FFFF
 MAX_POINTS = 2**31 - 1
 POINT_CHUNK = 32_000  # points per pass of the z-ordering: temporaries stay in cache, and below torch's
 # intra-op grain size (32768 elements) element-wise ops run on the calling thread: no stalls on busy cores
-IMAGE_BLOCK = 16_384  # pixels per block of the splatting and unpacking, for the same reason
+IMAGE_BLOCK = 32_767  # pixels per block of the splatting and unpacking, for the same reason
 
 
 @dataclass
@@ -191,8 +191,10 @@ def _row_blocks(images: torch.Tensor, elements: int) -> list[tuple[int, slice]]:
 def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
     """Screen-space splatting on a (V, H, W) key image; returns a new key image.
 
-    On the CPU it works through blocks of rows small enough for torch to run each operation on the calling
-    thread.
+    Per ring of equal distance the smallest neighbouring key is taken when its depth is strictly smaller:
+    the smallest key of a ring is below `own depth << 32` exactly when some key of the ring is, so one
+    minimum per offset and one test per ring suffice. On the CPU it works through blocks of rows small
+    enough for torch to run each operation on the calling thread.
     """
     if max_d2 == 0:
         return keys
@@ -201,24 +203,23 @@ def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
         (num_views, height + 2 * reach, width + 2 * reach), EMPTY_KEY, dtype=torch.int64, device=keys.device
     )
     padded[:, reach : reach + height, reach : reach + width] = keys
-    padded_depth_bits = padded >> 32
     result = torch.empty_like(keys)
     groups = splat_offsets(reach, max_d2)
     for v, rows in _row_blocks(keys, IMAGE_BLOCK):
         own = keys[v, rows]
-        own_depth_bits = own >> 32
-        empty = torch.full_like(own, EMPTY_KEY)
+        own_depth_floor = (own >> 32) << 32  # keys below it have a strictly smaller depth
         block = own.clone()
         found = torch.zeros_like(own, dtype=torch.bool)
         ring_best = torch.empty_like(own)
         for _, offsets in groups:
-            ring_best.fill_(EMPTY_KEY)
-            for dy, dx in offsets:
+            for k, (dy, dx) in enumerate(offsets):
                 near_rows = slice(reach + dy + rows.start, reach + dy + rows.stop)
-                near = (v, near_rows, slice(reach + dx, reach + dx + width))
-                nearer = padded_depth_bits[near] < own_depth_bits
-                torch.minimum(ring_best, torch.where(nearer, padded[near], empty), out=ring_best)
-            take = ~found & (ring_best != EMPTY_KEY)
+                near = padded[v, near_rows, reach + dx : reach + dx + width]
+                if k == 0:
+                    ring_best.copy_(near)
+                else:
+                    torch.minimum(ring_best, near, out=ring_best)
+            take = (ring_best < own_depth_floor) & ~found
             block = torch.where(take, ring_best, block)
             found |= take
         result[v, rows] = block
