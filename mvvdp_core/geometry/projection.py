@@ -16,13 +16,14 @@ busy core.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from mvvdp_core.geometry.workspace import Workspace
+from mvvdp_core.geometry.workspace import VIEW_ROTATIONS, Workspace
 
 # Key of an empty pixel: larger than every packed key (its depth bits 0x7FFFFFFF exceed those of +inf).
 EMPTY_KEY = 0x7FFF_FFFF_FFFF_FFFF
@@ -98,6 +99,16 @@ def _axis_terms(
     return pixel, depth
 
 
+@functools.cache
+def _signed_axes(views: tuple[str, ...]) -> tuple[tuple[tuple[int, float], ...], ...]:
+    """Per view the (base axis, sign) of its image right, image down and viewing direction."""
+    result = []
+    for name in views:
+        rows = VIEW_ROTATIONS[name]
+        result.append(tuple((int(abs(row).argmax()), float(row[abs(row).argmax()])) for row in rows))
+    return tuple(result)
+
+
 def view_pixels(
     points: torch.Tensor, workspace: Workspace, outside: int = -1
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,33 +116,31 @@ def view_pixels(
 
     Points outside the cube get index `outside` (-1 unless a caller reserves a slot for them). Depth is
     float32, clamped to >= +0.0 (never -0.0). Equal to Workspace.to_view's column, row and depth and to
-    Workspace.contains, computed per signed base axis (views share them) on contiguous columns.
+    Workspace.contains, computed once per signed base axis (views share them).
     """
     res = workspace.resolution
-    columns = points.to(torch.float32).T.contiguous()  # (3, N)
+    points = points.to(torch.float32)
     lower = torch.as_tensor(workspace.lower, dtype=torch.float32).tolist()
     upper = torch.as_tensor(workspace.upper, dtype=torch.float32).tolist()
     center = torch.as_tensor(workspace.center, dtype=torch.float32).tolist()
-    outside_cube = torch.zeros(columns.shape[1], dtype=torch.bool, device=columns.device)
+    outside_cube = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
     for axis in range(3):
-        outside_cube |= columns[axis] < lower[axis]
-        outside_cube |= columns[axis] > upper[axis]
+        outside_cube |= points[:, axis] < lower[axis]
+        outside_cube |= points[:, axis] > upper[axis]
     cache: dict[tuple[int, float], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def terms(row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        axis = int(row.abs().argmax())
-        key = (axis, float(row[axis]))
-        if key not in cache:
-            unit = (columns[axis] - center[axis]) / workspace.edge
-            cache[key] = _axis_terms(unit, key[1], res, workspace.edge)
-        return cache[key]
+    def terms(axis: int, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if (axis, sign) not in cache:
+            unit = (points[:, axis] - center[axis]) / workspace.edge
+            cache[axis, sign] = _axis_terms(unit, sign, res, workspace.edge)
+        return cache[axis, sign]
 
-    flat = torch.empty(len(workspace.views), columns.shape[1], dtype=torch.int64, device=columns.device)
-    depth = torch.empty(len(workspace.views), columns.shape[1], dtype=torch.float32, device=columns.device)
-    for v, (right, down, forward) in enumerate(workspace.view_rotations()):
-        torch.add(terms(right)[0], terms(down)[0], alpha=res, out=flat[v])
+    flat = torch.empty(len(workspace.views), points.shape[0], dtype=torch.int64, device=points.device)
+    depth = torch.empty(len(workspace.views), points.shape[0], dtype=torch.float32, device=points.device)
+    for v, (right, down, forward) in enumerate(_signed_axes(tuple(workspace.views))):
+        torch.add(terms(*right)[0], terms(*down)[0], alpha=res, out=flat[v])
         flat[v].add_(v * res * res).masked_fill_(outside_cube, outside)
-        depth[v] = terms(forward)[1]
+        depth[v] = terms(*forward)[1]
     return flat, depth
 
 
