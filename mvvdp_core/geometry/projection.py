@@ -123,10 +123,13 @@ def view_pixels(
     lower = torch.as_tensor(workspace.lower, dtype=torch.float32).tolist()
     upper = torch.as_tensor(workspace.upper, dtype=torch.float32).tolist()
     center = torch.as_tensor(workspace.center, dtype=torch.float32).tolist()
-    outside_cube = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
-    for axis in range(3):
-        outside_cube |= points[:, axis] < lower[axis]
-        outside_cube |= points[:, axis] > upper[axis]
+    low, high = (bound.tolist() for bound in torch.aminmax(points, dim=0))
+    outside_cube = None  # the mask is built only when some point lies outside (clouds come cropped)
+    if any(low[axis] < lower[axis] or high[axis] > upper[axis] for axis in range(3)):
+        outside_cube = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
+        for axis in range(3):
+            outside_cube |= points[:, axis] < lower[axis]
+            outside_cube |= points[:, axis] > upper[axis]
     cache: dict[tuple[int, float], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def terms(axis: int, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +142,9 @@ def view_pixels(
     depth = torch.empty(len(workspace.views), points.shape[0], dtype=torch.float32, device=points.device)
     for v, (right, down, forward) in enumerate(_signed_axes(tuple(workspace.views))):
         torch.add(terms(*right)[0], terms(*down)[0], alpha=res, out=flat[v])
-        flat[v].add_(v * res * res).masked_fill_(outside_cube, outside)
+        flat[v].add_(v * res * res)
+        if outside_cube is not None:
+            flat[v].masked_fill_(outside_cube, outside)
         depth[v] = terms(*forward)[1]
     return flat, depth
 
