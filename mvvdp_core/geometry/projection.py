@@ -123,9 +123,10 @@ def view_pixels(
     lower = torch.as_tensor(workspace.lower, dtype=torch.float32).tolist()
     upper = torch.as_tensor(workspace.upper, dtype=torch.float32).tolist()
     center = torch.as_tensor(workspace.center, dtype=torch.float32).tolist()
-    low, high = (bound.tolist() for bound in torch.aminmax(points, dim=0))
+    bounds = [torch.stack(torch.aminmax(points[:, axis])).tolist() for axis in range(3)]  # column-wise:
+    # element-wise sized for the calling thread (see POINT_CHUNK)
     outside_cube = None  # the mask is built only when some point lies outside (clouds come cropped)
-    if any(low[axis] < lower[axis] or high[axis] > upper[axis] for axis in range(3)):
+    if any(bounds[axis][0] < lower[axis] or bounds[axis][1] > upper[axis] for axis in range(3)):
         outside_cube = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
         for axis in range(3):
             outside_cube |= points[:, axis] < lower[axis]
