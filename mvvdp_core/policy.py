@@ -31,9 +31,6 @@ from mvvdp_core.model.config import MVVDPConfig
 from mvvdp_core.model.flow import check_num_steps, euler_sample
 from mvvdp_core.model.lora import merge_lora
 
-# A view disagreement of this many pixels halves a step's confidence roughly (exp(-1) at the scale).
-SPREAD_SCALE_PIXELS = 2.0
-
 
 @dataclass
 class Observation:
@@ -90,7 +87,8 @@ class HeatmapDecoding:
 def decode_heatmap_video(heatmap_video: torch.Tensor, workspace: Workspace) -> HeatmapDecoding:
     """Colorised heatmap videos (V, T, 3, H, W) -> positions (T, 3) and per-step confidence.
 
-    A step's confidence is the back-projected peak value (0..1) damped by the disagreement between views.
+    A step's confidence is the back-projection's: ~1 when every view has a clear peak at the chosen point, ~0
+    when a view is blank, featureless or contradicts the others.
     """
     if (
         heatmap_video.ndim != 5
@@ -102,10 +100,7 @@ def decode_heatmap_video(heatmap_video: torch.Tensor, workspace: Workspace) -> H
         )
     heatmaps = decolorize_heatmaps(heatmap_video.float()).transpose(0, 1).contiguous()  # (T, V, H, W)
     projection = backproject_heatmaps(heatmaps, workspace)
-    spread_scale = SPREAD_SCALE_PIXELS * workspace.pixel_size
-    peak = projection.peak.double().clamp(0, 1).cpu().numpy()
-    spread = projection.view_spread.double().cpu().numpy()
-    confidence = np.clip(peak * np.exp(-spread / spread_scale), 0.0, 1.0)
+    confidence = projection.confidence.double().clamp(0, 1).cpu().numpy()
     return HeatmapDecoding(projection.positions, heatmaps, projection, confidence)
 
 

@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
@@ -52,6 +53,8 @@ PARAMETERS = {
     "resolution": (256, "view resolution (pixels)"),
     "splat_radius": (0.008, "splatting radius of each point (m)"),
     "backend": ("auto", "projection backend: auto, torch or cuda"),
+    "torch_threads": (1, "CPU threads torch may use in this process (projection); keep it below the free "
+                         "cores: oversubscribed threads make the projection many times slower", (1, 256)),
 }
 
 
@@ -62,6 +65,7 @@ class PerceptionNode(GuardedNode):
         if not p["cameras_file"]:
             raise ValueError("parameter cameras_file is required (camera calibration YAML)")
         self.params = p
+        torch.set_num_threads(p["torch_threads"])
         self.base_frame, cameras = load_cameras(p["cameras_file"])
         self.extrinsics = {c.name: c.base_T_camera for c in cameras}
         self.workspace = Workspace(center=tuple(p["workspace_center"]), edge=p["workspace_edge"],

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mvvdp_core.geometry import Workspace, project_views, project_views_torch
+from mvvdp_core.geometry import Workspace, project_views, project_views_torch, projection
 
 WS = Workspace()  # centre (0.5, 0, 0.4), edge 1 m, 256 px
 
@@ -161,3 +161,42 @@ def test_bad_inputs_rejected():
         project_views(pts, cols, WS, backend="opengl")
     with pytest.raises(ValueError, match="uint8 or floating"):
         project_views_torch(pts, cols.to(torch.int32), WS)
+
+
+def test_chunked_zorder_equals_one_pass_with_ties_across_chunks(monkeypatch):
+    # Equal-depth duplicates far apart in the point order, points outside the cube and on its faces: every
+    # chunk size gives the keys of a single pass (smallest depth, then smallest point index).
+    generator = torch.Generator().manual_seed(4)
+    lower = torch.tensor(WS.lower, dtype=torch.float32)
+    base = lower + torch.rand(700, 3, generator=generator) * WS.edge
+    outside = lower - 0.2 + torch.rand(100, 3, generator=generator) * (WS.edge + 0.4)
+    faces = base[:50].clone()
+    faces[:, 2] = float(WS.upper[2])
+    points = torch.cat([base, outside, faces, base.flip(0)])  # the second copy of base ties
+    colors = torch.arange(len(points), dtype=torch.float32)[:, None]
+    monkeypatch.setattr(projection, "POINT_CHUNK", len(points) + 1)
+    single = projection.zorder_keys(points, WS)
+    for chunk in (1, 7, 256):
+        monkeypatch.setattr(projection, "POINT_CHUNK", chunk)
+        assert torch.equal(projection.zorder_keys(points, WS), single)
+    views = project_views_torch(points, colors, WS, 0.0)
+    # A pixel shows the first of two equal points: its index is below the second copy's start.
+    shown = views.rgb[views.depth.isfinite().unsqueeze(1)]
+    assert torch.all(shown < 850)
+
+
+def test_view_pixels_equal_workspace_to_view_and_contains():
+    generator = torch.Generator().manual_seed(6)
+    lower = torch.tensor(WS.lower, dtype=torch.float32)
+    points = lower - 0.1 + torch.rand(20000, 3, generator=generator) * (WS.edge + 0.2)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(-0.5, 0.5001, 1 / 256)] * 3, indexing="ij"), -1)
+    points = torch.cat([points, grid[::8, ::8, ::8].reshape(-1, 3) + torch.tensor(WS.center)]).float()
+    flat, depth = projection.view_pixels(points, WS)
+    coords = WS.to_view(points).permute(1, 0, 2)  # (V, N, 3)
+    col = coords[..., 0].floor().clamp(0, 255).long()
+    row = coords[..., 1].floor().clamp(0, 255).long()
+    expected = (torch.arange(3)[:, None] * 256 + row) * 256 + col
+    expected = torch.where(WS.contains(points), expected, -1)
+    assert torch.equal(flat, expected)
+    expected_depth = coords[..., 2].clamp(0.0, WS.edge) + 0.0
+    assert torch.equal(depth.view(torch.int32), expected_depth.contiguous().view(torch.int32))

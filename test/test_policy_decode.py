@@ -42,6 +42,20 @@ def test_disagreeing_views_lower_confidence():
     assert np.all(bad < good)
 
 
+def test_blank_and_decoy_steps():
+    # Step 0: a weaker decoy blob in every view (picked: the true point, confident); step 1: blank frames (the
+    # VAE's background colour everywhere), flagged with confidence 0.
+    workspace = Workspace()
+    true, decoy = torch.tensor([0.42, -0.15, 0.33]), torch.tensor([0.61, 0.2, 0.58])
+    maps = torch.stack([ee_heatmaps(true, workspace) + 0.95 * ee_heatmaps(decoy, workspace),
+                        torch.zeros(3, 256, 256)])
+    video = colorize_heatmaps(maps).transpose(0, 1)
+    decoded = decode_heatmap_video(video, workspace)
+    assert float((decoded.positions[0].double() - true.double()).norm()) < 0.001
+    assert decoded.step_confidence[0] > 0.95
+    assert decoded.step_confidence[1] == 0.0
+
+
 def test_bad_heatmap_video_shape():
     with pytest.raises(ValueError, match="heatmap video"):
         decode_heatmap_video(torch.zeros(2, 4, 3, 256, 256), Workspace())

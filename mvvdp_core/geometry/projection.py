@@ -7,23 +7,31 @@ pixel k within the splat radius whose depth is strictly smaller (ties: smaller k
 smaller point index). It reads only the z-ordered key image, so a farther surface never covers a nearer one.
 Keys are finally unpacked into feature and depth images.
 
-The CUDA kernel (cuda/) implements the same three steps on the same keys; this module is the reference.
+The CUDA kernel (cuda/) implements the same three steps on the same keys; this module is the reference and
+the CPU path. Pixels and depths are computed once per signed base axis (views share them) and points are
+z-ordered in cache-sized chunks (numpy's minimum.at on the CPU), so the cost is linear in the number of
+points; every CPU step works on blocks below torch's parallel grain size, so it never waits on a thread of a
+busy core.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from mvvdp_core.geometry.workspace import Workspace
+from mvvdp_core.geometry.workspace import VIEW_ROTATIONS, Workspace
 
 # Key of an empty pixel: larger than every packed key (its depth bits 0x7FFFFFFF exceed those of +inf).
 EMPTY_KEY = 0x7FFF_FFFF_FFFF_FFFF
 LOW_MASK = 0xFFFF_FFFF
 MAX_POINTS = 2**31 - 1
+POINT_CHUNK = 32_000  # points per pass of the z-ordering: temporaries stay in cache, and below torch's
+# intra-op grain size (32768 elements) element-wise ops run on the calling thread: no stalls on busy cores
+IMAGE_BLOCK = 32_767  # pixels per block of the splatting and unpacking, for the same reason
 
 
 @dataclass
@@ -68,26 +76,78 @@ def prepare_inputs(
     elif not colors.is_floating_point():
         raise ValueError(f"colors must be uint8 or floating point, got {colors.dtype}")
     points = points.to(torch.float32)
-    if not torch.isfinite(points).all():
-        raise ValueError("points contain NaN or infinite coordinates")
+    step = POINT_CHUNK // 3 if points.device.type == "cpu" else max(1, points.shape[0])
+    for chunk in points.split(step):  # NaN and inf reach the minimum or the maximum
+        if not bool(torch.isfinite(torch.stack(torch.aminmax(chunk))).all()):
+            raise ValueError("points contain NaN or infinite coordinates")
     return points.contiguous(), colors.to(device=points.device, dtype=torch.float32).contiguous()
 
 
-def view_pixels(points: torch.Tensor, workspace: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+def _axis_terms(
+    column: torch.Tensor, sign: float, resolution: int, edge: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel index (int64, clamped to the image) and depth along a signed base axis, from one column (N,)
+    of unit coordinates.
+
+    The same float32 operations as Workspace.to_view for a view row that is +-(this axis): the rotation's
+    other entries are zeros, so its sum reduces exactly to sign * unit. Clamping before the integer
+    conversion equals floor-then-clamp (truncation is the floor of a non-negative value).
+    """
+    cam = (column * sign if sign < 0 else column) + 0.5
+    pixel = (cam * float(resolution)).clamp_(0, resolution - 1).to(torch.int64)
+    depth = cam.mul_(float(edge)).clamp_(0.0, edge).add_(0.0)  # adding +0.0 turns -0.0 into +0.0
+    return pixel, depth
+
+
+@functools.cache
+def _signed_axes(views: tuple[str, ...]) -> tuple[tuple[tuple[int, float], ...], ...]:
+    """Per view the (base axis, sign) of its image right, image down and viewing direction."""
+    result = []
+    for name in views:
+        rows = VIEW_ROTATIONS[name]
+        result.append(tuple((int(abs(row).argmax()), float(row[abs(row).argmax()])) for row in rows))
+    return tuple(result)
+
+
+def view_pixels(
+    points: torch.Tensor, workspace: Workspace, outside: int = -1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat pixel index into (V, H, W) images and depth per (view, point), both (V, N).
 
-    Points outside the cube get index -1. Depth is float32, clamped to >= +0.0 (never -0.0).
+    Points outside the cube get index `outside` (-1 unless a caller reserves a slot for them). Depth is
+    float32, clamped to >= +0.0 (never -0.0). Equal to Workspace.to_view's column, row and depth and to
+    Workspace.contains, computed once per signed base axis (views share them).
     """
     res = workspace.resolution
-    coords = workspace.to_view(points).permute(1, 0, 2)  # (V, N, 3): column, row, depth
-    inside = workspace.contains(points)
-    col = coords[..., 0].floor().clamp(0, res - 1).to(torch.int64)
-    row = coords[..., 1].floor().clamp(0, res - 1).to(torch.int64)
-    views = torch.arange(coords.shape[0], device=points.device).unsqueeze(1)
-    flat = (views * res + row) * res + col
-    flat = torch.where(inside.unsqueeze(0), flat, torch.full_like(flat, -1))
-    depth = coords[..., 2].clamp(0.0, workspace.edge) + 0.0  # adding +0.0 turns -0.0 into +0.0
-    return flat, depth.to(torch.float32).contiguous()
+    points = points.to(torch.float32)
+    lower = torch.as_tensor(workspace.lower, dtype=torch.float32).tolist()
+    upper = torch.as_tensor(workspace.upper, dtype=torch.float32).tolist()
+    center = torch.as_tensor(workspace.center, dtype=torch.float32).tolist()
+    bounds = [torch.stack(torch.aminmax(points[:, axis])).tolist() for axis in range(3)]  # column-wise:
+    # element-wise sized for the calling thread (see POINT_CHUNK)
+    outside_cube = None  # the mask is built only when some point lies outside (clouds come cropped)
+    if any(bounds[axis][0] < lower[axis] or bounds[axis][1] > upper[axis] for axis in range(3)):
+        outside_cube = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
+        for axis in range(3):
+            outside_cube |= points[:, axis] < lower[axis]
+            outside_cube |= points[:, axis] > upper[axis]
+    cache: dict[tuple[int, float], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def terms(axis: int, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if (axis, sign) not in cache:
+            unit = (points[:, axis] - center[axis]) / workspace.edge
+            cache[axis, sign] = _axis_terms(unit, sign, res, workspace.edge)
+        return cache[axis, sign]
+
+    flat = torch.empty(len(workspace.views), points.shape[0], dtype=torch.int64, device=points.device)
+    depth = torch.empty(len(workspace.views), points.shape[0], dtype=torch.float32, device=points.device)
+    for v, (right, down, forward) in enumerate(_signed_axes(tuple(workspace.views))):
+        torch.add(terms(*right)[0], terms(*down)[0], alpha=res, out=flat[v])
+        flat[v].add_(v * res * res)
+        if outside_cube is not None:
+            flat[v].masked_fill_(outside_cube, outside)
+        depth[v] = terms(*forward)[1]
+    return flat, depth
 
 
 def pack_keys(depth: torch.Tensor, point_index: torch.Tensor) -> torch.Tensor:
@@ -96,14 +156,32 @@ def pack_keys(depth: torch.Tensor, point_index: torch.Tensor) -> torch.Tensor:
     return (depth_bits << 32) | point_index.to(torch.int64)
 
 
-def zorder_keys(flat: torch.Tensor, depth: torch.Tensor, num_pixels: int) -> torch.Tensor:
-    """Minimum key per pixel of the points landing on it, EMPTY_KEY where none does; shape (num_pixels,)."""
-    num_points = flat.shape[1]
-    point_index = torch.arange(num_points, device=flat.device).expand_as(flat)
-    keys = pack_keys(depth, point_index)
-    valid = flat >= 0
-    image = torch.full((num_pixels,), EMPTY_KEY, dtype=torch.int64, device=flat.device)
-    return image.scatter_reduce(0, flat[valid], keys[valid], reduce="amin", include_self=True)
+def zorder_keys(points: torch.Tensor, workspace: Workspace) -> torch.Tensor:
+    """Minimum key per pixel of the points landing on it, EMPTY_KEY where none does; shape (V, H, W).
+
+    On the CPU points go through view_pixels in chunks of POINT_CHUNK, so the temporaries stay in cache and
+    the cost is linear in the number of points, and the per-pixel minimum is numpy's minimum.at; elsewhere
+    one pass with torch's scatter_reduce. Points outside the cube land on a discarded extra pixel.
+    """
+    num_views, res = len(workspace.views), workspace.resolution
+    num_pixels = num_views * res * res
+    on_cpu = points.device.type == "cpu"
+    if on_cpu:
+        image = torch.from_numpy(np.full(num_pixels + 1, EMPTY_KEY, dtype=np.int64))
+    else:
+        image = torch.full((num_pixels + 1,), EMPTY_KEY, dtype=torch.int64, device=points.device)
+    step = POINT_CHUNK if on_cpu else max(1, points.shape[0])
+    for start in range(0, points.shape[0], step):
+        chunk = points[start : start + step]
+        flat, depth = view_pixels(chunk, workspace, outside=num_pixels)
+        point_index = torch.arange(start, start + chunk.shape[0], device=points.device)
+        for v in range(num_views):
+            keys = pack_keys(depth[v], point_index)
+            if on_cpu:
+                np.minimum.at(image.numpy(), flat[v].numpy(), keys.numpy())
+            else:
+                image.scatter_reduce_(0, flat[v], keys, reduce="amin", include_self=True)
+    return image[:num_pixels].view(num_views, res, res)
 
 
 def splat_offsets(reach: int, max_d2: int) -> list[tuple[int, list[tuple[int, int]]]]:
@@ -117,8 +195,22 @@ def splat_offsets(reach: int, max_d2: int) -> list[tuple[int, list[tuple[int, in
     return sorted(groups.items())
 
 
+def _row_blocks(images: torch.Tensor, elements: int) -> list[tuple[int, slice]]:
+    """(view, rows) blocks covering images (V, H, W, ...): on the CPU of at most `elements` pixels (at least
+    one row), elsewhere whole views."""
+    num_views, height, width = images.shape[:3]
+    rows = max(1, elements // width) if images.device.type == "cpu" else height
+    return [(v, slice(r, min(r + rows, height))) for v in range(num_views) for r in range(0, height, rows)]
+
+
 def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
-    """Screen-space splatting on a (V, H, W) key image; returns a new key image."""
+    """Screen-space splatting on a (V, H, W) key image; returns a new key image.
+
+    Per ring of equal distance the smallest neighbouring key is taken when its depth is strictly smaller:
+    the smallest key of a ring is below `own depth << 32` exactly when some key of the ring is, so one
+    minimum per offset and one test per ring suffice. On the CPU it works through blocks of rows small
+    enough for torch to run each operation on the calling thread.
+    """
     if max_d2 == 0:
         return keys
     num_views, height, width = keys.shape
@@ -126,33 +218,44 @@ def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
         (num_views, height + 2 * reach, width + 2 * reach), EMPTY_KEY, dtype=torch.int64, device=keys.device
     )
     padded[:, reach : reach + height, reach : reach + width] = keys
-    padded_depth_bits = padded >> 32
-    own_depth_bits = keys >> 32
-    empty = torch.full_like(keys, EMPTY_KEY)
-    result = keys.clone()
-    found = torch.zeros_like(keys, dtype=torch.bool)
-    ring_best = torch.empty_like(keys)
-    for _, offsets in splat_offsets(reach, max_d2):
-        ring_best.fill_(EMPTY_KEY)
-        for dy, dx in offsets:
-            rows, cols = slice(reach + dy, reach + dy + height), slice(reach + dx, reach + dx + width)
-            nearer = padded_depth_bits[:, rows, cols] < own_depth_bits
-            torch.minimum(ring_best, torch.where(nearer, padded[:, rows, cols], empty), out=ring_best)
-        take = ~found & (ring_best != EMPTY_KEY)
-        result = torch.where(take, ring_best, result)
-        found |= take
+    result = torch.empty_like(keys)
+    groups = splat_offsets(reach, max_d2)
+    for v, rows in _row_blocks(keys, IMAGE_BLOCK):
+        own = keys[v, rows]
+        own_depth_floor = (own >> 32) << 32  # keys below it have a strictly smaller depth
+        block = own.clone()
+        found = torch.zeros_like(own, dtype=torch.bool)
+        ring_best = torch.empty_like(own)
+        for _, offsets in groups:
+            for k, (dy, dx) in enumerate(offsets):
+                near_rows = slice(reach + dy + rows.start, reach + dy + rows.stop)
+                near = padded[v, near_rows, reach + dx : reach + dx + width]
+                if k == 0:
+                    ring_best.copy_(near)
+                else:
+                    torch.minimum(ring_best, near, out=ring_best)
+            take = (ring_best < own_depth_floor) & ~found
+            block = torch.where(take, ring_best, block)
+            found |= take
+        result[v, rows] = block
     return result
 
 
 def unpack_keys(keys: torch.Tensor, colors: torch.Tensor) -> ProjectedViews:
-    """Key image (V, H, W) -> ProjectedViews with colours (N, C) looked up by point index."""
-    empty = keys == EMPTY_KEY
-    depth = (keys >> 32).to(torch.int32).view(torch.float32)
-    depth = torch.where(empty, torch.full_like(depth, math.inf), depth)
-    index = torch.where(empty, torch.zeros_like(keys), keys & LOW_MASK)
-    rgb = colors[index]  # (V, H, W, C)
-    rgb = torch.where(empty.unsqueeze(-1), torch.zeros_like(rgb), rgb)
-    return ProjectedViews(rgb=rgb.permute(0, 3, 1, 2).contiguous(), depth=depth.contiguous())
+    """Key image (V, H, W) -> ProjectedViews with colours (N, C) looked up by point index (in row blocks)."""
+    num_views, height, width = keys.shape
+    rgb = torch.empty(num_views, colors.shape[1], height, width, dtype=colors.dtype, device=keys.device)
+    depth = torch.empty(num_views, height, width, dtype=torch.float32, device=keys.device)
+    for v, rows in _row_blocks(keys, IMAGE_BLOCK // max(1, colors.shape[1])):
+        block = keys[v, rows]
+        empty = block == EMPTY_KEY
+        block_depth = (block >> 32).to(torch.int32).view(torch.float32)
+        depth[v, rows] = torch.where(empty, math.inf, block_depth)
+        index = torch.where(empty, 0, block & LOW_MASK)
+        features = colors.index_select(0, index.flatten()).view(*index.shape, -1)  # (rows, W, C)
+        features = torch.where(empty.unsqueeze(-1), 0.0, features)
+        rgb[v, :, rows] = features.permute(2, 0, 1)
+    return ProjectedViews(rgb=rgb, depth=depth)
 
 
 def project_views_torch(
@@ -164,11 +267,7 @@ def project_views_torch(
     """Reference projection in vectorised torch (CPU or CUDA tensors). Points outside the cube are ignored."""
     points, colors = prepare_inputs(points, colors)
     reach, max_d2 = splat_extent(splat_radius, workspace)
-    res = workspace.resolution
-    num_views = len(workspace.views)
-    flat, depth = view_pixels(points, workspace)
-    keys = zorder_keys(flat, depth, num_views * res * res).view(num_views, res, res)
-    return unpack_keys(splat_keys(keys, reach, max_d2), colors)
+    return unpack_keys(splat_keys(zorder_keys(points, workspace), reach, max_d2), colors)
 
 
 def project_views(
