@@ -9,6 +9,7 @@ Two runners read this description: launch/bringup.launch.py (ROS 2 launch, when 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -71,6 +72,11 @@ def default_config_dir() -> Path:
     raise FileNotFoundError(f"no mvvdp config folder in {[str(c) for c in candidates]}")
 
 
+def tf2_installed() -> bool:
+    """Whether tf2_ros (Python) is installed; else perception reads the extrinsics from the calibration."""
+    return importlib.util.find_spec("tf2_ros") is not None
+
+
 def default_sim_checkpoint(sim: bool) -> str:
     """With the simulated robot and no checkpoint given: the shipped small pick model (if installed)."""
     if not sim:
@@ -116,7 +122,8 @@ def build_graph(
                               parameters=params("sim_robot", {})))
     nodes += [
         NodeSpec("perception", "mvvdp_ros.perception_node", "perception_node", (config / "perception.yaml",),
-                 params("perception", {"cameras_file": str(cameras)})),
+                 params("perception", {"cameras_file": str(cameras),
+                                       **({} if tf2_installed() else {"use_tf": False})})),
         NodeSpec("policy", "mvvdp_ros.policy_node", "policy_node", (config / "policy.yaml",),
                  params("policy", {"checkpoint": checkpoint, "mode": mode, "output_dir": out_dir,
                                    "create_tiny_checkpoint": random_model})),

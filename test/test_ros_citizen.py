@@ -1,0 +1,68 @@
+"""A good ROS 2 citizen: tf2 frames of the simulated robot, tf2 required where asked for, namespaces and
+remapping, parameters that are read-only or applied live."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 wheels) not installed")
+pytest.importorskip("mvvdp_msgs.msg", reason="mvvdp_msgs not built (scripts/build_msgs.sh)")
+
+from builtin_interfaces.msg import Time  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+
+from mvvdp_core import graph  # noqa: E402
+from mvvdp_core.graph import build_graph, default_config_dir  # noqa: E402
+from mvvdp_core.perception import load_cameras, pose_matrix  # noqa: E402
+from mvvdp_ros.tf import transform_stamped  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ros():
+    os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 200))
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
+def test_sim_camera_transforms_are_the_calibration_file() -> None:
+    """The sim's /tf_static transforms come from the same extrinsics as config/cameras_sim.yaml."""
+    from mvvdp_core.sim.franka import FrankaSim, camera_config_entries
+    from mvvdp_core.sim.pick import PickTask
+
+    base, cameras = load_cameras(default_config_dir() / "cameras_sim.yaml")
+    with FrankaSim(PickTask().sim_config(32, 24)) as sim:
+        sim.reset(0)
+        entries = camera_config_entries(sim)
+    stamp = Time(sec=1)
+    transforms = {t.child_frame_id: t for t in (
+        transform_stamped(base, f"{e['name']}_left_camera_frame", e["translation"], e["rotation"], stamp)
+        for e in entries)}
+    for camera in cameras:
+        t = transforms[camera.frame_id]
+        assert t.header.frame_id == base
+        tr, q = t.transform.translation, t.transform.rotation
+        matrix = pose_matrix([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w])
+        np.testing.assert_allclose(matrix, camera.base_T_camera, atol=1e-5)
+
+
+def test_graph_reads_the_calibration_only_where_tf2_is_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(graph, "tf2_installed", lambda: False)
+    for sim in (True, False):
+        perception = {s.name: s for s in build_graph(sim=sim, checkpoint="/c")}["perception"]
+        assert perception.parameters["use_tf"] is False
+    monkeypatch.setattr(graph, "tf2_installed", lambda: True)
+    perception = {s.name: s for s in build_graph(sim=True)}["perception"]
+    assert "use_tf" not in perception.parameters  # perception.yaml: use_tf true
+
+
+@pytest.mark.skipif(graph.tf2_installed(), reason="tf2_ros is installed")
+def test_use_tf_without_tf2_fails_at_start() -> None:
+    from mvvdp_ros.perception_node import PerceptionNode
+
+    cameras = str(default_config_dir() / "cameras_sim.yaml")
+    with pytest.raises(RuntimeError, match="tf2_ros is not installed"):
+        PerceptionNode(parameter_overrides=[Parameter("cameras_file", value=cameras),
+                                            Parameter("use_tf", value=True)])
