@@ -66,3 +66,26 @@ def test_use_tf_without_tf2_fails_at_start() -> None:
     with pytest.raises(RuntimeError, match="tf2_ros is not installed"):
         PerceptionNode(parameter_overrides=[Parameter("cameras_file", value=cameras),
                                             Parameter("use_tf", value=True)])
+
+
+def test_package_xml_declares_the_ros_imports() -> None:
+    """package.xml's exec_depends are exactly the ROS packages that mvvdp_ros and launch/ import."""
+    import ast
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    modules: set[str] = set()
+    for path in [*repo.glob("mvvdp_ros/*.py"), *repo.glob("launch/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules.add(node.module.split(".")[0])
+    ros_suffixes = ("_msgs", "_srvs", "_interfaces", "_python")
+    ros = {m for m in modules if m.endswith(ros_suffixes) or m.startswith(("rcl", "launch", "tf2_"))}
+    ros = {"tf2_ros_py" if m == "tf2_ros" else m for m in ros}
+    declared = {e.text for e in ET.parse(repo / "package.xml").getroot().iter("exec_depend")}
+    assert ros <= declared, f"imported but not declared: {sorted(ros - declared)}"
+    extra = {d for d in declared - ros if not d.startswith("python3-")} - {"rviz2"}  # rviz2: started by launch
+    assert not extra, f"declared but not imported: {sorted(extra)}"
