@@ -87,5 +87,6 @@ def test_package_xml_declares_the_ros_imports() -> None:
     ros = {"tf2_ros_py" if m == "tf2_ros" else m for m in ros}
     declared = {e.text for e in ET.parse(repo / "package.xml").getroot().iter("exec_depend")}
     assert ros <= declared, f"imported but not declared: {sorted(ros - declared)}"
-    extra = {d for d in declared - ros if not d.startswith("python3-")} - {"rviz2"}  # rviz2: started by launch
+    # rviz2: started by the launch file
+    extra = {d for d in declared - ros if not d.startswith("python3-")} - {"rviz2"}
     assert not extra, f"declared but not imported: {sorted(extra)}"
