@@ -1,6 +1,7 @@
 """ROS 2 launch of the mvvdp graph, built from mvvdp_core.graph (the same description `mvvdp bringup` runs).
 
     ros2 launch mvvdp_ros bringup.launch.py sim:=true mode:=preview checkpoint:=/path/to/ckpt rviz:=false
+    ros2 launch mvvdp_ros bringup.launch.py namespace:=robot1   # topics and services under /robot1/mvvdp/...
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ ARGUMENTS = {
     "out_dir": ("", "folder for preview GIF/PNG files (empty: none)"),
     "config_dir": ("", "folder holding perception/policy/executor/cameras YAML (empty: the package's)"),
     "rviz": ("false", "start RViz with config/mvvdp.rviz"),
+    "namespace": ("", "namespace of every node (relative: inside the including launch's namespace)"),
 }
 
 
@@ -41,16 +43,17 @@ def _nodes(context) -> list:
     arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     config_dir = arg["config_dir"] or _package_config_dir()
     specs = build_graph(sim=_is_true(arg["sim"]), mode=arg["mode"], checkpoint=arg["checkpoint"],
-                        out_dir=arg["out_dir"], config_dir=config_dir)
+                        out_dir=arg["out_dir"], config_dir=config_dir, namespace=arg["namespace"])
+    namespace = {"namespace": specs[0].namespace} if specs[0].namespace else {}
     actions = [
         Node(package=PACKAGE, executable=spec.executable, name=spec.name, output="screen",
              parameters=[*(str(path) for path in spec.params_files), spec.parameters],
-             remappings=list(spec.remaps))
+             remappings=list(spec.remaps), **namespace)
         for spec in specs
     ]
     if _is_true(arg["rviz"]):
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz", output="screen",
-                            arguments=["-d", f"{config_dir}/mvvdp.rviz"]))
+                            arguments=["-d", f"{config_dir}/mvvdp.rviz"], **namespace))
     return actions
 
 

@@ -24,7 +24,8 @@ MODES = ("preview", "auto")
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One node of the graph. `module` runs it as `python -m module`; `executable` is its console script."""
+    """One node of the graph. `module` runs it as `python -m module`; `executable` is its console script.
+    namespace: relative ("" = none) so that a parent launch's namespace is prepended to it."""
 
     name: str
     module: str
@@ -32,10 +33,13 @@ class NodeSpec:
     params_files: tuple[Path, ...] = ()
     parameters: dict[str, Any] = field(default_factory=dict)
     remaps: tuple[tuple[str, str], ...] = ()
+    namespace: str = ""
 
     def ros_arguments(self) -> list[str]:
-        """`--ros-args ...` for this node: node name, parameter files, overrides, remaps."""
+        """`--ros-args ...` for this node: node name, namespace, parameter files, overrides, remaps."""
         args = ["--ros-args", "-r", f"__node:={self.name}"]
+        if self.namespace:
+            args += ["-r", f"__ns:=/{self.namespace}"]
         for path in self.params_files:
             args += ["--params-file", str(path)]
         for key, value in self.parameters.items():
@@ -46,6 +50,24 @@ class NodeSpec:
 
     def command(self, python: str = sys.executable) -> list[str]:
         return [python, "-m", self.module, *self.ros_arguments()]
+
+
+def normalize_namespace(namespace: str) -> str:
+    """'/robot1/' or 'robot1' -> 'robot1' (ROS name tokens: letters, digits, underscores; '/' between)."""
+    name = namespace.strip().strip("/")
+    tokens = name.split("/") if name else []
+    for token in tokens:
+        if not token or not (token[0].isalpha() or token[0] == "_") or not token.replace("_", "").isalnum():
+            raise ValueError(f"invalid namespace {namespace!r}: use letters, digits and underscores")
+    return name
+
+
+def parse_remap(rule: str) -> tuple[str, str]:
+    """'from:=to' -> (from, to)."""
+    source, sep, target = rule.partition(":=")
+    if not (sep and source and target):
+        raise ValueError(f"a remapping is FROM:=TO, got {rule!r}")
+    return source, target
 
 
 def format_parameter(value: Any) -> str:
@@ -96,10 +118,16 @@ def build_graph(
     out_dir: str = "",
     config_dir: Path | str | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    namespace: str = "",
+    remaps: list[str] | tuple[str, ...] = (),
 ) -> list[NodeSpec]:
-    """The nodes to start. overrides: node name -> parameters that win over the files."""
+    """The nodes to start. overrides: node name -> parameters that win over the files. namespace: every node
+    runs in it (their relative topic and service names follow; the drivers' absolute ones stay). remaps:
+    'FROM:=TO' rules applied to every node."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    namespace = normalize_namespace(namespace)
+    rules = tuple(parse_remap(rule) for rule in remaps)
     config = Path(config_dir) if config_dir else default_config_dir()
     cameras = config / ("cameras_sim.yaml" if sim else "cameras.yaml")
     overrides = dict(overrides or {})
@@ -119,15 +147,15 @@ def build_graph(
     nodes = []
     if sim:
         nodes.append(NodeSpec("sim_robot", "mvvdp_ros.sim_robot_node", "sim_robot_node",
-                              parameters=params("sim_robot", {})))
+                              parameters=params("sim_robot", {}), remaps=rules, namespace=namespace))
     nodes += [
         NodeSpec("perception", "mvvdp_ros.perception_node", "perception_node", (config / "perception.yaml",),
                  params("perception", {"cameras_file": str(cameras),
-                                       **({} if tf2_installed() else {"use_tf": False})})),
+                                       **({} if tf2_installed() else {"use_tf": False})}), rules, namespace),
         NodeSpec("policy", "mvvdp_ros.policy_node", "policy_node", (config / "policy.yaml",),
                  params("policy", {"checkpoint": checkpoint, "mode": mode, "output_dir": out_dir,
-                                   "create_tiny_checkpoint": random_model})),
+                                   "create_tiny_checkpoint": random_model}), rules, namespace),
         NodeSpec("executor", "mvvdp_ros.executor_node", "executor_node", (config / "executor.yaml",),
-                 params("executor", executor)),
+                 params("executor", executor), rules, namespace),
     ]
     return nodes

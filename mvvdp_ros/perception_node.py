@@ -36,8 +36,8 @@ from mvvdp_ros.spin import run_node
 PARAMETERS = {
     "cameras_file": ("", "camera calibration YAML (base_T_camera per camera, topics, frames)"),
     "use_tf": (True, "take extrinsics from tf2 (needs tf2_ros); false: from cameras_file"),
-    "views_topic": ("/mvvdp/views", "projected views out (mvvdp_msgs/ProjectedViews)"),
-    "view_image_topic": ("/mvvdp/views/{view}/rgb", "per-view RGB image for RViz; {view} = view name"),
+    "views_topic": ("mvvdp/views", "projected views out (mvvdp_msgs/ProjectedViews)"),
+    "view_image_topic": ("mvvdp/views/{view}/rgb", "per-view RGB image for RViz; {view} = view name"),
     "diagnostics_topic": ("/diagnostics", "diagnostic_msgs/DiagnosticArray"),
     "sync_tolerance": (0.05, "largest stamp difference between the clouds of one set (s)"),
     "max_age": (0.5, "clouds older than this are rejected (s)"),

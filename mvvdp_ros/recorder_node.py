@@ -33,7 +33,7 @@ PARAMETERS = {
     "task": ("default", "task name stored with every episode"),
     "pose_topic": ("/franka_robot_state_broadcaster/current_pose", "end-effector pose in (PoseStamped)"),
     "gripper_state_topic": ("/franka_gripper/joint_states", "finger joint states in (width = sum)"),
-    "gripper_command_topic": ("/mvvdp/gripper_command", "commanded gripper width in (Float64, m)"),
+    "gripper_command_topic": ("mvvdp/gripper_command", "commanded gripper width in (Float64, m)"),
     "closed_below": (0.04, "a commanded width below this (m) records the gripper as closed"),
     "rate": (10.0, "largest number of recorded steps per second"),
     "sync_tolerance": (0.05, "largest stamp difference between the clouds of one step (s)"),

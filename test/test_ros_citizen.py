@@ -3,6 +3,7 @@ remapping, parameters that are read-only or applied live."""
 
 import os
 import random
+import time
 
 import numpy as np
 import pytest
@@ -90,3 +91,53 @@ def test_package_xml_declares_the_ros_imports() -> None:
     # rviz2: started by the launch file
     extra = {d for d in declared - ros if not d.startswith("python3-")} - {"rviz2"}
     assert not extra, f"declared but not imported: {sorted(extra)}"
+
+
+def test_namespace_and_remap_arguments() -> None:
+    specs = build_graph(sim=True, namespace="/robot1/", remaps=["mvvdp/stop:=mvvdp/halt"])
+    for spec in specs:
+        args = spec.ros_arguments()
+        assert spec.namespace == "robot1" and "__ns:=/robot1" in args and "mvvdp/stop:=mvvdp/halt" in args
+    with pytest.raises(ValueError, match="namespace"):
+        build_graph(namespace="robot-1")
+    with pytest.raises(ValueError, match="FROM:=TO"):
+        build_graph(remaps=["mvvdp/stop"])
+
+
+@pytest.fixture(scope="module")
+def namespaced_graph():
+    """perception and executor of the sim graph in namespace robot1, with the stop service remapped."""
+    from mvvdp_ros.bringup import GraphProcesses
+
+    specs = [s for s in build_graph(sim=True, namespace="robot1", remaps=["mvvdp/stop:=mvvdp/halt"])
+             if s.name in ("perception", "executor")]
+    with GraphProcesses(specs):
+        probe = rclpy.create_node("citizen_probe")
+        try:
+            deadline = time.monotonic() + 60.0
+            while time.monotonic() < deadline:
+                services = dict(probe.get_service_names_and_types())
+                topics = dict(probe.get_topic_names_and_types())
+                if "/robot1/mvvdp/execute" in services and "/robot1/mvvdp/views" in topics:
+                    break
+                rclpy.spin_once(probe, timeout_sec=0.2)
+            yield probe
+        finally:
+            probe.destroy_node()
+
+
+def test_namespaced_graph_over_dds(namespaced_graph) -> None:
+    probe = namespaced_graph
+    topics = dict(probe.get_topic_names_and_types())
+    services = dict(probe.get_service_names_and_types())
+    for name in ("/robot1/mvvdp/views", "/robot1/mvvdp/chunk", "/robot1/mvvdp/executor/state",
+                 "/robot1/mvvdp/heartbeat"):
+        assert name in topics, (name, sorted(topics))
+    # Other drivers' topics stay absolute.
+    drivers = ("/franka_robot_state_broadcaster/current_pose",
+               "/zed_front/zed_node/point_cloud/cloud_registered", "/diagnostics")
+    for name in drivers:
+        assert name in topics, (name, sorted(topics))
+    assert "/robot1/mvvdp/execute" in services and "/robot1/mvvdp/halt" in services
+    assert "/robot1/mvvdp/stop" not in services and "/mvvdp/execute" not in services
+    assert ("executor", "/robot1") in probe.get_node_names_and_namespaces()
