@@ -33,7 +33,7 @@ from mvvdp_msgs.msg import ActionChunk
 from mvvdp_msgs.srv import Execute
 from mvvdp_ros.conversions import chunk_from_msg, pose_from_msg, pose_stamped
 from mvvdp_ros.guard import GuardedNode
-from mvvdp_ros.params import declare_parameters
+from mvvdp_ros.params import apply_live_parameters, declare_parameters
 from mvvdp_ros.spin import run_node
 
 PARAMETERS = {
@@ -80,31 +80,28 @@ PARAMETERS = {
     "workspace_edge": (1.0, "edge of that cube (m)", (0.01, 10.0)),
     "min_step_confidence": (0.05, "chunks with a step below this confidence are rejected", (0.0, 1.0)),
 }
+# Set at run time (`ros2 param set`), validated as at start-up (ExecutorConfig, SafetyLimits, ChunkChecks);
+# the rest is read-only (names, mode, rate, and heartbeat_timeout: the DDS lease of a subscription).
+LIVE = ("max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_grace", "settle_time", "blend_overlap",
+        "switch_delay", "workspace_lower", "workspace_upper", "max_step_translation", "max_step_rotation_deg",
+        "max_linear_velocity", "max_angular_velocity_deg", "max_tracking_error", "max_tracking_rotation_deg",
+        "gripper_min_hold", "workspace_center", "workspace_edge", "min_step_confidence", "gripper_speed",
+        "grasp_force")
 
 
 class ExecutorNode(GuardedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("executor", **kwargs)
-        p = declare_parameters(self, PARAMETERS)
+        p = declare_parameters(self, PARAMETERS, live=LIVE)
         if not p["control_rate"] > 0:
             raise ValueError(f"control_rate must be > 0 Hz, got {p['control_rate']}")
         if not p["gripper_open_width"] > p["gripper_closed_width"] >= 0:
             raise ValueError("gripper widths must satisfy open > closed >= 0")
         self.params = p
         self.period = 1.0 / p["control_rate"]
-        timing = ("mode", "max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_timeout",
-                  "settle_time", "blend_overlap", "switch_delay")
-        config = ExecutorConfig(**{k: p[k] for k in timing})
-        limits = SafetyLimits(
-            workspace_lower=tuple(p["workspace_lower"]), workspace_upper=tuple(p["workspace_upper"]),
-            **{k: p[k] for k in ("max_step_translation", "max_step_rotation_deg", "max_linear_velocity",
-                                 "max_angular_velocity_deg", "max_tracking_error",
-                                 "max_tracking_rotation_deg", "gripper_min_hold")},
-        )
+        config, limits, self.checks = self._settings(p)
         self.core = ChunkExecutor(config, limits)
-        center, half = np.asarray(p["workspace_center"], float), p["workspace_edge"] / 2
-        self.checks = ChunkChecks(p["base_frame"], tuple(center - half), tuple(center + half),
-                                  p["min_step_confidence"])
+        apply_live_parameters(self, self.params, LIVE, self._apply_settings)
         self.callback_errors = 0
         self._gripper_opening = 1.0
 
@@ -140,6 +137,31 @@ class ExecutorNode(GuardedNode):
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
+
+    @staticmethod
+    def _settings(p: dict) -> tuple[ExecutorConfig, SafetyLimits, ChunkChecks]:
+        """The core's settings from the parameter values; raises ValueError on invalid ones."""
+        timing = ("mode", "max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_timeout",
+                  "settle_time", "blend_overlap", "switch_delay")
+        config = ExecutorConfig(**{k: p[k] for k in timing})
+        limits = SafetyLimits(
+            workspace_lower=tuple(p["workspace_lower"]), workspace_upper=tuple(p["workspace_upper"]),
+            **{k: p[k] for k in ("max_step_translation", "max_step_rotation_deg", "max_linear_velocity",
+                                 "max_angular_velocity_deg", "max_tracking_error",
+                                 "max_tracking_rotation_deg", "gripper_min_hold")},
+        )
+        center, edge = np.asarray(p["workspace_center"], float), p["workspace_edge"]
+        checks = ChunkChecks(p["base_frame"], tuple(center - edge / 2), tuple(center + edge / 2),
+                             p["min_step_confidence"])
+        for name in ("gripper_speed", "grasp_force"):
+            if not p[name] > 0:
+                raise ValueError(f"{name} must be > 0, got {p[name]!r}")
+        return config, limits, checks
+
+    def _apply_settings(self, p: dict) -> None:
+        """A live parameter change: validated whole, then swapped into the core between control periods."""
+        config, limits, checks = self._settings(p)
+        self.core.config, self.core.safety.limits, self.checks = config, limits, checks
 
     def _on_pose(self, msg: PoseStamped) -> None:
         if msg.header.frame_id and msg.header.frame_id != self.params["base_frame"]:

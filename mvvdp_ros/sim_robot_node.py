@@ -58,7 +58,7 @@ PARAMETERS = {
 class SimRobotNode(Node):
     def __init__(self) -> None:
         super().__init__("sim_robot")
-        p = declare_parameters(self, PARAMETERS, read_only=True)
+        p = declare_parameters(self, PARAMETERS)
         cloud_rate, pose_rate, physics_tick = p["cloud_rate"], p["pose_rate"], p["physics_tick_rate"]
         self._rtf = p["realtime_factor"]
         width, height, seed, num_objects = p["camera_width"], p["camera_height"], p["seed"], p["num_objects"]

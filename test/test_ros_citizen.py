@@ -141,3 +141,45 @@ def test_namespaced_graph_over_dds(namespaced_graph) -> None:
     assert "/robot1/mvvdp/execute" in services and "/robot1/mvvdp/halt" in services
     assert "/robot1/mvvdp/stop" not in services and "/mvvdp/execute" not in services
     assert ("executor", "/robot1") in probe.get_node_names_and_namespaces()
+
+
+def test_executor_parameters_read_only_or_live() -> None:
+    from mvvdp_ros.executor_node import ExecutorNode
+
+    node = ExecutorNode()
+    try:
+        refused = node.set_parameters([Parameter("control_rate", value=50.0)])[0]
+        assert not refused.successful and node.period == pytest.approx(0.05)
+        assert not node.set_parameters([Parameter("chunk_topic", value="x")])[0].successful
+        taken = node.set_parameters([Parameter("max_step_translation", value=0.02),
+                                     Parameter("ee_timeout", value=0.5)])
+        assert all(r.successful for r in taken)
+        assert node.core.safety.limits.max_step_translation == 0.02 and node.core.config.ee_timeout == 0.5
+        assert node.get_parameter("max_step_translation").value == 0.02
+        # Invalid values fail the core's own validation and change nothing.
+        for bad in (Parameter("workspace_lower", value=[0.9, -0.5, 0.02]), Parameter("ee_timeout", value=0.0),
+                    Parameter("workspace_center", value=[0.5, 0.0])):
+            result = node.set_parameters([bad])[0]
+            assert not result.successful and result.reason, bad.name
+        assert node.core.safety.limits.workspace_lower == (0.15, -0.5, 0.02)
+        assert node.core.config.ee_timeout == 0.5 and node.params["ee_timeout"] == 0.5
+    finally:
+        node.destroy_node()
+
+
+def test_parameter_service_over_dds(namespaced_graph) -> None:
+    from rcl_interfaces.srv import SetParameters
+
+    probe = namespaced_graph
+    client = probe.create_client(SetParameters, "/robot1/executor/set_parameters")
+    assert client.wait_for_service(timeout_sec=30.0)
+
+    def set_one(name: str, value: float) -> bool:
+        request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(probe, future, timeout_sec=30.0)
+        return future.result().results[0].successful
+
+    assert not set_one("control_rate", 10.0)  # read-only
+    assert set_one("max_tracking_error", 0.05)  # live, valid
+    assert not set_one("max_tracking_error", -1.0)  # live, refused by SafetyLimits

@@ -27,7 +27,7 @@ def ros():
 def test_values_ranges_and_read_only() -> None:
     node = Node("params_defaults")
     try:
-        assert declare_parameters(node, SPECS, read_only=True) == {"rate": 5.0, "width": 320, "topic": "/x"}
+        assert declare_parameters(node, SPECS) == {"rate": 5.0, "width": 320, "topic": "/x"}
         rate = node.describe_parameter("rate")
         assert rate.read_only and rate.floating_point_range[0].to_value == 60.0
         assert node.describe_parameter("width").integer_range[0].from_value == 16
