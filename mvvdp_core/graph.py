@@ -70,6 +70,17 @@ def parse_remap(rule: str) -> tuple[str, str]:
     return source, target
 
 
+def parse_params_files(items: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
+    """['executor=/a.yaml', ...] -> {'executor': ['/a.yaml', ...]}."""
+    files: dict[str, list[str]] = {}
+    for item in items:
+        node, sep, path = item.partition("=")
+        if not (sep and node and path):
+            raise ValueError(f"a parameter file is NODE=FILE, got {item!r}")
+        files.setdefault(node, []).append(path)
+    return files
+
+
 def format_parameter(value: Any) -> str:
     """A parameter value in the YAML flow syntax `--ros-args -p name:=value` parses."""
     if isinstance(value, str):
@@ -120,10 +131,12 @@ def build_graph(
     overrides: dict[str, dict[str, Any]] | None = None,
     namespace: str = "",
     remaps: list[str] | tuple[str, ...] = (),
+    params_files: dict[str, list[str]] | None = None,
 ) -> list[NodeSpec]:
     """The nodes to start. overrides: node name -> parameters that win over the files. namespace: every node
     runs in it (their relative topic and service names follow; the drivers' absolute ones stay). remaps:
-    'FROM:=TO' rules applied to every node."""
+    'FROM:=TO' rules applied to every node. params_files: node name -> parameter files read after the
+    node's default one (e.g. executor_fr3.yaml, from the config folder, for a real FR3)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     namespace = normalize_namespace(namespace)
@@ -131,12 +144,19 @@ def build_graph(
     config = Path(config_dir) if config_dir else default_config_dir()
     cameras = config / ("cameras_sim.yaml" if sim else "cameras.yaml")
     overrides = dict(overrides or {})
-    unknown = set(overrides) - {"sim_robot", "perception", "policy", "executor"}
+    # A relative file that is not found from the working directory is looked up in the config folder.
+    extra = {name: tuple(Path(f) if Path(f).is_absolute() or Path(f).is_file() else config / f for f in files)
+             for name, files in (params_files or {}).items()}
+    unknown = (set(overrides) | set(extra)) - {"sim_robot", "perception", "policy", "executor"}
     if unknown:
         raise ValueError(f"overrides for unknown nodes {sorted(unknown)}")
-    for path in (cameras, config / "perception.yaml", config / "policy.yaml", config / "executor.yaml"):
+    for path in (cameras, config / "perception.yaml", config / "policy.yaml", config / "executor.yaml",
+                 *(f for files in extra.values() for f in files)):
         if not path.is_file():
             raise FileNotFoundError(f"graph configuration file missing: {path}")
+
+    def files(name: str, default: str | None) -> tuple[Path, ...]:
+        return ((config / default,) if default else ()) + extra.get(name, ())
 
     def params(name: str, base: dict[str, Any]) -> dict[str, Any]:
         return {**base, **overrides.get(name, {})}
@@ -147,15 +167,15 @@ def build_graph(
     nodes = []
     if sim:
         nodes.append(NodeSpec("sim_robot", "mvvdp_ros.sim_robot_node", "sim_robot_node",
-                              parameters=params("sim_robot", {}), remaps=rules, namespace=namespace))
+                              files("sim_robot", None), params("sim_robot", {}), rules, namespace))
     nodes += [
-        NodeSpec("perception", "mvvdp_ros.perception_node", "perception_node", (config / "perception.yaml",),
-                 params("perception", {"cameras_file": str(cameras),
+        NodeSpec("perception", "mvvdp_ros.perception_node", "perception_node",
+                 files("perception", "perception.yaml"), params("perception", {"cameras_file": str(cameras),
                                        **({} if tf2_installed() else {"use_tf": False})}), rules, namespace),
-        NodeSpec("policy", "mvvdp_ros.policy_node", "policy_node", (config / "policy.yaml",),
+        NodeSpec("policy", "mvvdp_ros.policy_node", "policy_node", files("policy", "policy.yaml"),
                  params("policy", {"checkpoint": checkpoint, "mode": mode, "output_dir": out_dir,
                                    "create_tiny_checkpoint": random_model}), rules, namespace),
-        NodeSpec("executor", "mvvdp_ros.executor_node", "executor_node", (config / "executor.yaml",),
+        NodeSpec("executor", "mvvdp_ros.executor_node", "executor_node", files("executor", "executor.yaml"),
                  params("executor", executor), rules, namespace),
     ]
     return nodes

@@ -41,7 +41,7 @@ PARAMETERS = {
     "control_rate": (DEFAULT_CONTROL_RATE, "control loop rate in Hz (targets sent to the controller)"),
     "base_frame": ("fr3_link0", "robot base frame of all poses"),
     "ee_pose_topic": ("/franka_robot_state_broadcaster/current_pose", "end-effector pose (PoseStamped)"),
-    "gripper_state_topic": ("/franka_gripper/joint_states", "gripper finger joints (width = sum)"),
+    "gripper_state_topic": ("/fr3_gripper/joint_states", "gripper finger joints (width = sum)"),
     "target_pose_topic": ("/cartesian_impedance_controller/target_pose", "controller target pose"),
     "gripper_command_topic": ("mvvdp/gripper_command", "gripper target width in metres (Float64)"),
     "chunk_topic": ("mvvdp/chunk", "action chunks from the policy"),
@@ -51,8 +51,10 @@ PARAMETERS = {
     "stop_service": ("mvvdp/stop", "cancel and hold until resumed (std_srvs/Trigger)"),
     "resume_service": ("mvvdp/resume", "lift a stop: chunks run again (std_srvs/Trigger)"),
     "diagnostics_topic": ("/diagnostics", "rejected chunks, drops while stopped, callback errors"),
-    "gripper_interface": ("topic", "topic: width on gripper_command_topic; franka: move/grasp actions"),
-    "franka_gripper_namespace": ("/franka_gripper", "franka_gripper node namespace (franka interface)"),
+    "gripper_interface": ("topic", "topic: width on gripper_command_topic; franka: franka_gripper actions"),
+    "franka_gripper_node": ("/fr3_gripper", "franka_gripper node (franka interface): actions <node>/move, "
+                                            "<node>/grasp, <node>/homing"),
+    "franka_gripper_homing": (False, "franka interface: home the gripper once at start-up (finds its width)"),
     "gripper_speed": (0.1, "finger speed for franka_gripper move/grasp (m/s)"),
     "grasp_force": (30.0, "grasp force for franka_gripper grasp (N)"),
     "gripper_open_width": (0.08, "gripper width commanded for 'open' (m)"),
@@ -269,15 +271,23 @@ class ExecutorNode(GuardedNode):
         self.state_pub.publish(String(data=f"{command.state}{detail}{limited}{reason}"))
 
     def _franka_gripper_clients(self):
-        """Action clients of franka_gripper's move/grasp (robot install with franka_msgs only)."""
+        """Action clients of franka_gripper's move/grasp/homing (robot install with franka_msgs only)."""
         try:
-            from franka_msgs.action import Grasp, Move
+            from franka_msgs.action import Grasp, Homing, Move
             from rclpy.action import ActionClient
         except ImportError as err:
             raise ValueError("gripper_interface franka needs franka_msgs, which is not installed") from err
-        ns = self.params["franka_gripper_namespace"].rstrip("/")
-        return {"move": (Move, ActionClient(self, Move, f"{ns}/move")),
-                "grasp": (Grasp, ActionClient(self, Grasp, f"{ns}/grasp"))}
+        node = self.params["franka_gripper_node"].rstrip("/")
+        clients = {"move": (Move, ActionClient(self, Move, f"{node}/move")),
+                   "grasp": (Grasp, ActionClient(self, Grasp, f"{node}/grasp")),
+                   "homing": (Homing, ActionClient(self, Homing, f"{node}/homing"))}
+        if self.params["franka_gripper_homing"]:
+            action, client = clients["homing"]
+            if client.wait_for_server(timeout_sec=5.0):
+                client.send_goal_async(action.Goal())
+            else:
+                self.get_logger().error(f"no gripper action server {node}/homing: gripper not homed")
+        return clients
 
     def _command_gripper(self, opening: float) -> None:
         p = self.params
@@ -287,12 +297,16 @@ class ExecutorNode(GuardedNode):
             return
         if self._sent_gripper == opening:  # actions are sent once per open/close change
             return
+        name = "move" if opening >= 0.5 else "grasp"
+        action, client = self._franka[name]
+        if not client.server_is_ready():  # retried next period
+            self.get_logger().error(f"gripper action {p['franka_gripper_node']}/{name} not available",
+                                    throttle_duration_sec=1.0)
+            return
         self._sent_gripper = opening
-        if opening >= 0.5:
-            action, client = self._franka["move"]
+        if name == "move":
             goal = action.Goal(width=float(width), speed=p["gripper_speed"])
         else:
-            action, client = self._franka["grasp"]
             goal = action.Goal(width=float(width), speed=p["gripper_speed"], force=p["grasp_force"])
             goal.epsilon.inner = goal.epsilon.outer = float(p["gripper_open_width"])
         client.send_goal_async(goal)

@@ -74,7 +74,7 @@ PARAMETERS = {
     "base_frame": ("fr3_link0", "robot base frame"),
     "views_topic": ("mvvdp/views", "projected views in"),
     "ee_pose_topic": ("/franka_robot_state_broadcaster/current_pose", "end-effector pose in"),
-    "gripper_state_topic": ("/franka_gripper/joint_states", "gripper finger joints in (width = sum)"),
+    "gripper_state_topic": ("/fr3_gripper/joint_states", "gripper finger joints in (width = sum)"),
     "gripper_open_width": (0.08, "gripper width of a fully open gripper (m)"),
     "chunk_topic": ("mvvdp/chunk", "action chunks out"),
     "heartbeat_topic": ("mvvdp/heartbeat", "heartbeat out (std_msgs/Header)"),

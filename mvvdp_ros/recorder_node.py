@@ -32,7 +32,7 @@ PARAMETERS = {
     "out": ("", "dataset folder; each episode is a new episode_NNNNNN folder in it"),
     "task": ("default", "task name stored with every episode"),
     "pose_topic": ("/franka_robot_state_broadcaster/current_pose", "end-effector pose in (PoseStamped)"),
-    "gripper_state_topic": ("/franka_gripper/joint_states", "finger joint states in (width = sum)"),
+    "gripper_state_topic": ("/fr3_gripper/joint_states", "finger joint states in (width = sum)"),
     "gripper_command_topic": ("mvvdp/gripper_command", "commanded gripper width in (Float64, m)"),
     "closed_below": (0.04, "a commanded width below this (m) records the gripper as closed"),
     "rate": (10.0, "largest number of recorded steps per second"),

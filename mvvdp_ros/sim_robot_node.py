@@ -48,7 +48,7 @@ PARAMETERS = {
     "cloud_topic": ("/{name}/zed_node/point_cloud/cloud_registered", "Cloud topic; {name} = camera"),
     "cloud_frame_id": ("{name}_left_camera_frame", "Cloud frame id; {name} = camera"),
     "pose_topic": ("/franka_robot_state_broadcaster/current_pose", "EE pose out"),
-    "gripper_state_topic": ("/franka_gripper/joint_states", "Fingers out"),
+    "gripper_state_topic": ("/fr3_gripper/joint_states", "Fingers out"),
     "target_pose_topic": ("/cartesian_impedance_controller/target_pose", "Target pose in"),
     "gripper_command_topic": ("mvvdp/gripper_command", "Gripper width in"),
     "target_object_topic": ("sim/target_object_pose", "Pose of the task's target cube out (ground truth)"),

@@ -183,3 +183,23 @@ def test_parameter_service_over_dds(namespaced_graph) -> None:
     assert not set_one("control_rate", 10.0)  # read-only
     assert set_one("max_tracking_error", 0.05)  # live, valid
     assert not set_one("max_tracking_error", -1.0)  # live, refused by SafetyLimits
+
+
+def test_fr3_parameter_file_is_read_after_the_default() -> None:
+    from mvvdp_ros.executor_node import ExecutorNode
+
+    specs = {s.name: s for s in build_graph(sim=False, checkpoint="/c",
+                                            params_files={"executor": ["executor_fr3.yaml"]})}
+    executor = specs["executor"]
+    assert [p.name for p in executor.params_files] == ["executor.yaml", "executor_fr3.yaml"]
+    # Parse it as rcl does, with the franka interface swapped for the topic one (no franka_msgs here).
+    args = executor.ros_arguments() + ["-p", "gripper_interface:=topic"]
+    node = ExecutorNode(cli_args=args)
+    try:
+        assert node.params["target_pose_topic"] == "/target_pose"
+        assert node.params["franka_gripper_node"] == "/fr3_gripper"
+        assert node.params["max_step_translation"] == 0.04  # from executor.yaml
+    finally:
+        node.destroy_node()
+    with pytest.raises(ValueError, match="NODE=FILE"):
+        graph.parse_params_files(["executor_fr3.yaml"])
