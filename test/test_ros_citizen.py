@@ -203,3 +203,49 @@ def test_fr3_parameter_file_is_read_after_the_default() -> None:
         node.destroy_node()
     with pytest.raises(ValueError, match="NODE=FILE"):
         graph.parse_params_files(["executor_fr3.yaml"])
+
+
+def test_launch_file_passes_namespace_and_parameter_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launch file over stand-ins for launch / launch_ros (not installable here)."""
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    def module(name: str, **attrs) -> types.ModuleType:
+        mod = types.ModuleType(name)
+        mod.__dict__.update(attrs)
+        monkeypatch.setitem(sys.modules, name, mod)
+        return mod
+
+    class Recorded:
+        def __init__(self, *args, **kwargs) -> None:
+            self.args, self.kwargs = args, kwargs
+
+    class LaunchConfiguration:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def perform(self, context: dict) -> str:
+            return context[self.name]
+
+    module("launch", LaunchDescription=Recorded)
+    module("launch.actions", DeclareLaunchArgument=Recorded, OpaqueFunction=Recorded)
+    module("launch.substitutions", LaunchConfiguration=LaunchConfiguration)
+    module("launch_ros")
+    module("launch_ros.actions", Node=Recorded)
+    path = Path(__file__).resolve().parents[1] / "launch" / "bringup.launch.py"
+    spec = importlib.util.spec_from_file_location("bringup_launch", path)
+    launch_file = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launch_file)
+    description = launch_file.generate_launch_description()
+    declared = {a.args[0] for a in description.args[0][:-1]}
+    assert {"namespace", "params_files"} <= declared
+    context = {name: default for name, (default, _) in launch_file.ARGUMENTS.items()}
+    context.update(sim="false", checkpoint="/c", namespace="robot1",
+                   params_files="executor=executor_fr3.yaml")
+    nodes = {n.kwargs["name"]: n.kwargs for n in launch_file._nodes(context)}
+    assert set(nodes) == {"perception", "policy", "executor"}
+    assert all(n["namespace"] == "robot1" for n in nodes.values())
+    files = [Path(p).name for p in nodes["executor"]["parameters"][:-1]]
+    assert files == ["executor.yaml", "executor_fr3.yaml"]
