@@ -249,3 +249,16 @@ def test_launch_file_passes_namespace_and_parameter_files(monkeypatch: pytest.Mo
     assert all(n["namespace"] == "robot1" for n in nodes.values())
     files = [Path(p).name for p in nodes["executor"]["parameters"][:-1]]
     assert files == ["executor.yaml", "executor_fr3.yaml"]
+
+
+@pytest.mark.skipif(graph.tf2_installed(), reason="tf2_ros is installed")
+def test_perception_process_without_tf2_exits_with_one_line() -> None:
+    import subprocess
+    import sys
+
+    cameras = default_config_dir() / "cameras_sim.yaml"
+    cmd = [sys.executable, "-m", "mvvdp_ros.perception_node", "--ros-args", "-p", f"cameras_file:={cameras}",
+           "-p", "use_tf:=true"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "tf2_ros is not installed" in result.stderr and "Traceback" not in result.stderr
