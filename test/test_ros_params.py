@@ -53,3 +53,14 @@ def test_override_out_of_range_is_refused_and_in_range_taken() -> None:
 def test_range_needs_a_numeric_default() -> None:
     with pytest.raises(ValueError, match="numeric default"):
         descriptor("/x", "a topic", (0, 1))
+
+
+def test_live_names_must_be_in_the_table() -> None:
+    node = Node("params_live")
+    try:
+        with pytest.raises(ValueError, match="not in the table"):
+            declare_parameters(node, SPECS, live=("rates",))
+        declare_parameters(node, SPECS, live=("rate",))
+        assert not node.describe_parameter("rate").read_only and node.describe_parameter("width").read_only
+    finally:
+        node.destroy_node()
