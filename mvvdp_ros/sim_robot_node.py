@@ -56,8 +56,8 @@ PARAMETERS = {
 
 
 class SimRobotNode(Node):
-    def __init__(self) -> None:
-        super().__init__("sim_robot")
+    def __init__(self, **kwargs) -> None:
+        super().__init__("sim_robot", **kwargs)
         p = declare_parameters(self, PARAMETERS)
         cloud_rate, pose_rate, physics_tick = p["cloud_rate"], p["pose_rate"], p["physics_tick_rate"]
         self._rtf = p["realtime_factor"]

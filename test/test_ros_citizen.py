@@ -11,13 +11,11 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 wheels) not installed")
 pytest.importorskip("mvvdp_msgs.msg", reason="mvvdp_msgs not built (scripts/build_msgs.sh)")
 
-from builtin_interfaces.msg import Time  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
 from mvvdp_core import graph  # noqa: E402
 from mvvdp_core.graph import build_graph, default_config_dir  # noqa: E402
 from mvvdp_core.perception import load_cameras, pose_matrix  # noqa: E402
-from mvvdp_ros.tf import transform_stamped  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,27 +24,6 @@ def ros():
     rclpy.init()
     yield
     rclpy.shutdown()
-
-
-def test_sim_camera_transforms_are_the_calibration_file() -> None:
-    """The sim's /tf_static transforms come from the same extrinsics as config/cameras_sim.yaml."""
-    from mvvdp_core.sim.franka import FrankaSim, camera_config_entries
-    from mvvdp_core.sim.pick import PickTask
-
-    base, cameras = load_cameras(default_config_dir() / "cameras_sim.yaml")
-    with FrankaSim(PickTask().sim_config(32, 24)) as sim:
-        sim.reset(0)
-        entries = camera_config_entries(sim)
-    stamp = Time(sec=1)
-    transforms = {t.child_frame_id: t for t in (
-        transform_stamped(base, f"{e['name']}_left_camera_frame", e["translation"], e["rotation"], stamp)
-        for e in entries)}
-    for camera in cameras:
-        t = transforms[camera.frame_id]
-        assert t.header.frame_id == base
-        tr, q = t.transform.translation, t.transform.rotation
-        matrix = pose_matrix([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w])
-        np.testing.assert_allclose(matrix, camera.base_T_camera, atol=1e-5)
 
 
 def test_graph_reads_the_calibration_only_where_tf2_is_absent(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,3 +239,54 @@ def test_perception_process_without_tf2_exits_with_one_line() -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "tf2_ros is not installed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sim_robot_sends_its_frames_where_tf2_msgs_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The TF path of the sim robot with a stand-in for tf2_msgs/TFMessage (not installable here)."""
+    from rclpy.node import Node
+
+    from mvvdp_ros import sim_robot_node
+
+    class TFMessage:
+        def __init__(self, transforms: list) -> None:
+            self.transforms = transforms
+
+    class Recorder:
+        def __init__(self, topic: str) -> None:
+            self.topic, self.sent = topic, []
+
+        def publish(self, msg) -> None:
+            self.sent.append(msg)
+
+    recorders: dict[str, Recorder] = {}
+    real = Node.create_publisher
+
+    def create_publisher(self, msg_type, topic, *args, **kwargs):
+        if msg_type is TFMessage:
+            return recorders.setdefault(topic, Recorder(topic))
+        return real(self, msg_type, topic, *args, **kwargs)
+
+    monkeypatch.setattr(sim_robot_node, "tf_message_type", lambda: TFMessage)
+    monkeypatch.setattr(Node, "create_publisher", create_publisher)
+    node = sim_robot_node.SimRobotNode(parameter_overrides=[
+        Parameter("camera_width", value=32), Parameter("camera_height", value=24)])
+    try:
+        static = recorders["/tf_static"].sent
+        assert len(static) == 1
+        base, cameras = load_cameras(default_config_dir() / "cameras_sim.yaml")
+        sent = {t.child_frame_id: t for t in static[0].transforms}
+        assert set(sent) == {c.frame_id for c in cameras}
+        for camera in cameras:
+            t = sent[camera.frame_id]
+            tr, q = t.transform.translation, t.transform.rotation
+            assert t.header.frame_id == base
+            np.testing.assert_allclose(pose_matrix([tr.x, tr.y, tr.z], [q.x, q.y, q.z, q.w]),
+                                       camera.base_T_camera, atol=1e-5)
+        node._publish_state()
+        (ee,) = recorders["/tf"].sent[-1].transforms
+        position, _ = node.sim.ee_pose()
+        assert (ee.header.frame_id, ee.child_frame_id) == ("fr3_link0", "fr3_hand_tcp")
+        np.testing.assert_allclose([ee.transform.translation.x, ee.transform.translation.y,
+                                    ee.transform.translation.z], position)
+    finally:
+        node.destroy_node()
