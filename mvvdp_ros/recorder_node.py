@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
-from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState, PointCloud2
 from std_msgs.msg import Float64
@@ -23,6 +22,7 @@ from mvvdp_core.data.recorder import EpisodeWriter, Recorder
 from mvvdp_core.perception import CloudFrame, CloudSynchronizer, SyncConfig, load_cameras
 from mvvdp_core.rotations import quaternion_to_matrix
 from mvvdp_ros.conversions import pose_from_msg, stamp_to_sec
+from mvvdp_ros.guard import GuardedNode
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.pointcloud import cloud_from_msg
 from mvvdp_ros.spin import run_node
@@ -42,7 +42,7 @@ PARAMETERS = {
 }
 
 
-class RecorderNode(Node):
+class RecorderNode(GuardedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("recorder", **kwargs)
         p = declare_parameters(self, PARAMETERS)

@@ -17,7 +17,6 @@ import sys
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
-from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time as RosTime
 from sensor_msgs.msg import JointState, PointCloud2
@@ -25,6 +24,7 @@ from std_msgs.msg import Float64
 
 from mvvdp_core.sim.franka import FrankaSim, camera_config_entries
 from mvvdp_core.sim.pick import PickTask
+from mvvdp_ros.guard import GuardedNode
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.pointcloud import cloud_to_msg
 from mvvdp_ros.spin import run_node
@@ -55,7 +55,7 @@ PARAMETERS = {
 }
 
 
-class SimRobotNode(Node):
+class SimRobotNode(GuardedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("sim_robot", **kwargs)
         p = declare_parameters(self, PARAMETERS)
