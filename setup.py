@@ -39,13 +39,18 @@ setup(
     extras_require={
         "sim": ["mujoco==3.3.0", "metaworld==3.1.1", "packaging"],
         "train": ["tensorboard>=2.16"],
+        # The ROS packages mvvdp_ros imports that exist as wheels (as package.xml; tf2_msgs, tf2_ros_py,
+        # launch, launch_ros and franka_msgs come with a robot's ROS install).
         "ros": [
             "ros-kilted-rclpy",
-            "ros-kilted-sensor-msgs",
+            "ros-kilted-builtin-interfaces",
+            "ros-kilted-rcl-interfaces",
+            "ros-kilted-ament-index-python",
+            "ros-kilted-std-msgs",
             "ros-kilted-std-srvs",
+            "ros-kilted-sensor-msgs",
             "ros-kilted-geometry-msgs",
             "ros-kilted-visualization-msgs",
-            "ros-kilted-trajectory-msgs",
             "ros-kilted-diagnostic-msgs",
             "ros-kilted-rmw-fastrtps-cpp",
         ],

@@ -1,6 +1,7 @@
 """ROS 2 launch of the mvvdp graph, built from mvvdp_core.graph (the same description `mvvdp bringup` runs).
 
     ros2 launch mvvdp_ros bringup.launch.py sim:=true mode:=preview checkpoint:=/path/to/ckpt rviz:=false
+    ros2 launch mvvdp_ros bringup.launch.py namespace:=robot1   # topics and services under /robot1/mvvdp/...
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from mvvdp_core.graph import PACKAGE, build_graph, default_config_dir
+from mvvdp_core.graph import PACKAGE, build_graph, default_config_dir, parse_params_files
 
 ARGUMENTS = {
     "sim": ("true", "start the simulated robot and use its camera calibration"),
@@ -19,6 +20,9 @@ ARGUMENTS = {
     "out_dir": ("", "folder for preview GIF/PNG files (empty: none)"),
     "config_dir": ("", "folder holding perception/policy/executor/cameras YAML (empty: the package's)"),
     "rviz": ("false", "start RViz with config/mvvdp.rviz"),
+    "namespace": ("", "namespace of every node (relative: inside the including launch's namespace)"),
+    "params_files": ("", "space-separated NODE=FILE parameter files read after the defaults "
+                         "(e.g. executor=executor_fr3.yaml from config_dir)"),
 }
 
 
@@ -41,16 +45,18 @@ def _nodes(context) -> list:
     arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     config_dir = arg["config_dir"] or _package_config_dir()
     specs = build_graph(sim=_is_true(arg["sim"]), mode=arg["mode"], checkpoint=arg["checkpoint"],
-                        out_dir=arg["out_dir"], config_dir=config_dir)
+                        out_dir=arg["out_dir"], config_dir=config_dir, namespace=arg["namespace"],
+                        params_files=parse_params_files(arg["params_files"].split()))
+    namespace = {"namespace": specs[0].namespace} if specs[0].namespace else {}
     actions = [
         Node(package=PACKAGE, executable=spec.executable, name=spec.name, output="screen",
              parameters=[*(str(path) for path in spec.params_files), spec.parameters],
-             remappings=list(spec.remaps))
+             remappings=list(spec.remaps), **namespace)
         for spec in specs
     ]
     if _is_true(arg["rviz"]):
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz", output="screen",
-                            arguments=["-d", f"{config_dir}/mvvdp.rviz"]))
+                            arguments=["-d", f"{config_dir}/mvvdp.rviz"], **namespace))
     return actions
 
 

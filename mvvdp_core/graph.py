@@ -9,6 +9,7 @@ Two runners read this description: launch/bringup.launch.py (ROS 2 launch, when 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ MODES = ("preview", "auto")
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One node of the graph. `module` runs it as `python -m module`; `executable` is its console script."""
+    """One node of the graph. `module` runs it as `python -m module`; `executable` is its console script.
+    namespace: relative ("" = none) so that a parent launch's namespace is prepended to it."""
 
     name: str
     module: str
@@ -31,10 +33,13 @@ class NodeSpec:
     params_files: tuple[Path, ...] = ()
     parameters: dict[str, Any] = field(default_factory=dict)
     remaps: tuple[tuple[str, str], ...] = ()
+    namespace: str = ""
 
     def ros_arguments(self) -> list[str]:
-        """`--ros-args ...` for this node: node name, parameter files, overrides, remaps."""
+        """`--ros-args ...` for this node: node name, namespace, parameter files, overrides, remaps."""
         args = ["--ros-args", "-r", f"__node:={self.name}"]
+        if self.namespace:
+            args += ["-r", f"__ns:=/{self.namespace}"]
         for path in self.params_files:
             args += ["--params-file", str(path)]
         for key, value in self.parameters.items():
@@ -45,6 +50,35 @@ class NodeSpec:
 
     def command(self, python: str = sys.executable) -> list[str]:
         return [python, "-m", self.module, *self.ros_arguments()]
+
+
+def normalize_namespace(namespace: str) -> str:
+    """'/robot1/' or 'robot1' -> 'robot1' (ROS name tokens: letters, digits, underscores; '/' between)."""
+    name = namespace.strip().strip("/")
+    tokens = name.split("/") if name else []
+    for token in tokens:
+        if not token or not (token[0].isalpha() or token[0] == "_") or not token.replace("_", "").isalnum():
+            raise ValueError(f"invalid namespace {namespace!r}: use letters, digits and underscores")
+    return name
+
+
+def parse_remap(rule: str) -> tuple[str, str]:
+    """'from:=to' -> (from, to)."""
+    source, sep, target = rule.partition(":=")
+    if not (sep and source and target):
+        raise ValueError(f"a remapping is FROM:=TO, got {rule!r}")
+    return source, target
+
+
+def parse_params_files(items: list[str] | tuple[str, ...]) -> dict[str, list[str]]:
+    """['executor=/a.yaml', ...] -> {'executor': ['/a.yaml', ...]}."""
+    files: dict[str, list[str]] = {}
+    for item in items:
+        node, sep, path = item.partition("=")
+        if not (sep and node and path):
+            raise ValueError(f"a parameter file is NODE=FILE, got {item!r}")
+        files.setdefault(node, []).append(path)
+    return files
 
 
 def format_parameter(value: Any) -> str:
@@ -71,6 +105,11 @@ def default_config_dir() -> Path:
     raise FileNotFoundError(f"no mvvdp config folder in {[str(c) for c in candidates]}")
 
 
+def tf2_installed() -> bool:
+    """Whether tf2_ros (Python) is installed; else perception reads the extrinsics from the calibration."""
+    return importlib.util.find_spec("tf2_ros") is not None
+
+
 def default_sim_checkpoint(sim: bool) -> str:
     """With the simulated robot and no checkpoint given: the shipped small pick model (if installed)."""
     if not sim:
@@ -90,19 +129,34 @@ def build_graph(
     out_dir: str = "",
     config_dir: Path | str | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
+    namespace: str = "",
+    remaps: list[str] | tuple[str, ...] = (),
+    params_files: dict[str, list[str]] | None = None,
 ) -> list[NodeSpec]:
-    """The nodes to start. overrides: node name -> parameters that win over the files."""
+    """The nodes to start. overrides: node name -> parameters that win over the files. namespace: every node
+    runs in it (their relative topic and service names follow; the drivers' absolute ones stay). remaps:
+    'FROM:=TO' rules applied to every node. params_files: node name -> parameter files read after the
+    node's default one (e.g. executor_fr3.yaml, from the config folder, for a real FR3)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    namespace = normalize_namespace(namespace)
+    rules = tuple(parse_remap(rule) for rule in remaps)
     config = Path(config_dir) if config_dir else default_config_dir()
     cameras = config / ("cameras_sim.yaml" if sim else "cameras.yaml")
     overrides = dict(overrides or {})
-    unknown = set(overrides) - {"sim_robot", "perception", "policy", "executor"}
+    # A relative file that is not found from the working directory is looked up in the config folder.
+    extra = {name: tuple(Path(f) if Path(f).is_absolute() or Path(f).is_file() else config / f for f in files)
+             for name, files in (params_files or {}).items()}
+    unknown = (set(overrides) | set(extra)) - {"sim_robot", "perception", "policy", "executor"}
     if unknown:
         raise ValueError(f"overrides for unknown nodes {sorted(unknown)}")
-    for path in (cameras, config / "perception.yaml", config / "policy.yaml", config / "executor.yaml"):
+    for path in (cameras, config / "perception.yaml", config / "policy.yaml", config / "executor.yaml",
+                 *(f for files in extra.values() for f in files)):
         if not path.is_file():
             raise FileNotFoundError(f"graph configuration file missing: {path}")
+
+    def files(name: str, default: str | None) -> tuple[Path, ...]:
+        return ((config / default,) if default else ()) + extra.get(name, ())
 
     def params(name: str, base: dict[str, Any]) -> dict[str, Any]:
         return {**base, **overrides.get(name, {})}
@@ -113,14 +167,15 @@ def build_graph(
     nodes = []
     if sim:
         nodes.append(NodeSpec("sim_robot", "mvvdp_ros.sim_robot_node", "sim_robot_node",
-                              parameters=params("sim_robot", {})))
+                              files("sim_robot", None), params("sim_robot", {}), rules, namespace))
     nodes += [
-        NodeSpec("perception", "mvvdp_ros.perception_node", "perception_node", (config / "perception.yaml",),
-                 params("perception", {"cameras_file": str(cameras)})),
-        NodeSpec("policy", "mvvdp_ros.policy_node", "policy_node", (config / "policy.yaml",),
+        NodeSpec("perception", "mvvdp_ros.perception_node", "perception_node",
+                 files("perception", "perception.yaml"), params("perception", {"cameras_file": str(cameras),
+                                       **({} if tf2_installed() else {"use_tf": False})}), rules, namespace),
+        NodeSpec("policy", "mvvdp_ros.policy_node", "policy_node", files("policy", "policy.yaml"),
                  params("policy", {"checkpoint": checkpoint, "mode": mode, "output_dir": out_dir,
-                                   "create_tiny_checkpoint": random_model})),
-        NodeSpec("executor", "mvvdp_ros.executor_node", "executor_node", (config / "executor.yaml",),
-                 params("executor", executor)),
+                                   "create_tiny_checkpoint": random_model}), rules, namespace),
+        NodeSpec("executor", "mvvdp_ros.executor_node", "executor_node", files("executor", "executor.yaml"),
+                 params("executor", executor), rules, namespace),
     ]
     return nodes

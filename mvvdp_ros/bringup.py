@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import yaml
 
-from mvvdp_core.graph import NodeSpec, build_graph
+from mvvdp_core.graph import NodeSpec, build_graph, parse_params_files
 
 
 class GraphProcesses:
@@ -102,10 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-dir", default=None, help="folder holding the node YAML files")
     parser.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                         help="override a node parameter (repeatable)")
+    parser.add_argument("--namespace", default="", help="run every node in this namespace (e.g. robot1)")
+    parser.add_argument("--remap", action="append", default=[], metavar="FROM:=TO",
+                        help="remap a topic or service name in every node (repeatable)")
+    parser.add_argument("--params-file", action="append", default=[], metavar="NODE=FILE",
+                        help="a parameter file read after the node's default one (repeatable), e.g. "
+                             "executor=config/executor_fr3.yaml")
     args = parser.parse_args(argv)
     try:
         specs = build_graph(args.sim, args.mode, args.checkpoint, args.out, args.config_dir,
-                            _parse_overrides(args.set))
+                            _parse_overrides(args.set), args.namespace, args.remap,
+                            parse_params_files(args.params_file))
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     graph = GraphProcesses(specs, log_dir=Path(args.out) / "logs" if args.out else None)

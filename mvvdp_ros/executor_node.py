@@ -33,7 +33,7 @@ from mvvdp_msgs.msg import ActionChunk
 from mvvdp_msgs.srv import Execute
 from mvvdp_ros.conversions import chunk_from_msg, pose_from_msg, pose_stamped
 from mvvdp_ros.guard import GuardedNode
-from mvvdp_ros.params import declare_parameters
+from mvvdp_ros.params import apply_live_parameters, declare_parameters
 from mvvdp_ros.spin import run_node
 
 PARAMETERS = {
@@ -41,18 +41,20 @@ PARAMETERS = {
     "control_rate": (DEFAULT_CONTROL_RATE, "control loop rate in Hz (targets sent to the controller)"),
     "base_frame": ("fr3_link0", "robot base frame of all poses"),
     "ee_pose_topic": ("/franka_robot_state_broadcaster/current_pose", "end-effector pose (PoseStamped)"),
-    "gripper_state_topic": ("/franka_gripper/joint_states", "gripper finger joints (width = sum)"),
+    "gripper_state_topic": ("/fr3_gripper/joint_states", "gripper finger joints (width = sum)"),
     "target_pose_topic": ("/cartesian_impedance_controller/target_pose", "controller target pose"),
-    "gripper_command_topic": ("/mvvdp/gripper_command", "gripper target width in metres (Float64)"),
-    "chunk_topic": ("/mvvdp/chunk", "action chunks from the policy"),
-    "heartbeat_topic": ("/mvvdp/heartbeat", "policy heartbeat (std_msgs/Header)"),
-    "state_topic": ("/mvvdp/executor/state", "executor state for monitoring (std_msgs/String)"),
-    "execute_service": ("/mvvdp/execute", "approve or reject a pending chunk (mvvdp_msgs/Execute)"),
-    "stop_service": ("/mvvdp/stop", "cancel and hold until resumed (std_srvs/Trigger)"),
-    "resume_service": ("/mvvdp/resume", "lift a stop: chunks run again (std_srvs/Trigger)"),
+    "gripper_command_topic": ("mvvdp/gripper_command", "gripper target width in metres (Float64)"),
+    "chunk_topic": ("mvvdp/chunk", "action chunks from the policy"),
+    "heartbeat_topic": ("mvvdp/heartbeat", "policy heartbeat (std_msgs/Header)"),
+    "state_topic": ("mvvdp/executor/state", "executor state for monitoring (std_msgs/String)"),
+    "execute_service": ("mvvdp/execute", "approve or reject a pending chunk (mvvdp_msgs/Execute)"),
+    "stop_service": ("mvvdp/stop", "cancel and hold until resumed (std_srvs/Trigger)"),
+    "resume_service": ("mvvdp/resume", "lift a stop: chunks run again (std_srvs/Trigger)"),
     "diagnostics_topic": ("/diagnostics", "rejected chunks, drops while stopped, callback errors"),
-    "gripper_interface": ("topic", "topic: width on gripper_command_topic; franka: move/grasp actions"),
-    "franka_gripper_namespace": ("/franka_gripper", "franka_gripper node namespace (franka interface)"),
+    "gripper_interface": ("topic", "topic: width on gripper_command_topic; franka: franka_gripper actions"),
+    "franka_gripper_node": ("/fr3_gripper", "franka_gripper node (franka interface): actions <node>/move, "
+                                            "<node>/grasp, <node>/homing"),
+    "franka_gripper_homing": (False, "franka interface: home the gripper once at start-up (finds its width)"),
     "gripper_speed": (0.1, "finger speed for franka_gripper move/grasp (m/s)"),
     "grasp_force": (30.0, "grasp force for franka_gripper grasp (N)"),
     "gripper_open_width": (0.08, "gripper width commanded for 'open' (m)"),
@@ -80,31 +82,28 @@ PARAMETERS = {
     "workspace_edge": (1.0, "edge of that cube (m)", (0.01, 10.0)),
     "min_step_confidence": (0.05, "chunks with a step below this confidence are rejected", (0.0, 1.0)),
 }
+# Set at run time (`ros2 param set`), validated as at start-up (ExecutorConfig, SafetyLimits, ChunkChecks);
+# the rest is read-only (names, mode, rate, and heartbeat_timeout: the DDS lease of a subscription).
+LIVE = ("max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_grace", "settle_time", "blend_overlap",
+        "switch_delay", "workspace_lower", "workspace_upper", "max_step_translation", "max_step_rotation_deg",
+        "max_linear_velocity", "max_angular_velocity_deg", "max_tracking_error", "max_tracking_rotation_deg",
+        "gripper_min_hold", "workspace_center", "workspace_edge", "min_step_confidence", "gripper_speed",
+        "grasp_force")
 
 
 class ExecutorNode(GuardedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("executor", **kwargs)
-        p = declare_parameters(self, PARAMETERS)
+        p = declare_parameters(self, PARAMETERS, live=LIVE)
         if not p["control_rate"] > 0:
             raise ValueError(f"control_rate must be > 0 Hz, got {p['control_rate']}")
         if not p["gripper_open_width"] > p["gripper_closed_width"] >= 0:
             raise ValueError("gripper widths must satisfy open > closed >= 0")
         self.params = p
         self.period = 1.0 / p["control_rate"]
-        timing = ("mode", "max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_timeout",
-                  "settle_time", "blend_overlap", "switch_delay")
-        config = ExecutorConfig(**{k: p[k] for k in timing})
-        limits = SafetyLimits(
-            workspace_lower=tuple(p["workspace_lower"]), workspace_upper=tuple(p["workspace_upper"]),
-            **{k: p[k] for k in ("max_step_translation", "max_step_rotation_deg", "max_linear_velocity",
-                                 "max_angular_velocity_deg", "max_tracking_error",
-                                 "max_tracking_rotation_deg", "gripper_min_hold")},
-        )
+        config, limits, self.checks = self._settings(p)
         self.core = ChunkExecutor(config, limits)
-        center, half = np.asarray(p["workspace_center"], float), p["workspace_edge"] / 2
-        self.checks = ChunkChecks(p["base_frame"], tuple(center - half), tuple(center + half),
-                                  p["min_step_confidence"])
+        apply_live_parameters(self, self.params, LIVE, self._apply_settings)
         self.callback_errors = 0
         self._gripper_opening = 1.0
 
@@ -140,6 +139,31 @@ class ExecutorNode(GuardedNode):
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
+
+    @staticmethod
+    def _settings(p: dict) -> tuple[ExecutorConfig, SafetyLimits, ChunkChecks]:
+        """The core's settings from the parameter values; raises ValueError on invalid ones."""
+        timing = ("mode", "max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_timeout",
+                  "settle_time", "blend_overlap", "switch_delay")
+        config = ExecutorConfig(**{k: p[k] for k in timing})
+        limits = SafetyLimits(
+            workspace_lower=tuple(p["workspace_lower"]), workspace_upper=tuple(p["workspace_upper"]),
+            **{k: p[k] for k in ("max_step_translation", "max_step_rotation_deg", "max_linear_velocity",
+                                 "max_angular_velocity_deg", "max_tracking_error",
+                                 "max_tracking_rotation_deg", "gripper_min_hold")},
+        )
+        center, edge = np.asarray(p["workspace_center"], float), p["workspace_edge"]
+        checks = ChunkChecks(p["base_frame"], tuple(center - edge / 2), tuple(center + edge / 2),
+                             p["min_step_confidence"])
+        for name in ("gripper_speed", "grasp_force"):
+            if not p[name] > 0:
+                raise ValueError(f"{name} must be > 0, got {p[name]!r}")
+        return config, limits, checks
+
+    def _apply_settings(self, p: dict) -> None:
+        """A live parameter change: validated whole, then swapped into the core between control periods."""
+        config, limits, checks = self._settings(p)
+        self.core.config, self.core.safety.limits, self.checks = config, limits, checks
 
     def _on_pose(self, msg: PoseStamped) -> None:
         if msg.header.frame_id and msg.header.frame_id != self.params["base_frame"]:
@@ -247,15 +271,23 @@ class ExecutorNode(GuardedNode):
         self.state_pub.publish(String(data=f"{command.state}{detail}{limited}{reason}"))
 
     def _franka_gripper_clients(self):
-        """Action clients of franka_gripper's move/grasp (robot install with franka_msgs only)."""
+        """Action clients of franka_gripper's move/grasp/homing (robot install with franka_msgs only)."""
         try:
-            from franka_msgs.action import Grasp, Move
+            from franka_msgs.action import Grasp, Homing, Move
             from rclpy.action import ActionClient
         except ImportError as err:
             raise ValueError("gripper_interface franka needs franka_msgs, which is not installed") from err
-        ns = self.params["franka_gripper_namespace"].rstrip("/")
-        return {"move": (Move, ActionClient(self, Move, f"{ns}/move")),
-                "grasp": (Grasp, ActionClient(self, Grasp, f"{ns}/grasp"))}
+        node = self.params["franka_gripper_node"].rstrip("/")
+        clients = {"move": (Move, ActionClient(self, Move, f"{node}/move")),
+                   "grasp": (Grasp, ActionClient(self, Grasp, f"{node}/grasp")),
+                   "homing": (Homing, ActionClient(self, Homing, f"{node}/homing"))}
+        if self.params["franka_gripper_homing"]:
+            action, client = clients["homing"]
+            if client.wait_for_server(timeout_sec=5.0):
+                client.send_goal_async(action.Goal())
+            else:
+                self.get_logger().error(f"no gripper action server {node}/homing: gripper not homed")
+        return clients
 
     def _command_gripper(self, opening: float) -> None:
         p = self.params
@@ -265,12 +297,16 @@ class ExecutorNode(GuardedNode):
             return
         if self._sent_gripper == opening:  # actions are sent once per open/close change
             return
+        name = "move" if opening >= 0.5 else "grasp"
+        action, client = self._franka[name]
+        if not client.server_is_ready():  # retried next period
+            self.get_logger().error(f"gripper action {p['franka_gripper_node']}/{name} not available",
+                                    throttle_duration_sec=1.0)
+            return
         self._sent_gripper = opening
-        if opening >= 0.5:
-            action, client = self._franka["move"]
+        if name == "move":
             goal = action.Goal(width=float(width), speed=p["gripper_speed"])
         else:
-            action, client = self._franka["grasp"]
             goal = action.Goal(width=float(width), speed=p["gripper_speed"], force=p["grasp_force"])
             goal.epsilon.inner = goal.epsilon.outer = float(p["gripper_open_width"])
         client.send_goal_async(goal)

@@ -1,15 +1,20 @@
 """Declaring node parameters with descriptors from one table.
 
 Each entry is name -> (default, description) or (default, description, (low, high)); a range is enforced by
-ROS for numeric parameters (an out-of-range value from a parameter file or `-p` is refused at start-up).
+ROS for numeric parameters (an out-of-range value from a parameter file, `-p` or `ros2 param set` is refused).
+Parameters are read-only (`ros2 param set` is refused) unless a node names them live and applies them with
+`apply_live_parameters`: the node rebuilds its settings from the updated values (through the same validation
+as at start-up) and a change that fails validation is refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 ParameterSpec = tuple[Any, str] | tuple[Any, str, tuple[float, float]]
 
@@ -30,11 +35,39 @@ def descriptor(default: Any, description: str, bounds: tuple[float, float] | Non
 
 
 def declare_parameters(
-    node: Node, specs: dict[str, ParameterSpec], read_only: bool = False
+    node: Node, specs: dict[str, ParameterSpec], live: Collection[str] = ()
 ) -> dict[str, Any]:
-    """Declare every parameter in specs and return their values."""
+    """Declare every parameter in specs (read-only unless named in live) and return their values."""
+    unknown = set(live) - set(specs)
+    if unknown:
+        raise ValueError(f"live parameters not in the table: {sorted(unknown)}")
     values: dict[str, Any] = {}
     for name, (default, description, *bounds) in specs.items():
-        desc = descriptor(default, description, bounds[0] if bounds else None, read_only)
+        desc = descriptor(default, description, bounds[0] if bounds else None, read_only=name not in live)
         values[name] = node.declare_parameter(name, default, desc).value
     return values
+
+
+def apply_live_parameters(node: Node, values: dict[str, Any], live: Collection[str],
+                          apply: Callable[[dict[str, Any]], None]) -> None:
+    """Take `set_parameters` on the live parameters: apply(all values with the change) validates and swaps in
+    the node's settings, raising ValueError or TypeError to refuse the change; `values` is then updated."""
+    live = frozenset(live)
+
+    def on_set(parameters: list[Parameter]) -> SetParametersResult:
+        changed = {p.name: p.value for p in parameters}
+        frozen = sorted(set(changed) - live)
+        if frozen:
+            return SetParametersResult(successful=False, reason=f"read-only: {', '.join(frozen)}")
+        try:
+            apply({**values, **changed})
+        except (ValueError, TypeError) as err:
+            return SetParametersResult(successful=False, reason=str(err))
+        except Exception as err:  # noqa: BLE001 - never raise into rclpy's parameter service
+            node.get_logger().error(f"applying {sorted(changed)} failed: {err!r}")
+            return SetParametersResult(successful=False, reason=f"internal error: {err!r}")
+        values.update(changed)
+        node.get_logger().info(f"parameters set: {changed}")
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(on_set)

@@ -1,7 +1,8 @@
 """Perception node: three camera clouds -> checked, synchronised -> views (mvvdp_msgs/ProjectedViews).
 
-Thin adapter over mvvdp_core.perception. Extrinsics come from tf2 when it is importable (and use_tf is set),
-otherwise from the calibration YAML. Rejected clouds are logged and reported on /diagnostics.
+Thin adapter over mvvdp_core.perception. Extrinsics come from tf2 with use_tf (the node refuses to start
+where tf2_ros is not installed), otherwise from the calibration YAML. Rejected clouds are logged and
+reported on /diagnostics.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from mvvdp_ros.spin import run_node
 
 PARAMETERS = {
     "cameras_file": ("", "camera calibration YAML (base_T_camera per camera, topics, frames)"),
-    "use_tf": (True, "take extrinsics from tf2 when tf2_ros is importable"),
-    "views_topic": ("/mvvdp/views", "projected views out (mvvdp_msgs/ProjectedViews)"),
-    "view_image_topic": ("/mvvdp/views/{view}/rgb", "per-view RGB image for RViz; {view} = view name"),
+    "use_tf": (True, "take extrinsics from tf2 (needs tf2_ros); false: from cameras_file"),
+    "views_topic": ("mvvdp/views", "projected views out (mvvdp_msgs/ProjectedViews)"),
+    "view_image_topic": ("mvvdp/views/{view}/rgb", "per-view RGB image for RViz; {view} = view name"),
     "diagnostics_topic": ("/diagnostics", "diagnostic_msgs/DiagnosticArray"),
     "sync_tolerance": (0.05, "largest stamp difference between the clouds of one set (s)"),
     "max_age": (0.5, "clouds older than this are rejected (s)"),
@@ -92,8 +93,9 @@ class PerceptionNode(GuardedNode):
     def _make_tf_buffer(self):
         try:
             import tf2_ros
-        except ImportError:
-            return None
+        except ImportError as err:
+            raise RuntimeError("use_tf is true but tf2_ros is not installed: install tf2_ros, or set "
+                               "use_tf:=false to take the extrinsics from cameras_file") from err
         buffer = tf2_ros.Buffer()
         self._tf_listener = tf2_ros.TransformListener(buffer, self)
         return buffer

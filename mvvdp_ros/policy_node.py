@@ -50,7 +50,7 @@ from mvvdp_ros.conversions import (
 )
 from mvvdp_ros.guard import GuardedNode
 from mvvdp_ros.latest import LatestMessage
-from mvvdp_ros.params import declare_parameters
+from mvvdp_ros.params import apply_live_parameters, declare_parameters
 from mvvdp_ros.spin import run_node
 
 PARAMETERS = {
@@ -72,34 +72,36 @@ PARAMETERS = {
     "max_chunk_age": (2.0, "auto: a chunk whose observation is older than this when ready is dropped (s)"),
     "max_observation_age": (2.0, "reject observations older than this (s)"),
     "base_frame": ("fr3_link0", "robot base frame"),
-    "views_topic": ("/mvvdp/views", "projected views in"),
+    "views_topic": ("mvvdp/views", "projected views in"),
     "ee_pose_topic": ("/franka_robot_state_broadcaster/current_pose", "end-effector pose in"),
-    "gripper_state_topic": ("/franka_gripper/joint_states", "gripper finger joints in (width = sum)"),
+    "gripper_state_topic": ("/fr3_gripper/joint_states", "gripper finger joints in (width = sum)"),
     "gripper_open_width": (0.08, "gripper width of a fully open gripper (m)"),
-    "chunk_topic": ("/mvvdp/chunk", "action chunks out"),
-    "heartbeat_topic": ("/mvvdp/heartbeat", "heartbeat out (std_msgs/Header)"),
+    "chunk_topic": ("mvvdp/chunk", "action chunks out"),
+    "heartbeat_topic": ("mvvdp/heartbeat", "heartbeat out (std_msgs/Header)"),
     "heartbeat_rate": (20.0, "heartbeat rate (Hz)"),
     "heartbeat_lease": (0.25, "DDS liveliness lease offered on the heartbeat topic; <= the executor's "
                               "heartbeat_timeout (s)", (0.01, 10.0)),
-    "preview_service": ("/mvvdp/preview", "preview service (mvvdp_msgs/Preview)"),
-    "preview_image_topic": ("/mvvdp/preview/{view}/{kind}", "predicted frames; {kind} = rgb or heatmap"),
+    "preview_service": ("mvvdp/preview", "preview service (mvvdp_msgs/Preview)"),
+    "preview_image_topic": ("mvvdp/preview/{view}/{kind}", "predicted frames; {kind} = rgb or heatmap"),
     "preview_fps": (5.0, "playback rate of the looped preview frames (Hz)"),
-    "marker_topic": ("/mvvdp/trajectory", "trajectory markers out"),
+    "marker_topic": ("mvvdp/trajectory", "trajectory markers out"),
     "output_dir": ("", "write each preview as GIF/PNG here (empty: off)"),
 }
+# Set at run time (`ros2 param set`), checked as requests are; the rest is read-only.
+LIVE = ("task", "num_steps", "seed", "max_observation_age")
 
 
 class PolicyNode(GuardedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy", **kwargs)
-        p = declare_parameters(self, PARAMETERS)
+        p = declare_parameters(self, PARAMETERS, live=LIVE)
         if p["mode"] not in ("preview", "auto"):
             raise ValueError(f"mode must be preview or auto, got {p['mode']!r}")
-        if not 0 <= p["num_steps"] <= p["max_denoising_steps"]:
-            raise ValueError(f"num_steps {p['num_steps']} must be in [0, {p['max_denoising_steps']}]")
         self.params = p
         fast = FastPathOptions(compile=p["compile"]) if p["fast_path"] else None
         self.policy = MVVDPPolicy.from_checkpoint(self._checkpoint_path(), device=p["device"], fast=fast)
+        self._check_live(p)
+        apply_live_parameters(self, self.params, LIVE, self._check_live)
         self.scheduler = InferenceScheduler(SchedulerConfig(
             request_fraction=p["request_fraction"], initial_latency=p["initial_latency"],
             latency_smoothing=p["latency_smoothing"], max_age=p["max_chunk_age"],
@@ -221,6 +223,15 @@ class PolicyNode(GuardedNode):
     def predict(self, task: str, num_steps: int, return_video: bool) -> tuple[PolicyOutput, Observation]:
         obs = self.observation(task)
         return self.predict_from(obs, num_steps, return_video), obs
+
+    def _check_live(self, p: dict) -> None:
+        """ValueError for live parameter values the node must not use (read where they are used)."""
+        if not 0 <= p["num_steps"] <= p["max_denoising_steps"]:
+            raise ValueError(f"num_steps {p['num_steps']} must be in [0, {p['max_denoising_steps']}]")
+        if p["task"] and p["task"] not in self.policy.tasks:
+            raise ValueError(f"unknown task {p['task'][:64]!r}; known: {self.policy.tasks}")
+        if not p["max_observation_age"] > 0:
+            raise ValueError(f"max_observation_age must be > 0 s, got {p['max_observation_age']!r}")
 
     def check_request(self, task: str, num_steps: int) -> None:
         """ValueError with a clear message for a request the node must not serve."""

@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
-from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import JointState, PointCloud2
 from std_msgs.msg import Float64
@@ -23,6 +22,7 @@ from mvvdp_core.data.recorder import EpisodeWriter, Recorder
 from mvvdp_core.perception import CloudFrame, CloudSynchronizer, SyncConfig, load_cameras
 from mvvdp_core.rotations import quaternion_to_matrix
 from mvvdp_ros.conversions import pose_from_msg, stamp_to_sec
+from mvvdp_ros.guard import GuardedNode
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.pointcloud import cloud_from_msg
 from mvvdp_ros.spin import run_node
@@ -32,8 +32,8 @@ PARAMETERS = {
     "out": ("", "dataset folder; each episode is a new episode_NNNNNN folder in it"),
     "task": ("default", "task name stored with every episode"),
     "pose_topic": ("/franka_robot_state_broadcaster/current_pose", "end-effector pose in (PoseStamped)"),
-    "gripper_state_topic": ("/franka_gripper/joint_states", "finger joint states in (width = sum)"),
-    "gripper_command_topic": ("/mvvdp/gripper_command", "commanded gripper width in (Float64, m)"),
+    "gripper_state_topic": ("/fr3_gripper/joint_states", "finger joint states in (width = sum)"),
+    "gripper_command_topic": ("mvvdp/gripper_command", "commanded gripper width in (Float64, m)"),
     "closed_below": (0.04, "a commanded width below this (m) records the gripper as closed"),
     "rate": (10.0, "largest number of recorded steps per second"),
     "sync_tolerance": (0.05, "largest stamp difference between the clouds of one step (s)"),
@@ -42,7 +42,7 @@ PARAMETERS = {
 }
 
 
-class RecorderNode(Node):
+class RecorderNode(GuardedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("recorder", **kwargs)
         p = declare_parameters(self, PARAMETERS)

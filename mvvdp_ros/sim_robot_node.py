@@ -3,7 +3,9 @@
 The scene is the pick task's (`mvvdp_core.sim.pick.PickTask`), the one recorded and evaluated. Publishes
 the three ZED-style registered clouds, the end-effector pose, the gripper joint states and the target cube's
 pose (ground truth, for scoring); takes a target pose (as a Cartesian impedance controller would) and a
-gripper width. Physics runs in a timer, kept in step with the ROS clock times a real-time factor; every
+gripper width. With tf2_msgs installed it also publishes the cameras' extrinsics on /tf_static (base frame ->
+`<camera>_left_camera_frame`, from the simulator, as in config/cameras_sim.yaml) and the end effector on /tf.
+Physics runs in a timer, kept in step with the ROS clock times a real-time factor; every
 message is stamped with the ROS time that corresponds to the simulated instant it shows.
 """
 
@@ -15,17 +17,18 @@ import sys
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
-from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time as RosTime
 from sensor_msgs.msg import JointState, PointCloud2
 from std_msgs.msg import Float64
 
-from mvvdp_core.sim.franka import FrankaSim
+from mvvdp_core.sim.franka import FrankaSim, camera_config_entries
 from mvvdp_core.sim.pick import PickTask
+from mvvdp_ros.guard import GuardedNode
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.pointcloud import cloud_to_msg
 from mvvdp_ros.spin import run_node
+from mvvdp_ros.tf import TF_QOS, TF_STATIC_QOS, TF_STATIC_TOPIC, TF_TOPIC, tf_message_type, transform_stamped
 
 MAX_CATCH_UP_S = 0.25  # beyond this lag the simulation skips wall time instead of racing to catch up
 
@@ -40,20 +43,22 @@ PARAMETERS = {
     "seed": (0, "Seed of the object placement", (0, 2**31 - 1)),
     "num_objects": (PickTask.num_objects, "Cubes on the table: the red target cube plus distractors", (1, 5)),
     "base_frame": ("fr3_link0", "Robot base frame"),
+    "ee_frame": ("fr3_hand_tcp", "End-effector frame published on /tf"),
+    "publish_tf": (True, "Cameras on /tf_static and the end effector on /tf (needs tf2_msgs)"),
     "cloud_topic": ("/{name}/zed_node/point_cloud/cloud_registered", "Cloud topic; {name} = camera"),
     "cloud_frame_id": ("{name}_left_camera_frame", "Cloud frame id; {name} = camera"),
     "pose_topic": ("/franka_robot_state_broadcaster/current_pose", "EE pose out"),
-    "gripper_state_topic": ("/franka_gripper/joint_states", "Fingers out"),
+    "gripper_state_topic": ("/fr3_gripper/joint_states", "Fingers out"),
     "target_pose_topic": ("/cartesian_impedance_controller/target_pose", "Target pose in"),
-    "gripper_command_topic": ("/mvvdp/gripper_command", "Gripper width in"),
-    "target_object_topic": ("/sim/target_object_pose", "Pose of the task's target cube out (ground truth)"),
+    "gripper_command_topic": ("mvvdp/gripper_command", "Gripper width in"),
+    "target_object_topic": ("sim/target_object_pose", "Pose of the task's target cube out (ground truth)"),
 }
 
 
-class SimRobotNode(Node):
-    def __init__(self) -> None:
-        super().__init__("sim_robot")
-        p = declare_parameters(self, PARAMETERS, read_only=True)
+class SimRobotNode(GuardedNode):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("sim_robot", **kwargs)
+        p = declare_parameters(self, PARAMETERS)
         cloud_rate, pose_rate, physics_tick = p["cloud_rate"], p["pose_rate"], p["physics_tick_rate"]
         self._rtf = p["realtime_factor"]
         width, height, seed, num_objects = p["camera_width"], p["camera_height"], p["seed"], p["num_objects"]
@@ -76,6 +81,9 @@ class SimRobotNode(Node):
         self.create_subscription(Float64, gripper_cmd_topic, self._on_gripper_command, 10)
 
         self._start = self.get_clock().now()
+        self._ee_frame, self._tf_pub = p["ee_frame"], None
+        if p["publish_tf"]:
+            self._start_tf()
         self.create_timer(1.0 / physics_tick, self._advance_physics)
         self.create_timer(1.0 / pose_rate, self._publish_state)
         self.create_timer(1.0 / cloud_rate, self._publish_clouds)
@@ -83,6 +91,21 @@ class SimRobotNode(Node):
             f"simulating FR3 at {1 / self.sim.timestep:.0f} Hz physics, x{self._rtf} real time; "
             f"{len(self._cloud_pubs)} cameras {width}x{height} at {cloud_rate} Hz"
         )
+
+    def _start_tf(self) -> None:
+        tf_message = tf_message_type()
+        if tf_message is None:
+            self.get_logger().info("tf2_msgs not installed: no /tf or /tf_static (perception reads the "
+                                   "calibration file)")
+            return
+        self._tf_message = tf_message
+        self._tf_pub = self.create_publisher(tf_message, TF_TOPIC, TF_QOS)
+        self._tf_static_pub = self.create_publisher(tf_message, TF_STATIC_TOPIC, TF_STATIC_QOS)
+        stamp = self._sim_stamp()
+        cameras = [transform_stamped(self._base_frame, self._cloud_frame.format(name=e["name"]),
+                                     e["translation"], e["rotation"], stamp)
+                   for e in camera_config_entries(self.sim)]
+        self._tf_static_pub.publish(tf_message(transforms=cameras))
 
     # ---- time ----------------------------------------------------------------------------------------------
     def _sim_stamp(self) -> Time:
@@ -136,6 +159,9 @@ class SimRobotNode(Node):
         o = pose.pose.orientation
         o.x, o.y, o.z, o.w = (float(v) for v in quat)
         self._pose_pub.publish(pose)
+        if self._tf_pub is not None:
+            ee = transform_stamped(self._base_frame, self._ee_frame, pos, quat, stamp)
+            self._tf_pub.publish(self._tf_message(transforms=[ee]))
 
         joints = JointState()
         joints.header.stamp = stamp

@@ -16,7 +16,12 @@ def run_node(make_node: Callable[[], Node], argv: list[str] | None = None, threa
     executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
     node = None
     try:
-        node = make_node()
+        try:
+            node = make_node()
+        except (ValueError, RuntimeError, FileNotFoundError) as err:  # its configuration: one clear line
+            name = getattr(make_node, "__name__", "node")
+            print(f"{name} did not start: {err}", file=sys.stderr, flush=True)
+            return 1
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

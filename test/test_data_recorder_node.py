@@ -80,7 +80,7 @@ def test_recorder_node_writes_synchronised_steps(recorder: tuple[subprocess.Pope
         qos = qos_profile_sensor_data
         clouds = {c.name: node.create_publisher(PointCloud2, c.topic, qos) for c in cameras}
         pose_pub = node.create_publisher(PoseStamped, "/franka_robot_state_broadcaster/current_pose", 10)
-        joint_pub = node.create_publisher(JointState, "/franka_gripper/joint_states", 10)
+        joint_pub = node.create_publisher(JointState, "/fr3_gripper/joint_states", 10)
         command_pub = node.create_publisher(Float64, "/mvvdp/gripper_command", 10)
         start = node.create_client(Trigger, "/recorder/start")
         stop = node.create_client(SetBool, "/recorder/stop")

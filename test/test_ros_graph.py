@@ -54,7 +54,7 @@ def test_files_and_overrides_reach_the_nodes_as_rcl_parses_them() -> None:
     overrides = {"executor": {"workspace_lower": [0.2, -0.1, 0.3], "control_rate": 25.0},
                  "perception": {"resolution": 64, "use_tf": False}}
     specs = {s.name: s for s in build_graph(sim=True, mode="auto", overrides=overrides)}
-    files = {name: yaml.safe_load(specs[name].params_files[0].read_text())[name]["ros__parameters"]
+    files = {name: yaml.safe_load(specs[name].params_files[0].read_text())[f"/**/{name}"]["ros__parameters"]
              for name in ("executor", "perception")}
     rclpy.init()
     try:

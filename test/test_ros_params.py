@@ -27,7 +27,7 @@ def ros():
 def test_values_ranges_and_read_only() -> None:
     node = Node("params_defaults")
     try:
-        assert declare_parameters(node, SPECS, read_only=True) == {"rate": 5.0, "width": 320, "topic": "/x"}
+        assert declare_parameters(node, SPECS) == {"rate": 5.0, "width": 320, "topic": "/x"}
         rate = node.describe_parameter("rate")
         assert rate.read_only and rate.floating_point_range[0].to_value == 60.0
         assert node.describe_parameter("width").integer_range[0].from_value == 16
@@ -53,3 +53,14 @@ def test_override_out_of_range_is_refused_and_in_range_taken() -> None:
 def test_range_needs_a_numeric_default() -> None:
     with pytest.raises(ValueError, match="numeric default"):
         descriptor("/x", "a topic", (0, 1))
+
+
+def test_live_names_must_be_in_the_table() -> None:
+    node = Node("params_live")
+    try:
+        with pytest.raises(ValueError, match="not in the table"):
+            declare_parameters(node, SPECS, live=("rates",))
+        declare_parameters(node, SPECS, live=("rate",))
+        assert not node.describe_parameter("rate").read_only and node.describe_parameter("width").read_only
+    finally:
+        node.destroy_node()

@@ -75,7 +75,7 @@ def test_sim_robot_follows_commands_and_publishes_clouds(sim_process: subprocess
     fingers: list[JointState] = []
     clouds: dict[str, PointCloud2] = {}
     node.create_subscription(PoseStamped, "/franka_robot_state_broadcaster/current_pose", poses.append, 10)
-    node.create_subscription(JointState, "/franka_gripper/joint_states", fingers.append, 10)
+    node.create_subscription(JointState, "/fr3_gripper/joint_states", fingers.append, 10)
     for name in CAMERAS:
         node.create_subscription(
             PointCloud2,
