@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "end-effector pose, views and the cube")
             rest_height = cube[-1][1][2]
             start = ee[-1][1]
+            summary["initial_distance_m"] = float(np.linalg.norm(start - cube[-1][1]))
             summary["chunks"] = []
             for index in range(args.chunks):
                 reply = None

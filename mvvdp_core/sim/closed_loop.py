@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -409,10 +410,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"seed {outcome.seed}: success={outcome.success} lift={outcome.lift:.3f} m "
               f"distance={outcome.distance:.3f} m", flush=True)
 
+    started = time.perf_counter()
     result = evaluate_policy(predict, args.episodes, args.seed, replan_steps=args.replan_steps,
                              time_limit=args.time_limit, task=task,
                              camera_size=(args.camera_width, args.camera_height), progress=report)
+    seconds = time.perf_counter() - started
     print(result.table())
+    chunks = sum(e.chunks for e in result.episodes)
+    print(f"{chunks} chunks in {seconds:.0f} s of wall time ({chunks / seconds:.2f} chunks/s, observation, "
+          f"prediction and simulation included)")
     if args.json:
         Path(args.json).write_text(json.dumps(result.to_json(), indent=1) + "\n")
         print(f"results written to {args.json}")
