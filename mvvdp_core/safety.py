@@ -190,6 +190,11 @@ class SafetyFilter:
         if bounded is not quat:
             quat = bounded
             limited.append("tracking_rotation")
+        # The box is absolute: a step from, or a pull towards, a measured pose outside it stays inside.
+        inside = np.clip(position, lim.workspace_lower, lim.workspace_upper)
+        if not np.array_equal(inside, position):
+            position = inside
+            limited.append("workspace")
 
         gripper = self._debounced_gripper(float(target.gripper), dt)
         if gripper != float(np.clip(target.gripper, 0.0, 1.0)):

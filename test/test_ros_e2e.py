@@ -28,6 +28,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
 from mvvdp_core.graph import build_graph  # noqa: E402
+from mvvdp_core.model.checkpoint import main as build_tiny_checkpoint  # noqa: E402
 from mvvdp_msgs.msg import ActionChunk  # noqa: E402
 from mvvdp_msgs.srv import Execute, Preview  # noqa: E402
 from mvvdp_ros.bringup import GraphProcesses  # noqa: E402
@@ -121,7 +122,12 @@ class Operator(Node):
 def graph(tmp_path_factory, env_load):
     tmp = str(tmp_path_factory.mktemp("e2e"))
     os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 200))
-    specs = build_graph(sim=True, mode="preview", out_dir=f"{tmp}/preview", overrides=overrides(tmp))
+    checkpoint = f"{tmp}/cache/tiny_checkpoint"  # a tiny random model: these tests exercise the graph
+    build_tiny_checkpoint([checkpoint, "--task", "default"])
+    settings = overrides(tmp)
+    settings["executor"]["min_step_confidence"] = 0.0  # a random model's heatmaps have no peak
+    specs = build_graph(sim=True, mode="preview", checkpoint=checkpoint, out_dir=f"{tmp}/preview",
+                        overrides=settings)
     with GraphProcesses(specs, log_dir=f"{tmp}/logs") as procs:
         rclpy.init()
         node = Operator()
@@ -165,7 +171,8 @@ def test_approved_chunk_is_tracked_within_tolerance(graph) -> None:
     assert node.spin_for(15.0, finished), f"the chunk did not finish: {sorted({s for _, s in node.states})}"
     targets = np.array([p for t, p in node.targets if t > approved_at])
     # Steps start from the measured ee pose, which may sit a few mm outside the box while tracking.
-    assert np.all(targets >= BOX_LOWER - 0.005) and np.all(targets <= BOX_UPPER + 0.005)
+    assert np.all(targets >= BOX_LOWER - 0.005) and np.all(targets <= BOX_UPPER + 0.005), (
+        targets.min(0), targets.max(0))
     last = chunk.poses[-1].position
     final_target = np.clip([last.x, last.y, last.z], BOX_LOWER, BOX_UPPER)
     np.testing.assert_allclose(targets[-1], final_target, atol=1e-6)

@@ -13,6 +13,7 @@ pytest.importorskip("mvvdp_msgs.msg", reason="mvvdp_msgs not built (scripts/buil
 
 os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 200))
 
+from mvvdp_core.checkpoints import shipped_checkpoint  # noqa: E402
 from mvvdp_core.graph import build_graph, default_config_dir, format_parameter  # noqa: E402
 from mvvdp_core.perception import load_cameras  # noqa: E402
 
@@ -21,7 +22,9 @@ def test_sim_and_robot_graphs() -> None:
     sim = {s.name: s for s in build_graph(sim=True, mode="auto", checkpoint="", out_dir="/tmp/x")}
     assert list(sim) == ["sim_robot", "perception", "policy", "executor"]
     assert sim["perception"].parameters["cameras_file"].endswith("cameras_sim.yaml")
-    assert sim["policy"].parameters["create_tiny_checkpoint"] is True
+    # The simulated graph runs the shipped pick model unless told otherwise.
+    assert sim["policy"].parameters["checkpoint"] == str(shipped_checkpoint())
+    assert sim["policy"].parameters["create_tiny_checkpoint"] is False
     assert sim["policy"].parameters["mode"] == sim["executor"].parameters["mode"] == "auto"
     robot = {s.name: s for s in build_graph(sim=False, checkpoint="/ckpt")}
     assert list(robot) == ["perception", "policy", "executor"]

@@ -19,7 +19,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "config"
 
 
 def test_config_sets_one_thread_and_the_table_bounds_it():
-    config = yaml.safe_load((CONFIG / "perception.yaml").read_text())["perception"]["ros__parameters"]
+    config = yaml.safe_load((CONFIG / "perception.yaml").read_text())["/**/perception"]["ros__parameters"]
     assert config["torch_threads"] == 1
     default, _, bounds = PARAMETERS["torch_threads"]
     assert default == 1 and bounds[0] == 1
