@@ -1,4 +1,4 @@
-"""End to end over DDS: sim robot + perception + policy (tiny random model) + executor, started as processes
+"""End to end over DDS: sim robot + perception + policy (the shipped small model) + executor, as processes
 from the graph definition. Preview outputs arrive; unapproved chunks never move the arm; an approved chunk is
 tracked (safety-filtered); stop holds; bad clouds are rejected; killing the policy makes the executor hold;
 `mvvdp bringup` exits cleanly on SIGINT."""
@@ -122,12 +122,11 @@ class Operator(Node):
 def graph(tmp_path_factory, env_load):
     tmp = str(tmp_path_factory.mktemp("e2e"))
     os.environ["ROS_DOMAIN_ID"] = str(random.randint(1, 200))
-    checkpoint = f"{tmp}/cache/tiny_checkpoint"  # a tiny random model: these tests exercise the graph
-    build_tiny_checkpoint([checkpoint, "--task", "default"])
+    build_tiny_checkpoint([f"{tmp}/cache/tiny_checkpoint"])  # for the bringup runner test
     settings = overrides(tmp)
-    settings["executor"]["min_step_confidence"] = 0.0  # a random model's heatmaps have no peak
-    specs = build_graph(sim=True, mode="preview", checkpoint=checkpoint, out_dir=f"{tmp}/preview",
-                        overrides=settings)
+    # These tests exercise the graph with the shipped model, not its accuracy: no confidence threshold.
+    settings["executor"]["min_step_confidence"] = 0.0
+    specs = build_graph(sim=True, mode="preview", out_dir=f"{tmp}/preview", overrides=settings)
     with GraphProcesses(specs, log_dir=f"{tmp}/logs") as procs:
         rclpy.init()
         node = Operator()

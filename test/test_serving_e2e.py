@@ -149,8 +149,8 @@ def test_chunks_switch_continuously_and_stale_ones_never_run(graph) -> None:
     ]
     # Every command moves at most the step limit from the previous one, across the switches as within the
     # chunks, and stays within the tracking bound of where the arm was (the ee pose stamped last before the
-    # command; on a loaded machine the executor may have seen one up to two periods newer, hence the slack
-    # of two periods at the 0.5 m/s velocity limit).
+    # command; the executor may have seen a newer one: the slack is the arm's travel at its 0.3 m/s speed
+    # limit over a quarter second of pose-stream lag on a loaded machine).
     ee_stamps = np.array([t for t, _ in node.ee])
     ee_positions = np.array([p for _, p in node.ee])
     commanded = [(t, p) for t, p in node.targets if t >= ee_stamps[0]]
@@ -161,5 +161,5 @@ def test_chunks_switch_continuously_and_stale_ones_never_run(graph) -> None:
         np.linalg.norm(p - ee_positions[np.searchsorted(ee_stamps, t, side="right") - 1])
         for t, p in commanded
     ]
-    assert max(lags) <= TRACKING_BOUND + 0.05, f"largest command-to-arm distance {max(lags) * 1000:.1f} mm"
+    assert max(lags) <= TRACKING_BOUND + 0.075, f"largest command-to-arm distance {max(lags) * 1000:.1f} mm"
     assert max(np.linalg.norm(p - start) for p in ee_positions) > 0.01, "the arm did not move"
