@@ -95,7 +95,9 @@ def namespaced_graph():
             while time.monotonic() < deadline:
                 services = dict(probe.get_service_names_and_types())
                 topics = dict(probe.get_topic_names_and_types())
-                if "/robot1/mvvdp/execute" in services and "/robot1/mvvdp/views" in topics:
+                nodes = probe.get_node_names_and_namespaces()
+                if ("/robot1/mvvdp/execute" in services and "/robot1/mvvdp/views" in topics
+                        and ("executor", "/robot1") in nodes and ("perception", "/robot1") in nodes):
                     break
                 rclpy.spin_once(probe, timeout_sec=0.2)
             yield probe

