@@ -52,6 +52,7 @@ setup(
             "ros-kilted-geometry-msgs",
             "ros-kilted-visualization-msgs",
             "ros-kilted-diagnostic-msgs",
+            "ros-kilted-lifecycle-msgs",
             "ros-kilted-rmw-fastrtps-cpp",
         ],
         "msgs-build": [
