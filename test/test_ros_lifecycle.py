@@ -220,22 +220,23 @@ def test_refused_configuration_leaves_the_node_unconfigured() -> None:
     from mvvdp_core.graph import default_config_dir
     from mvvdp_ros.perception_node import PerceptionNode
 
-    rclpy.init()
+    context = rclpy.Context()  # its own: the module's DDS fixture may hold the default one
+    rclpy.init(context=context)
     try:
-        node = PerceptionNode(parameter_overrides=[Parameter("autostart", value=False),
-                                                   Parameter("use_tf", value=False)])
+        node = PerceptionNode(context=context, parameter_overrides=[Parameter("autostart", value=False),
+                                                                    Parameter("use_tf", value=False)])
         assert node.lifecycle_state() == "unconfigured" and not hasattr(node, "sync")
-        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE  # no cameras_file
         assert node.lifecycle_state() == "unconfigured"
         node.destroy_node()
         cameras = str(default_config_dir() / "cameras_sim.yaml")
-        node = PerceptionNode(parameter_overrides=[Parameter("autostart", value=False),
-                                                   Parameter("use_tf", value=False),
-                                                   Parameter("cameras_file", value=cameras)])
+        node = PerceptionNode(context=context, parameter_overrides=[Parameter("autostart", value=False),
+                                                                    Parameter("use_tf", value=False),
+                                                                    Parameter("cameras_file", value=cameras)])
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.lifecycle_state() == "inactive" and list(node.sync.cameras) == [
             "zed_front", "zed_left", "zed_right"]
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS and node.active
         node.destroy_node()
     finally:
-        rclpy.shutdown()
+        rclpy.shutdown(context=context)
