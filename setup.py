@@ -39,6 +39,8 @@ setup(
     extras_require={
         "sim": ["mujoco==3.3.0", "metaworld==3.1.1", "packaging"],
         "train": ["tensorboard>=2.16"],
+        # Recording to MCAP with ROS 2 schemas and reading it back (mvvdp_core.data.mcap_episodes).
+        "mcap": ["mcap>=1.1", "mcap-ros2-support>=0.5"],
         # The ROS packages mvvdp_ros imports that exist as wheels (as package.xml; tf2_msgs, tf2_ros_py,
         # launch, launch_ros and franka_msgs come with a robot's ROS install).
         "ros": [
@@ -52,6 +54,7 @@ setup(
             "ros-kilted-geometry-msgs",
             "ros-kilted-visualization-msgs",
             "ros-kilted-diagnostic-msgs",
+            "ros-kilted-lifecycle-msgs",
             "ros-kilted-rmw-fastrtps-cpp",
         ],
         "msgs-build": [

@@ -21,6 +21,8 @@ ARGUMENTS = {
     "config_dir": ("", "folder holding perception/policy/executor/cameras YAML (empty: the package's)"),
     "rviz": ("false", "start RViz with config/mvvdp.rviz"),
     "namespace": ("", "namespace of every node (relative: inside the including launch's namespace)"),
+    "autostart": ("true", "configure and activate perception, policy and executor at start (false: they "
+                          "wait unconfigured for `ros2 lifecycle set`)"),
     "params_files": ("", "space-separated NODE=FILE parameter files read after the defaults "
                          "(e.g. executor=executor_fr3.yaml from config_dir)"),
 }
@@ -46,7 +48,8 @@ def _nodes(context) -> list:
     config_dir = arg["config_dir"] or _package_config_dir()
     specs = build_graph(sim=_is_true(arg["sim"]), mode=arg["mode"], checkpoint=arg["checkpoint"],
                         out_dir=arg["out_dir"], config_dir=config_dir, namespace=arg["namespace"],
-                        params_files=parse_params_files(arg["params_files"].split()))
+                        params_files=parse_params_files(arg["params_files"].split()),
+                        autostart=_is_true(arg["autostart"]))
     namespace = {"namespace": specs[0].namespace} if specs[0].namespace else {}
     actions = [
         Node(package=PACKAGE, executable=spec.executable, name=spec.name, output="screen",

@@ -132,11 +132,13 @@ def build_graph(
     namespace: str = "",
     remaps: list[str] | tuple[str, ...] = (),
     params_files: dict[str, list[str]] | None = None,
+    autostart: bool = True,
 ) -> list[NodeSpec]:
     """The nodes to start. overrides: node name -> parameters that win over the files. namespace: every node
     runs in it (their relative topic and service names follow; the drivers' absolute ones stay). remaps:
     'FROM:=TO' rules applied to every node. params_files: node name -> parameter files read after the
-    node's default one (e.g. executor_fr3.yaml, from the config folder, for a real FR3)."""
+    node's default one (e.g. executor_fr3.yaml, from the config folder, for a real FR3). autostart false:
+    the lifecycle nodes (perception, policy, executor) wait unconfigured for a lifecycle manager."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     namespace = normalize_namespace(namespace)
@@ -159,7 +161,8 @@ def build_graph(
         return ((config / default,) if default else ()) + extra.get(name, ())
 
     def params(name: str, base: dict[str, Any]) -> dict[str, Any]:
-        return {**base, **overrides.get(name, {})}
+        managed = {} if autostart or name == "sim_robot" else {"autostart": False}
+        return {**base, **managed, **overrides.get(name, {})}
 
     checkpoint = checkpoint or default_sim_checkpoint(sim)
     random_model = sim and not checkpoint  # a tiny random model: its heatmaps have no peak, confidence 0

@@ -301,7 +301,10 @@ class MVVDPPolicy:
         num_steps: int | None = None,
         return_video: bool = False,
         seed: int | None = None,
+        on_step: Callable[[int, int], None] | None = None,
     ) -> PolicyOutput:
+        """The action chunk (and videos on request) for an observation. on_step(done, total) is called after
+        each denoising step; an exception it raises (a cancelled request) ends the prediction."""
         cfg = self.config
         parts = self.parts
         steps = check_num_steps(cfg.num_inference_steps if num_steps is None else num_steps)
@@ -320,6 +323,11 @@ class MVVDPPolicy:
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self._velocity_model(x.to(self.dtype), t, text).float()
 
+        def step_done(i: int) -> None:
+            step_marks.mark()
+            if on_step is not None:
+                on_step(i + 1, steps)
+
         self._sync()
         step_marks.mark()
         with self._denoise_context():
@@ -331,7 +339,7 @@ class MVVDPPolicy:
                 cfg.flow_shift,
                 cfg.num_train_timesteps,
                 generator=generator,
-                on_step=lambda _i: step_marks.mark(),
+                on_step=step_done,
             )
         self._sync()
         for i, seconds in enumerate(step_marks.intervals()):

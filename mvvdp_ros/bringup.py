@@ -108,11 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params-file", action="append", default=[], metavar="NODE=FILE",
                         help="a parameter file read after the node's default one (repeatable), e.g. "
                              "executor=config/executor_fr3.yaml")
+    parser.add_argument("--autostart", action=argparse.BooleanOptionalAction, default=True,
+                        help="configure and activate perception, policy and executor at start (default: on); "
+                             "--no-autostart leaves them unconfigured for a lifecycle manager")
     args = parser.parse_args(argv)
     try:
         specs = build_graph(args.sim, args.mode, args.checkpoint, args.out, args.config_dir,
                             _parse_overrides(args.set), args.namespace, args.remap,
-                            parse_params_files(args.params_file))
+                            parse_params_files(args.params_file), args.autostart)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
     graph = GraphProcesses(specs, log_dir=Path(args.out) / "logs" if args.out else None)

@@ -5,6 +5,14 @@ validated whole on arrival (mvvdp_core.execution.validate_chunk); a rejected one
 /diagnostics and the arm holds. /mvvdp/stop latches until /mvvdp/resume (or an approval in preview mode).
 A callback that raises is logged and the arm holds (mvvdp_ros.guard).
 
+Lifecycle (mvvdp_ros.lifecycle): configure validates the settings and creates the interfaces; only an active
+executor sends targets and gripper commands. Deactivation latches a stop in the core, so the hold passes the
+one safety filter like any other target; its hold targets go out until they stand at the held pose, then
+nothing is sent (the controller keeps the last target). Activating again keeps the stop latched until
+/mvvdp/resume or the next approval. The Execute action (same name as the service) approves a chunk and
+reports the step aimed at each period; cancelling it stops and holds as /mvvdp/stop does. Its goals are
+followed on a thread of their own; calls into the core go through the control loop's thread.
+
 Policy liveness: the heartbeat subscription asks for DDS liveliness (automatic, lease heartbeat_timeout). The
 policy's DDS participant asserts it from its own native thread, so a policy whose Python threads are starved
 of CPU (inference, load) stays alive, while a killed or frozen one loses it within the lease: a running chunk
@@ -16,10 +24,18 @@ its messages, a hung one stops them); heartbeat messages from any publisher coun
 from __future__ import annotations
 
 import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action.server import ServerGoalHandle
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.duration import Duration
 from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
 from rclpy.qos import LivelinessPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -27,12 +43,13 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Header, String
 from std_srvs.srv import Trigger
 
-from mvvdp_core.execution import ChunkChecks, ChunkExecutor, ExecutorConfig, validate_chunk
+from mvvdp_core.execution import ChunkChecks, ChunkExecutor, Command, ExecutorConfig, validate_chunk
 from mvvdp_core.safety import DEFAULT_CONTROL_RATE, PoseTarget, SafetyLimits
+from mvvdp_msgs.action import Execute as ExecuteAction
 from mvvdp_msgs.msg import ActionChunk
 from mvvdp_msgs.srv import Execute
 from mvvdp_ros.conversions import chunk_from_msg, pose_from_msg, pose_stamped
-from mvvdp_ros.guard import GuardedNode
+from mvvdp_ros.lifecycle import ManagedNode
 from mvvdp_ros.params import apply_live_parameters, declare_parameters
 from mvvdp_ros.spin import run_node
 
@@ -82,6 +99,7 @@ PARAMETERS = {
     "workspace_edge": (1.0, "edge of that cube (m)", (0.01, 10.0)),
     "min_step_confidence": (0.05, "chunks with a step below this confidence are rejected", (0.0, 1.0)),
 }
+DRAIN_PERIODS = 40  # deactivation: hold targets go out until they stand unlimited, at most this many periods
 # Set at run time (`ros2 param set`), validated as at start-up (ExecutorConfig, SafetyLimits, ChunkChecks);
 # the rest is read-only (names, mode, rate, and heartbeat_timeout: the DDS lease of a subscription).
 LIVE = ("max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_grace", "settle_time", "blend_overlap",
@@ -91,21 +109,32 @@ LIVE = ("max_chunk_age", "approval_timeout", "ee_timeout", "heartbeat_grace", "s
         "grasp_force")
 
 
-class ExecutorNode(GuardedNode):
+class ExecutorNode(ManagedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("executor", **kwargs)
-        p = declare_parameters(self, PARAMETERS, live=LIVE)
+        self.params = declare_parameters(self, PARAMETERS, live=LIVE)
+        self.core: ChunkExecutor | None = None
+        apply_live_parameters(self, self.params, LIVE, self._apply_settings)
+        self.start()
+
+    def configure(self) -> None:
+        p = self.params
         if not p["control_rate"] > 0:
             raise ValueError(f"control_rate must be > 0 Hz, got {p['control_rate']}")
         if not p["gripper_open_width"] > p["gripper_closed_width"] >= 0:
             raise ValueError("gripper widths must satisfy open > closed >= 0")
-        self.params = p
+        if p["gripper_interface"] not in ("topic", "franka"):
+            raise ValueError(f"gripper_interface must be topic or franka, got {p['gripper_interface']!r}")
         self.period = 1.0 / p["control_rate"]
         config, limits, self.checks = self._settings(p)
         self.core = ChunkExecutor(config, limits)
-        apply_live_parameters(self, self.params, LIVE, self._apply_settings)
         self.callback_errors = 0
         self._gripper_opening = 1.0
+        self._draining = 0  # periods left to send the deactivation hold (inactive: nothing else goes out)
+        self._calls: deque[Callable[[], None]] = deque()  # from the action thread, run by the control loop
+        self._progress = threading.Condition()
+        self._last_command = Command(None, "idle")
+        self._goal_active = False
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         sensor = qos_profile_sensor_data  # best effort: matches reliable and best-effort publishers
@@ -125,17 +154,29 @@ class ExecutorNode(GuardedNode):
         self.create_subscription(Header, p["heartbeat_topic"], self._on_heartbeat, sensor)
         self.target_pub = self.create_publisher(PoseStamped, p["target_pose_topic"], QoSProfile(depth=1))
         self.gripper_pub = self.create_publisher(Float64, p["gripper_command_topic"], QoSProfile(depth=1))
-        if p["gripper_interface"] not in ("topic", "franka"):
-            raise ValueError(f"gripper_interface must be topic or franka, got {p['gripper_interface']!r}")
         self._franka = self._franka_gripper_clients() if p["gripper_interface"] == "franka" else None
         self._sent_gripper: float | None = None
         self.state_pub = self.create_publisher(String, p["state_topic"], reliable)
         self.create_service(Execute, p["execute_service"], self._on_execute)
         self.create_service(Trigger, p["stop_service"], self._on_stop)
         self.create_service(Trigger, p["resume_service"], self._on_resume)
+        server = ActionServer(self, ExecuteAction, p["execute_service"], self._execute_goal,
+                              goal_callback=self._accept_goal, callback_group=ReentrantCallbackGroup(),
+                              cancel_callback=lambda _request: CancelResponse.ACCEPT)
+        self._own(server, lambda action: action.destroy())
         self.diag_pub = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], QoSProfile(depth=10))
         self.create_timer(self.period, self._tick)
-        self.get_logger().info(f"executor ready: mode {config.mode}, {p['control_rate']:.0f} Hz")
+        self.get_logger().info(f"executor configured: mode {config.mode}, {p['control_rate']:.0f} Hz")
+
+    def deactivate(self) -> None:
+        """Latch a stop through the core (the one safety filter) and send its hold before going quiet."""
+        self.core.stop(self._now())
+        self._draining = DRAIN_PERIODS
+        self._tick()
+        self._report("deactivated: holding until resumed (or the next approval)")
+
+    def cleanup(self) -> None:
+        self.core = None
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -163,7 +204,8 @@ class ExecutorNode(GuardedNode):
     def _apply_settings(self, p: dict) -> None:
         """A live parameter change: validated whole, then swapped into the core between control periods."""
         config, limits, checks = self._settings(p)
-        self.core.config, self.core.safety.limits, self.checks = config, limits, checks
+        if self.core is not None:  # unconfigured: configure reads the new values
+            self.core.config, self.core.safety.limits, self.checks = config, limits, checks
 
     def _on_pose(self, msg: PoseStamped) -> None:
         if msg.header.frame_id and msg.header.frame_id != self.params["base_frame"]:
@@ -200,6 +242,10 @@ class ExecutorNode(GuardedNode):
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         now = self._now()
+        if not self.active:
+            self.get_logger().warning(f"chunk {msg.chunk_id} dropped: executor inactive",
+                                      throttle_duration_sec=2.0)
+            return
         try:
             chunk = chunk_from_msg(msg)
             problem = validate_chunk(chunk, msg.header.frame_id, np.asarray(msg.step_confidence), self.checks)
@@ -218,17 +264,93 @@ class ExecutorNode(GuardedNode):
             self._report(f"chunk {msg.chunk_id} dropped: stopped")
 
     def _on_execute(self, request: Execute.Request, response: Execute.Response) -> Execute.Response:
-        now = self._now()
-        response.success, response.message = self.core.approve(int(request.chunk_id), request.approve, now)
-        self._flush_events()
+        response.success, response.message = self._approve(int(request.chunk_id), request.approve)
         return response
 
+    def _approve(self, chunk_id: int, approve: bool) -> tuple[bool, str]:
+        if not self.active:
+            return False, f"chunk {chunk_id}: executor inactive (activate it first)"
+        result = self.core.approve(chunk_id, approve, self._now())
+        self._flush_events()
+        return result
+
+    # ---- the Execute action: its thread waits; the control loop runs its calls and reports progress ----
+    def _accept_goal(self, _goal: ExecuteAction.Goal) -> GoalResponse:
+        if self._goal_active or not self.active:
+            why = "one is running" if self.active else "executor inactive"
+            self.get_logger().warning(f"execute goal refused: {why}")
+            return GoalResponse.REJECT
+        self._goal_active = True
+        return GoalResponse.ACCEPT
+
+    def _in_loop(self, call: Callable[[], Any], timeout: float = 5.0) -> Any:
+        """Run `call` at the start of the next control period (the thread that owns the core); its result,
+        or None when the loop did not run it in time (then it never runs)."""
+        done, box, lock = threading.Event(), [], threading.Lock()
+
+        def run() -> None:
+            with lock:
+                if not done.is_set():
+                    box.append(call())
+                    done.set()
+
+        self._calls.append(run)
+        done.wait(timeout)
+        with lock:
+            done.set()
+        return box[0] if box else None
+
+    def _execute_goal(self, goal: ServerGoalHandle) -> ExecuteAction.Result:
+        try:
+            return self._follow_goal(goal)
+        finally:
+            self._goal_active = False
+
+    def _follow_goal(self, goal: ServerGoalHandle) -> ExecuteAction.Result:
+        chunk_id, approve = int(goal.request.chunk_id), bool(goal.request.approve)
+        decided = self._in_loop(lambda: (self._approve(chunk_id, approve), self.core.running))
+        if decided is None:
+            goal.abort()
+            return ExecuteAction.Result(success=False, message="executor control loop not running (inactive)")
+        (ok, message), running = decided
+        if not ok or not approve:
+            goal.succeed() if ok else goal.abort()
+            return ExecuteAction.Result(success=ok, message=message)
+        total, done, last = len(running.positions), 0, time.monotonic()
+        while True:
+            with self._progress:
+                self._progress.wait(timeout=0.5)
+                command = self._last_command
+            if goal.is_cancel_requested:
+                self._in_loop(lambda: self._stop("execute goal cancelled"))
+                goal.canceled()
+                return ExecuteAction.Result(success=False, steps_executed=done,
+                                            message=f"chunk {chunk_id}: cancelled, holding until resumed")
+            if command.chunk_id == chunk_id:
+                last, done = time.monotonic(), max(done, command.step + 1)
+                goal.publish_feedback(ExecuteAction.Feedback(state=command.state, step=command.step,
+                                                             num_steps=total))
+                continue
+            if command.reason == "chunk finished":
+                goal.succeed()
+                return ExecuteAction.Result(success=True, steps_executed=done,
+                                            message=f"chunk {chunk_id}: finished")
+            ended = command.reason or (f"chunk {command.chunk_id} runs instead" if command.chunk_id else "")
+            if ended or time.monotonic() - last > 5.0:
+                goal.abort()
+                return ExecuteAction.Result(success=False, steps_executed=done,
+                                            message=f"chunk {chunk_id}: ended, {ended or 'no control loop'}")
+
     def _on_stop(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        response.message = self.core.stop(self._now())
+        response.message = self._stop("stopped")
         response.success = True
-        self._tick()  # send the hold target now rather than at the next period
-        self._report("stopped")
         return response
+
+    def _stop(self, why: str) -> str:
+        message = self.core.stop(self._now())
+        self._tick()  # send the hold target now rather than at the next period
+        self._report(why)
+        return message
 
     def _on_resume(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         response.message = self.core.resume(self._now())
@@ -238,6 +360,8 @@ class ExecutorNode(GuardedNode):
         return response
 
     def on_callback_error(self, where: str, error: Exception) -> None:
+        if self.core is None:
+            return
         self.callback_errors += 1
         self.core.fault(f"{where} failed: {error}", self._now())
         self._flush_events()
@@ -257,14 +381,23 @@ class ExecutorNode(GuardedNode):
                                               status=[status]))
 
     def _tick(self) -> None:
+        while self._calls:
+            self._calls.popleft()()
+        if not (self.active or self._draining):
+            return  # inactive: no commands
         now = self._now()
         if self._policy_live and now - self._last_beat < self.params["heartbeat_grace"]:
             self.core.heartbeat(now)
         command = self.core.tick(now, self.period)
         self._flush_events()
+        with self._progress:
+            self._last_command = command
+            self._progress.notify_all()
         if command.target is not None:
             self.target_pub.publish(pose_stamped(command.target, now, self.params["base_frame"]))
             self._command_gripper(command.target.gripper)
+        if not self.active:  # the deactivation hold: until it stands unlimited at the held pose
+            self._draining = 0 if command.target is None or not command.limited else self._draining - 1
         detail = f" chunk={command.chunk_id} step={command.step}" if command.chunk_id is not None else ""
         limited = f" limited={','.join(command.limited)}" if command.limited else ""
         reason = f" reason={command.reason}" if command.reason else ""
@@ -318,7 +451,7 @@ class ExecutorNode(GuardedNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(ExecutorNode, argv)
+    return run_node(ExecutorNode, argv, threads=3)  # one thread may follow an Execute goal
 
 
 if __name__ == "__main__":

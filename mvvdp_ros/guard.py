@@ -1,6 +1,7 @@
 """One guard at every node boundary: no exception escapes a subscription, timer or service callback.
 
-`GuardedNode` wraps each callback it creates. An exception is logged with its traceback and handed to
+`CallbackGuard` (mixed into `GuardedNode` and the lifecycle nodes' `ManagedNode`) wraps each callback it
+creates. An exception is logged with its traceback and handed to
 `on_callback_error` (the executor node holds the arm there); a service answers with success = False and the
 error as its message. The node keeps spinning either way.
 """
@@ -15,16 +16,35 @@ from typing import Any
 from rclpy.node import Node
 
 
-class GuardedNode(Node):
+class CallbackGuard:
+    """Mixin for an rclpy Node (listed before it): guarded callbacks. While `_owned` is a list (a lifecycle
+    node configuring), every entity created is recorded there with its destroyer, for cleanup."""
+
+    _owned: list[Callable[[], Any]] | None = None
+
+    def _own(self, entity: Any, destroy: Callable[[Any], Any]) -> Any:
+        if self._owned is not None:
+            self._owned.append(lambda: destroy(entity))
+        return entity
+
+    def create_publisher(self, *args: Any, **kwargs: Any):
+        return self._own(super().create_publisher(*args, **kwargs), self.destroy_publisher)
+
+    def create_client(self, *args: Any, **kwargs: Any):
+        return self._own(super().create_client(*args, **kwargs), self.destroy_client)
+
     def create_subscription(self, msg_type, topic: str, callback: Callable, *args: Any, **kwargs: Any):
-        return super().create_subscription(msg_type, topic, self._guard(callback), *args, **kwargs)
+        sub = super().create_subscription(msg_type, topic, self._guard(callback), *args, **kwargs)
+        return self._own(sub, self.destroy_subscription)
 
     def create_timer(self, timer_period_sec: float, callback: Callable, *args: Any, **kwargs: Any):
-        return super().create_timer(timer_period_sec, self._guard(callback), *args, **kwargs)
+        timer = super().create_timer(timer_period_sec, self._guard(callback), *args, **kwargs)
+        return self._own(timer, self.destroy_timer)
 
     def create_service(self, srv_type, srv_name: str, callback: Callable, *args: Any, **kwargs: Any):
         guarded = self._guard(callback, service=True)
-        return super().create_service(srv_type, srv_name, guarded, *args, **kwargs)
+        return self._own(super().create_service(srv_type, srv_name, guarded, *args, **kwargs),
+                         self.destroy_service)
 
     def on_callback_error(self, where: str, error: Exception) -> None:
         """Called after a callback raised (and its traceback was logged); nodes override it to fail safe."""
@@ -52,3 +72,7 @@ class GuardedNode(Node):
                 return response
 
         return guarded
+
+
+class GuardedNode(CallbackGuard, Node):
+    """A plain node whose callbacks are guarded."""

@@ -1,8 +1,9 @@
 """Perception node: three camera clouds -> checked, synchronised -> views (mvvdp_msgs/ProjectedViews).
 
-Thin adapter over mvvdp_core.perception. Extrinsics come from tf2 with use_tf (the node refuses to start
-where tf2_ros is not installed), otherwise from the calibration YAML. Rejected clouds are logged and
-reported on /diagnostics.
+Thin adapter over mvvdp_core.perception; a lifecycle node (mvvdp_ros.lifecycle): configure loads the
+calibration and subscribes the clouds, only an active node projects and publishes views. Extrinsics come
+from tf2 with use_tf (the node refuses to configure where tf2_ros is not installed), otherwise from the
+calibration YAML. Rejected clouds are logged and reported on /diagnostics.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from mvvdp_core.perception import (
 )
 from mvvdp_msgs.msg import ProjectedViews
 from mvvdp_ros.conversions import image_to_msg, stamp_to_sec, to_uint8_image, views_to_msg
-from mvvdp_ros.guard import GuardedNode
+from mvvdp_ros.lifecycle import ManagedNode
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.pointcloud import cloud_from_msg
 from mvvdp_ros.spin import run_node
@@ -59,13 +60,17 @@ PARAMETERS = {
 }
 
 
-class PerceptionNode(GuardedNode):
+class PerceptionNode(ManagedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("perception", **kwargs)
-        p = declare_parameters(self, PARAMETERS)
+        self.params = declare_parameters(self, PARAMETERS)
+        self.start()
+
+    def configure(self) -> None:
+        """Calibration, workspace, synchroniser and tf2 from the parameters; the clouds' subscriptions."""
+        p = self.params
         if not p["cameras_file"]:
             raise ValueError("parameter cameras_file is required (camera calibration YAML)")
-        self.params = p
         torch.set_num_threads(p["torch_threads"])
         self.base_frame, cameras = load_cameras(p["cameras_file"])
         self.extrinsics = {c.name: c.base_T_camera for c in cameras}
@@ -82,13 +87,21 @@ class PerceptionNode(GuardedNode):
             callback = lambda msg, name=camera.name: self._on_cloud(name, msg)  # noqa: E731
             self.create_subscription(PointCloud2, camera.topic, callback, qos_profile_sensor_data)
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        self.views_pub = self.create_publisher(ProjectedViews, p["views_topic"], reliable)
-        self.image_pubs = {v: self.create_publisher(Image, p["view_image_topic"].format(view=v), reliable)
+        self.views_pub = self.create_lifecycle_publisher(ProjectedViews, p["views_topic"], reliable)
+        self.image_pubs = {v: self.create_lifecycle_publisher(Image, p["view_image_topic"].format(view=v),
+                                                              reliable)
                            for v in self.workspace.views}
         self.diag_pub = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], QoSProfile(depth=10))
         self.create_timer(max(p["camera_timeout"], 0.1), self._check_missing)
         source = "tf2" if self.tf_buffer is not None else p["cameras_file"]
-        self.get_logger().info(f"perception ready: {len(cameras)} cameras, extrinsics from {source}")
+        self.get_logger().info(f"perception configured: {len(cameras)} cameras, extrinsics from {source}")
+
+    def activate(self) -> None:
+        now = self._now()  # each camera has camera_timeout from now before it counts as missing
+        self.sync.last_seen = dict.fromkeys(self.sync.cameras, now)
+
+    def cleanup(self) -> None:
+        self.tf_buffer = self._tf_listener = None
 
     def _make_tf_buffer(self):
         try:
@@ -112,6 +125,8 @@ class PerceptionNode(GuardedNode):
                            [t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w])
 
     def _on_cloud(self, camera: str, msg: PointCloud2) -> None:
+        if not self.active:  # inactive: clouds are not looked at
+            return
         now = self._now()
         too_big = self.sync.check_size(camera, int(msg.width) * int(msg.height))
         if too_big:
@@ -152,6 +167,8 @@ class PerceptionNode(GuardedNode):
         self._diagnose(DiagnosticStatus.OK, "all", "views published", stamp=f"{stamp:.3f}")
 
     def _check_missing(self) -> None:
+        if not self.active:
+            return
         for camera in self.sync.missing(self._now()):
             self._reject(camera, f"{camera}: no cloud for more than {self.params['camera_timeout']} s")
 

@@ -12,6 +12,11 @@ its callback group is busy (the multi-threaded executor would spin on it): the i
 prediction starts (mvvdp_ros.latest, no callback per message), each timer has a group of its own, and one
 prediction runs at a time (a request that finds one running is refused, an auto step skipped). Requests are
 validated: num_steps in [0, max_denoising_steps], a known task.
+
+Lifecycle (mvvdp_ros.lifecycle): configure loads the model, activate starts the heartbeat and the outputs
+(lifecycle publishers), deactivate stops both (the executor's liveliness lease runs out: a running chunk
+holds) and previews are refused. The Preview action (same name as the service) publishes feedback after each
+denoising step; cancelling it abandons the prediction (no chunk is published).
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from geometry_msgs.msg import PoseStamped
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.action.server import ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
 from rclpy.qos import LivelinessPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -36,6 +45,7 @@ from mvvdp_core.policy import FastPathOptions, MVVDPPolicy, Observation, PolicyO
 from mvvdp_core.preview import confidence_color, overlay_heatmaps, preview_frames, save_preview
 from mvvdp_core.rotations import quaternion_to_matrix
 from mvvdp_core.serving import InferenceScheduler, SchedulerConfig
+from mvvdp_msgs.action import Preview as PreviewAction
 from mvvdp_msgs.msg import ActionChunk, ProjectedViews
 from mvvdp_msgs.srv import Preview
 from mvvdp_ros.conversions import (
@@ -48,8 +58,8 @@ from mvvdp_ros.conversions import (
     to_uint8_image,
     views_from_msg,
 )
-from mvvdp_ros.guard import GuardedNode
 from mvvdp_ros.latest import LatestMessage
+from mvvdp_ros.lifecycle import ManagedNode
 from mvvdp_ros.params import apply_live_parameters, declare_parameters
 from mvvdp_ros.spin import run_node
 
@@ -91,17 +101,26 @@ PARAMETERS = {
 LIVE = ("task", "num_steps", "seed", "max_observation_age")
 
 
-class PolicyNode(GuardedNode):
+class PreviewCancelled(Exception):
+    """A Preview goal was cancelled during its denoising."""
+
+
+class PolicyNode(ManagedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy", **kwargs)
-        p = declare_parameters(self, PARAMETERS, live=LIVE)
+        self.params = declare_parameters(self, PARAMETERS, live=LIVE)
+        self.policy: MVVDPPolicy | None = None
+        self._beat_thread: threading.Thread | None = None
+        apply_live_parameters(self, self.params, LIVE, self._check_live)
+        self.start()
+
+    def configure(self) -> None:
+        p = self.params
         if p["mode"] not in ("preview", "auto"):
             raise ValueError(f"mode must be preview or auto, got {p['mode']!r}")
-        self.params = p
         fast = FastPathOptions(compile=p["compile"]) if p["fast_path"] else None
         self.policy = MVVDPPolicy.from_checkpoint(self._checkpoint_path(), device=p["device"], fast=fast)
         self._check_live(p)
-        apply_live_parameters(self, self.params, LIVE, self._check_live)
         self.scheduler = InferenceScheduler(SchedulerConfig(
             request_fraction=p["request_fraction"], initial_latency=p["initial_latency"],
             latency_smoothing=p["latency_smoothing"], max_age=p["max_chunk_age"],
@@ -117,27 +136,45 @@ class PolicyNode(GuardedNode):
         self.views_in = LatestMessage(self, ProjectedViews, p["views_topic"], reliable)
         self.pose_in = LatestMessage(self, PoseStamped, p["ee_pose_topic"], qos_profile_sensor_data)
         self.gripper_in = LatestMessage(self, JointState, p["gripper_state_topic"], qos_profile_sensor_data)
-        self.chunk_pub = self.create_publisher(ActionChunk, p["chunk_topic"], QoSProfile(depth=10))
-        liveliness = QoSProfile(depth=1, liveliness=LivelinessPolicy.AUTOMATIC,
-                                liveliness_lease_duration=Duration(seconds=p["heartbeat_lease"]))
-        self.heartbeat_pub = self.create_publisher(Header, p["heartbeat_topic"], liveliness)
-        self.marker_pub = self.create_publisher(MarkerArray, p["marker_topic"], QoSProfile(depth=1))
+        # Outputs go out only while active (lifecycle publishers).
+        self.chunk_pub = self.create_lifecycle_publisher(ActionChunk, p["chunk_topic"], QoSProfile(depth=10))
+        self.marker_pub = self.create_lifecycle_publisher(MarkerArray, p["marker_topic"], QoSProfile(depth=1))
         self.image_pubs = {
-            (view, kind): self.create_publisher(Image, p["preview_image_topic"].format(view=view, kind=kind),
-                                                QoSProfile(depth=1))
+            (view, kind): self.create_lifecycle_publisher(
+                Image, p["preview_image_topic"].format(view=view, kind=kind), QoSProfile(depth=1))
             for view in self.workspace.views for kind in ("rgb", "heatmap")
         }
         self.create_service(Preview, p["preview_service"], self._on_preview,
                             callback_group=ReentrantCallbackGroup())
+        server = ActionServer(self, PreviewAction, p["preview_service"], self._preview_goal,
+                              goal_callback=self._accept_goal, callback_group=ReentrantCallbackGroup(),
+                              cancel_callback=lambda _request: CancelResponse.ACCEPT)
+        self._own(server, lambda action: action.destroy())
         self.create_timer(1.0 / p["preview_fps"], self._play, callback_group=MutuallyExclusiveCallbackGroup())
         if p["mode"] == "auto":
             self.create_timer(1.0 / p["schedule_rate"], self._auto_step,
                               callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(f"policy configured ({p['mode']} mode), tasks {self.policy.tasks}")
+
+    def activate(self) -> None:
+        """The heartbeat publisher and its thread: the executor sees the policy live (DDS liveliness)."""
+        p = self.params
+        liveliness = QoSProfile(depth=1, liveliness=LivelinessPolicy.AUTOMATIC,
+                                liveliness_lease_duration=Duration(seconds=p["heartbeat_lease"]))
+        self.heartbeat_pub = self.create_publisher(Header, p["heartbeat_topic"], liveliness)
         self._beating = threading.Event()
         self._beat_thread = threading.Thread(target=self._beat_loop, args=(1.0 / p["heartbeat_rate"],),
                                              name="heartbeat", daemon=True)
         self._beat_thread.start()
-        self.get_logger().info(f"policy ready ({p['mode']} mode), tasks {self.policy.tasks}")
+
+    def deactivate(self) -> None:
+        """No heartbeat (the executor holds a running chunk at once: liveliness lost), no outputs."""
+        self._stop_heartbeat()
+        self.destroy_publisher(self.heartbeat_pub)
+        self._playback = {}
+
+    def cleanup(self) -> None:
+        self.policy = None
 
     # ---- setup --------------------------------------------------------------------------------------
     def _checkpoint_path(self) -> Path:
@@ -179,7 +216,7 @@ class PolicyNode(GuardedNode):
         return position, rotation, opening
 
     def _beat_loop(self, period: float) -> None:
-        """The heartbeat thread: one Header per period until the node is destroyed."""
+        """The heartbeat thread: one Header per period while the node is active."""
         while not self._beating.wait(period):
             try:
                 self.heartbeat_pub.publish(Header(stamp=self.get_clock().now().to_msg(),
@@ -188,9 +225,14 @@ class PolicyNode(GuardedNode):
                 self.get_logger().info(f"heartbeat stopped: {err!r}")
                 return
 
+    def _stop_heartbeat(self) -> None:
+        if self._beat_thread is not None:
+            self._beating.set()
+            self._beat_thread.join(timeout=1.0)
+            self._beat_thread = None
+
     def destroy_node(self) -> None:
-        self._beating.set()
-        self._beat_thread.join(timeout=1.0)
+        self._stop_heartbeat()
         super().destroy_node()
 
     # ---- prediction ---------------------------------------------------------------------------------
@@ -228,7 +270,7 @@ class PolicyNode(GuardedNode):
         """ValueError for live parameter values the node must not use (read where they are used)."""
         if not 0 <= p["num_steps"] <= p["max_denoising_steps"]:
             raise ValueError(f"num_steps {p['num_steps']} must be in [0, {p['max_denoising_steps']}]")
-        if p["task"] and p["task"] not in self.policy.tasks:
+        if p["task"] and self.policy is not None and p["task"] not in self.policy.tasks:
             raise ValueError(f"unknown task {p['task'][:64]!r}; known: {self.policy.tasks}")
         if not p["max_observation_age"] > 0:
             raise ValueError(f"max_observation_age must be > 0 s, got {p['max_observation_age']!r}")
@@ -241,46 +283,84 @@ class PolicyNode(GuardedNode):
         if task and task not in self.policy.tasks:
             raise ValueError(f"unknown task {task[:64]!r}; known: {self.policy.tasks}")
 
-    def predict_from(self, obs: Observation, num_steps: int, return_video: bool) -> PolicyOutput:
+    def predict_from(self, obs: Observation, num_steps: int, return_video: bool,
+                     on_step: Callable[[int, int], None] | None = None) -> PolicyOutput:
         steps = num_steps or self.params["num_steps"] or None
         seed = self.params["seed"] if self.params["seed"] >= 0 else None
-        output = self.policy.predict(obs, num_steps=steps, return_video=return_video, seed=seed)
+        output = self.policy.predict(obs, num_steps=steps, return_video=return_video, seed=seed,
+                                     on_step=on_step)
         output.chunk.chunk_id = self._next_chunk_id
         self._next_chunk_id += 1
         return output
 
     def _on_preview(self, request: Preview.Request, response: Preview.Response) -> Preview.Response:
+        return self._preview(request.task, int(request.num_steps), response)
+
+    def _preview(self, task: str, num_steps: int, result: Any,
+                 on_step: Callable[[int, int], None] | None = None) -> Any:
+        """One preview: predict, publish the pending chunk, markers and videos; fills `result` (the service's
+        response or the action's result: the same fields). A refused or cancelled request is logged."""
         start = time.perf_counter()
+        if not self.active:
+            result.success, result.message = False, "preview refused: the policy node is inactive"
+            self.get_logger().warning(result.message)
+            return result
         if not self._lock.acquire(blocking=False):
-            response.success, response.message = False, "preview refused: a prediction is already running"
-            self.get_logger().warning(response.message)
-            return response
+            result.success, result.message = False, "preview refused: a prediction is already running"
+            self.get_logger().warning(result.message)
+            return result
         try:
-            self.check_request(request.task, int(request.num_steps))
-            output, obs = self.predict(request.task, int(request.num_steps), return_video=True)
-        except (ValueError, KeyError) as err:
-            response.success, response.message = False, f"preview refused: {err}"
-            self.get_logger().warning(response.message)
-            return response
+            self.check_request(task, num_steps)
+            obs = self.observation(task)
+            output = self.predict_from(obs, num_steps, return_video=True, on_step=on_step)
+        except (ValueError, KeyError, PreviewCancelled) as err:
+            result.success, result.message = False, f"preview refused: {err}"
+            self.get_logger().warning(result.message)
+            return result
         finally:
             self._lock.release()
         chunk = output.chunk
         self.chunk_pub.publish(chunk_to_msg(chunk, self.params["base_frame"], "pending"))
         self._publish_markers(output)
         self._prepare_playback(output, obs)
-        response.success = True
-        response.chunk_id = int(chunk.chunk_id)
-        response.confidence = float(chunk.confidence)
-        response.latency = float(time.perf_counter() - start)
-        response.positions = points_to_msgs(chunk.positions)
-        response.gripper = [float(g) for g in chunk.gripper]
-        response.message = f"chunk {chunk.chunk_id}: {len(chunk.positions)} steps, confidence " \
-                           f"{chunk.confidence:.2f}, {response.latency:.2f} s"
-        self.get_logger().info(response.message)
-        return response
+        result.success = True
+        result.chunk_id = int(chunk.chunk_id)
+        result.confidence = float(chunk.confidence)
+        result.latency = float(time.perf_counter() - start)
+        result.positions = points_to_msgs(chunk.positions)
+        result.gripper = [float(g) for g in chunk.gripper]
+        result.message = f"chunk {chunk.chunk_id}: {len(chunk.positions)} steps, confidence " \
+                         f"{chunk.confidence:.2f}, {result.latency:.2f} s"
+        self.get_logger().info(result.message)
+        return result
+
+    # ---- the Preview action: feedback per denoising step, cancel abandons the prediction --------------
+    def _accept_goal(self, _goal: PreviewAction.Goal) -> GoalResponse:
+        if not self.active:
+            self.get_logger().warning("preview goal refused: the policy node is inactive")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def _preview_goal(self, goal: ServerGoalHandle) -> PreviewAction.Result:
+        def on_step(done: int, total: int) -> None:
+            if goal.is_cancel_requested:
+                raise PreviewCancelled(f"cancelled after {done} of {total} denoising steps")
+            goal.publish_feedback(PreviewAction.Feedback(step=done, num_steps=total))
+
+        request = goal.request
+        result = self._preview(request.task, int(request.num_steps), PreviewAction.Result(), on_step)
+        if goal.is_cancel_requested and not result.success:
+            goal.canceled()
+        elif result.success:
+            goal.succeed()
+        else:
+            goal.abort()
+        return result
 
     def _auto_step(self) -> None:
         """Auto mode: predict from the freshest observation when the scheduler says so; publish if fresh."""
+        if not self.active:
+            return
         if self.chunk_pub.get_subscription_count() == 0:  # a chunk published now would be lost
             self.get_logger().warning("auto prediction waits: no executor subscribed to chunks",
                                       throttle_duration_sec=2.0)
@@ -336,7 +416,7 @@ class PolicyNode(GuardedNode):
             self.get_logger().info(f"preview written to {', '.join(map(str, paths))}")
 
     def _play(self) -> None:
-        if not self._playback:
+        if not (self.active and self._playback):
             return
         stamp = self.get_clock().now().to_msg()
         for key, frames in self._playback.items():

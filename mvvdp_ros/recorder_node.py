@@ -3,7 +3,9 @@
 Thin adapter: clouds are checked and synchronised by mvvdp_core.perception, steps are written by
 mvvdp_core.data.recorder (each step durable before the next). `~/start` (std_srvs/Trigger) opens an episode,
 `~/stop` (std_srvs/SetBool, data = success) closes it. While an episode is open, every synchronised cloud set
-with a fresh pose and gripper state becomes one step, at most `rate` per second.
+with a fresh pose and gripper state becomes one step, at most `rate` per second. With `format: mcap` each
+episode is one MCAP file with ROS 2 schemas instead (mvvdp_core.data.mcap_episodes; `mvvdp mcap-to-episodes`
+turns it into the episode folder the training reads).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from std_msgs.msg import Float64
 from std_srvs.srv import SetBool, Trigger
 
 from mvvdp_core.data.episode import CameraCloud, Step
+from mvvdp_core.data.mcap_episodes import McapEpisodeWriter, next_mcap_path
 from mvvdp_core.data.recorder import EpisodeWriter, Recorder
 from mvvdp_core.perception import CloudFrame, CloudSynchronizer, SyncConfig, load_cameras
 from mvvdp_core.rotations import quaternion_to_matrix
@@ -31,6 +34,8 @@ PARAMETERS = {
     "cameras_file": ("", "camera calibration YAML (base_T_camera per camera, topics, frames)"),
     "out": ("", "dataset folder; each episode is a new episode_NNNNNN folder in it"),
     "task": ("default", "task name stored with every episode"),
+    "format": ("episodes", "episodes: a folder per episode (the training input); mcap: an MCAP file per "
+                           "episode, ROS 2 schemas (ros2 bag, Foxglove; mvvdp mcap-to-episodes converts)"),
     "pose_topic": ("/franka_robot_state_broadcaster/current_pose", "end-effector pose in (PoseStamped)"),
     "gripper_state_topic": ("/fr3_gripper/joint_states", "finger joint states in (width = sum)"),
     "gripper_command_topic": ("mvvdp/gripper_command", "commanded gripper width in (Float64, m)"),
@@ -51,12 +56,14 @@ class RecorderNode(GuardedNode):
                 raise ValueError(f"parameter {required} is required")
         if not p["rate"] > 0:
             raise ValueError(f"parameter rate must be > 0 Hz, got {p['rate']}")
+        if p["format"] not in ("episodes", "mcap"):
+            raise ValueError(f"parameter format must be episodes or mcap, got {p['format']!r}")
         self.params = p
         self.base_frame, cameras = load_cameras(p["cameras_file"])
         self.extrinsics = {c.name: c.base_T_camera for c in cameras}
         self.sync = CloudSynchronizer(cameras, SyncConfig(p["sync_tolerance"], p["max_age"]))
         self.recorder = Recorder(p["out"])
-        self.writer: EpisodeWriter | None = None
+        self.writer: EpisodeWriter | McapEpisodeWriter | None = None
         self.pose: tuple[float, np.ndarray, np.ndarray] | None = None  # (received, position, quat xyzw)
         self.width: tuple[float, float] | None = None  # (received, metres)
         self.closed = False
@@ -107,8 +114,11 @@ class RecorderNode(GuardedNode):
         if self.writer is not None:
             response.success, response.message = False, f"already recording {self.writer.root}"
             return response
-        self.writer = self.recorder.start_episode(list(self.extrinsics), task=self.params["task"],
-                                                  base_frame=self.base_frame)
+        meta = {"task": self.params["task"], "base_frame": self.base_frame}
+        if self.params["format"] == "mcap":
+            self.writer = McapEpisodeWriter(next_mcap_path(self.recorder.root), list(self.extrinsics), **meta)
+        else:
+            self.writer = self.recorder.start_episode(list(self.extrinsics), **meta)
         response.success, response.message = True, str(self.writer.root)
         self.get_logger().info(f"recording {self.writer.root}")
         return response

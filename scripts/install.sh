@@ -17,7 +17,7 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[sim,train,ros,msgs-build,dev]"
+.venv/bin/python -m pip install -q -e ".[sim,train,ros,mcap,msgs-build,dev]"
 if [ -x scripts/build_msgs.sh ]; then
   scripts/build_msgs.sh
 fi

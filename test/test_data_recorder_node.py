@@ -25,6 +25,7 @@ from std_msgs.msg import Float64  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
 
 from mvvdp_core.data.episode import list_episodes  # noqa: E402
+from mvvdp_core.data.mcap_episodes import mcap_to_episode  # noqa: E402
 from mvvdp_core.perception import load_cameras  # noqa: E402
 from mvvdp_ros.pointcloud import cloud_to_msg  # noqa: E402
 
@@ -42,12 +43,12 @@ def camera_cloud(index: int) -> tuple[np.ndarray, np.ndarray]:
     return points, colors
 
 
-@pytest.fixture()
-def recorder(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, Path]]:
+@pytest.fixture(params=["episodes", "mcap"])
+def recorder(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen, Path]]:
     out = tmp_path / "episodes"
     cmd = [
         sys.executable, "-m", "mvvdp_ros.recorder_node", "--ros-args", "-p", f"cameras_file:={CAMERAS_FILE}",
-        "-p", f"out:={out}", "-p", "task:=stack", "-p", "rate:=5.0",
+        "-p", f"out:={out}", "-p", "task:=stack", "-p", "rate:=5.0", "-p", f"format:={request.param}",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     log_path = tmp_path / "node.log"
@@ -109,6 +110,11 @@ def test_recorder_node_writes_synchronised_steps(recorder: tuple[subprocess.Pope
         node.destroy_node()
         rclpy.shutdown()
     assert proc.poll() is None, "recorder node died"
+    mcap_files = sorted(out.glob("*.mcap"))
+    if mcap_files:  # format mcap: one file, converted into the episode folder the training reads
+        assert [f.name for f in mcap_files] == ["episode_000000.mcap"] and not list_episodes(out)
+        mcap_to_episode(mcap_files[0], out.parent / "converted")
+        out = out.parent / "converted"
     (episode,) = list_episodes(out)
     assert episode.success is True and episode.meta["task"] == "stack"
     assert len(episode) >= 5, f"only {len(episode)} steps recorded"
@@ -123,4 +129,4 @@ def test_recorder_node_writes_synchronised_steps(recorder: tuple[subprocess.Pope
         points, colors = camera_cloud(k)
         np.testing.assert_allclose(cloud.points, points.reshape(-1, 3)[1:])  # NaN pixel dropped
         np.testing.assert_array_equal(cloud.colors, colors.reshape(-1, 3)[1:])
-        np.testing.assert_allclose(cloud.base_T_camera, camera.base_T_camera)
+        np.testing.assert_allclose(cloud.base_T_camera, camera.base_T_camera, atol=1e-12)  # mcap: quaternion
