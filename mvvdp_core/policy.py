@@ -74,6 +74,7 @@ class PolicyOutput:
     heatmap_video: torch.Tensor  # (3, T, 3, H, W) predicted colorised heatmaps
     heatmaps: torch.Tensor  # (T, 3, H, W) decolorised scalar heatmaps
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    rgb_latents: torch.Tensor | None = None  # (1, R, C, f, h, w) denoised RGB-view latents, for decode_rgb
 
 
 @dataclass
@@ -341,10 +342,6 @@ class MVVDPPolicy:
             heatmap_video = parts.vae.decode(latents, views=range(r, 2 * r))[
                 0, :, 1:
             ].float()  # (R, T, 3, H, W)
-        rgb_video = None
-        if return_video:
-            with self._timed(timings, "decode_rgb"):
-                rgb_video = parts.vae.decode(latents, views=range(r))[0, :, 1:].float()
         with self._timed(timings, "backproject"):
             decoded = decode_heatmap_video(heatmap_video, self.workspace)
         with self._timed(timings, "head"):
@@ -366,4 +363,18 @@ class MVVDPPolicy:
             chunk_id=self._chunk_counter,
         )
         self._chunk_counter += 1
-        return PolicyOutput(chunk, rgb_video, heatmap_video, decoded.heatmaps, timings)
+        output = PolicyOutput(chunk, None, heatmap_video, decoded.heatmaps, timings, latents[:, :r])
+        if return_video:  # after the chunk is complete: "total" is the chunk's latency without it
+            self.decode_rgb(output)
+        return output
+
+    @torch.no_grad()
+    def decode_rgb(self, output: PolicyOutput) -> torch.Tensor:
+        """Decode the predicted RGB views (R, T, 3, H, W) of an output (the preview; the action does not need
+        them), store them in output.rgb_video and time it as "decode_rgb"."""
+        if output.rgb_video is None:
+            if output.rgb_latents is None:
+                raise ValueError("this output keeps no RGB latents to decode")
+            with self._timed(output.timings, "decode_rgb"):
+                output.rgb_video = self.parts.vae.decode(output.rgb_latents)[0, :, 1:].float()
+        return output.rgb_video

@@ -257,16 +257,17 @@ class PolicyNode(GuardedNode):
             return response
         try:
             self.check_request(request.task, int(request.num_steps))
-            output, obs = self.predict(request.task, int(request.num_steps), return_video=True)
+            output, obs = self.predict(request.task, int(request.num_steps), return_video=False)
+            chunk = output.chunk
+            self.chunk_pub.publish(chunk_to_msg(chunk, self.params["base_frame"], "pending"))
+            self._publish_markers(output)
+            self.policy.decode_rgb(output)  # the preview video, after the chunk is out
         except (ValueError, KeyError) as err:
             response.success, response.message = False, f"preview refused: {err}"
             self.get_logger().warning(response.message)
             return response
         finally:
             self._lock.release()
-        chunk = output.chunk
-        self.chunk_pub.publish(chunk_to_msg(chunk, self.params["base_frame"], "pending"))
-        self._publish_markers(output)
         self._prepare_playback(output, obs)
         response.success = True
         response.chunk_id = int(chunk.chunk_id)
