@@ -123,10 +123,13 @@ class FastPathOptions:
     compile_mode: str = "reduce-overhead"  # CUDA graphs
     cache_condition: bool = True  # encode the condition frames once per observation
     check_syncs: bool = False  # CUDA: raise if the denoising loop synchronises with the host
+    vae_dtype: torch.dtype | None = None  # None: the VAE keeps its own dtype (float32 as loaded)
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions for what runs in float32 (the VAE)
 
     def __post_init__(self) -> None:
-        if self.dtype is not None and not self.dtype.is_floating_point:
-            raise ValueError(f"fast path dtype must be a floating point type, got {self.dtype}")
+        for dtype in (self.dtype, self.vae_dtype):
+            if dtype is not None and not dtype.is_floating_point:
+                raise ValueError(f"fast path dtype must be a floating point type, got {dtype}")
         modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
         if self.compile_mode not in modes:
             raise ValueError(f"compile_mode must be one of {modes}, got {self.compile_mode!r}")
@@ -201,6 +204,11 @@ class MVVDPPolicy:
             torch.bfloat16 if on_cuda else next(self.parts.transformer.parameters()).dtype
         )
         self.parts.to(self.device, dtype)
+        if options.vae_dtype is not None:
+            self.parts.vae.to(dtype=options.vae_dtype)
+        if on_cuda and options.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         if options.compile and on_cuda:
             self._velocity_model = torch.compile(self.parts.transformer, mode=options.compile_mode)
 
