@@ -7,8 +7,10 @@ views, the transformer takes a flow-matching step on them (AdamW, lr 1e-4, no we
 cross-entropy step on the same clean latents with a little noise (AdamW, lr 1e-4, weight decay 1e-5).
 accelerate places everything on the device, wraps the trainable modules for DDP when several processes run,
 and applies mixed precision. Checkpoints are written to a temporary folder and renamed into place, in the
-model's checkpoint format plus a trainer_state.pt (optimisers, step, random state); `latest` names the last
-complete one, and a run with resume=True continues from it. Every checkpoint gets one trajectory plot per
+model's checkpoint format plus a trainer_state.pt (step, schedules, random state) and, in the newest one,
+optimizer.pt (AdamW state); `latest` names the last complete one, and a run with resume=True continues
+from it. With a pretrained base, activation checkpointing is on and the frozen base is stored in bf16 on
+CUDA; micro-batches accumulate to --global-batch. Every checkpoint gets one trajectory plot per
 validation episode (predicted vs true positions of the first chunk).
 """
 
