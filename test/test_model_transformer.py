@@ -250,6 +250,12 @@ def test_cast_keeps_wans_float32_parts():
     with torch.no_grad():
         out = model(latents.bfloat16(), timestep, text.bfloat16())
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    from mvvdp_core.model.checkpoint import build_model_parts
+
+    parts = build_model_parts(CONFIG, seed=0).to("cpu", torch.bfloat16)
+    assert {p.dtype for p in parts.vae.parameters()} == {torch.float32}  # the VAE keeps its dtype
+    assert {p.dtype for p in parts.head.parameters()} == {torch.bfloat16}
+    assert parts.transformer.base.blocks[0].scale_shift_table.dtype == torch.float32
 
 
 def test_wan_style_checkpoint_round_trip_and_older_configs_load_as_plain(tmp_path):
@@ -284,3 +290,17 @@ def test_wan22_preset_uses_the_gated_style_and_small_presets_do_not():
     assert MVVDPConfig.tiny().view_attention_style == MVVDPConfig.small().view_attention_style == "plain"
     with pytest.raises(ValueError, match="heads"):
         MVVDPConfig.tiny(view_attention_style="wan", view_attention_heads=1)
+
+
+@pytest.mark.parametrize("style", ["plain", "wan"])
+def test_each_block_with_its_view_attention_compiles_as_one_graph(style):
+    """torch.compile traces a Wan block and its view attention together, without graph breaks (the eager
+    backend checks the trace without code generation), and the result is unchanged."""
+    config = MVVDPConfig.tiny(view_attention_style=style)
+    torch.manual_seed(0)
+    model = build_transformer(config).eval()
+    latents, timestep, text = _inputs(1)
+    with torch.no_grad():
+        expected = model(latents, timestep, text)
+        model.compile_blocks(backend="eager", fullgraph=True)
+        assert torch.equal(model(latents, timestep, text), expected)

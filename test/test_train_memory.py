@@ -60,3 +60,17 @@ def test_meta_activation_count_equals_the_real_one_on_cpu():
         counts.append(saved_activation_bytes(run, list(model.parameters())))
     real, meta = counts
     assert 0 < real <= meta <= 1.15 * real
+
+
+def test_the_wan22_training_settings_file_fits_80_gb(capsys: pytest.CaptureFixture[str]):
+    from pathlib import Path
+
+    from mvvdp_core.train.cli import build_parser, dry_run, settings_from_args
+
+    settings_file = Path(__file__).resolve().parent.parent / "config" / "train_wan22.yaml"
+    args = build_parser().parse_args(["--settings", str(settings_file), "--base-model", "/models/wan"])
+    settings = settings_from_args(args)
+    assert settings.gradient_checkpointing and settings.global_batch == 64 and settings.batch_size == 1
+    assert dry_run(settings, gpu_gb=80) == 0
+    printed = capsys.readouterr().out
+    assert "64 micro-batch(es) of 1" in printed and "fits in 80 GB" in printed
