@@ -5,7 +5,8 @@ measured, not guessed: one forward pass of the transformer on meta tensors recor
 saves for the backward pass (parameters excluded, each tensor once). With activation checkpointing that is
 the block inputs, plus one block's saved tensors while it is recomputed. AdamW keeps two float32 moments per
 trained weight, gradients take the trained weights' dtype. The estimate leaves out the allocator's slack and
-the CUDA context (a few GB together), stated as `reserve` in the plan.
+the CUDA context (a few GB together), stated as `reserve` in the plan. Under autocast the float32 trained
+weights also exist as 16-bit copies while the forward pass runs (`weight_copies`).
 
     mvvdp memory-plan --config wan22 --batch 1            # the paper's model, LoRA, checkpointing, bf16 base
     mvvdp train ... --dry-run                             # the same plan for a training command's settings
@@ -46,11 +47,13 @@ class MemoryPlan:
     gradients: int
     optimizer: int
     activations: int
+    weight_copies: int  # autocast's 16-bit copies of the float32 trained transformer weights
     reserve: int
 
     @property
     def peak(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.reserve
+        return (self.weights + self.gradients + self.optimizer + self.activations + self.weight_copies
+                + self.reserve)
 
     def fits(self, memory_gb: float) -> bool:
         return self.peak <= memory_gb * GB
@@ -72,6 +75,7 @@ class MemoryPlan:
                 f"activations (batch {self.batch}, {'with' if self.checkpointing else 'no'} checkpointing)",
                 f"{self.activations / GB:.1f} GB",
             ),
+            ("autocast copies of the trained weights", f"{self.weight_copies / GB:.1f} GB"),
             ("reserve (context, workspaces, fragmentation)", f"{self.reserve / GB:.1f} GB"),
             ("peak", f"{self.peak / GB:.1f} GB"),
         ]
@@ -173,7 +177,8 @@ def memory_plan(
         cast_transformer(model, base_dtype)
         for param in [*lora, *view]:
             param.data = param.data.float()
-    trained = [p for p in model.parameters() if p.requires_grad] + head_params
+    trained_transformer = [p for p in model.parameters() if p.requires_grad]
+    trained = trained_transformer + head_params
     trained_bytes = _numel(trained) * 4  # float32 master weights
     frozen = _bytes(p for p in model.parameters() if not p.requires_grad)
     weights = frozen + trained_bytes + _bytes(vae.parameters())
@@ -186,6 +191,7 @@ def memory_plan(
         view_attention_parameters=_numel(view), head_parameters=_numel(head_params),
         vae_parameters=_numel(vae.parameters()), trained_parameters=_numel(trained), weights=weights,
         gradients=trained_bytes, optimizer=2 * trained_bytes, activations=activations,
+        weight_copies=_numel(trained_transformer) * (compute_dtype.itemsize % 4),  # 2 bytes when 16-bit
         reserve=int(reserve_gb * GB),
     )  # fmt: skip
 
