@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "mcap-to-episodes": ("mvvdp_core.data.mcap_episodes", "MCAP episodes -> episode folders"),
     "encode-prompts": ("mvvdp_core.model.text", "encode task instructions into a checkpoint (local umT5)"),
     "train": ("mvvdp_core.train.cli", "train the video model LoRA and the rotation/gripper head"),
+    "memory-plan": ("mvvdp_core.train.memory", "training memory of a config and batch (meta device)"),
     "evaluate": ("mvvdp_core.sim.closed_loop", "closed-loop pick evaluation of a checkpoint (simulated FR3)"),
     "metaworld": ("mvvdp_core.sim.metaworld_harness", "Meta-World seven-task collect/train/evaluate"),
 }

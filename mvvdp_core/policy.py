@@ -74,6 +74,7 @@ class PolicyOutput:
     heatmap_video: torch.Tensor  # (3, T, 3, H, W) predicted colorised heatmaps
     heatmaps: torch.Tensor  # (T, 3, H, W) decolorised scalar heatmaps
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    rgb_latents: torch.Tensor | None = None  # (1, R, C, f, h, w) denoised RGB-view latents, for decode_rgb
 
 
 @dataclass
@@ -122,10 +123,13 @@ class FastPathOptions:
     compile_mode: str = "reduce-overhead"  # CUDA graphs
     cache_condition: bool = True  # encode the condition frames once per observation
     check_syncs: bool = False  # CUDA: raise if the denoising loop synchronises with the host
+    vae_dtype: torch.dtype | None = None  # None: the VAE keeps its own dtype (float32 as loaded)
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions for what runs in float32 (the VAE)
 
     def __post_init__(self) -> None:
-        if self.dtype is not None and not self.dtype.is_floating_point:
-            raise ValueError(f"fast path dtype must be a floating point type, got {self.dtype}")
+        for dtype in (self.dtype, self.vae_dtype):
+            if dtype is not None and not dtype.is_floating_point:
+                raise ValueError(f"fast path dtype must be a floating point type, got {dtype}")
         modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
         if self.compile_mode not in modes:
             raise ValueError(f"compile_mode must be one of {modes}, got {self.compile_mode!r}")
@@ -200,6 +204,11 @@ class MVVDPPolicy:
             torch.bfloat16 if on_cuda else next(self.parts.transformer.parameters()).dtype
         )
         self.parts.to(self.device, dtype)
+        if options.vae_dtype is not None:
+            self.parts.vae.to(dtype=options.vae_dtype)
+        if on_cuda and options.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         if options.compile and on_cuda:
             self._velocity_model = torch.compile(self.parts.transformer, mode=options.compile_mode)
 
@@ -349,10 +358,6 @@ class MVVDPPolicy:
             heatmap_video = parts.vae.decode(latents, views=range(r, 2 * r))[
                 0, :, 1:
             ].float()  # (R, T, 3, H, W)
-        rgb_video = None
-        if return_video:
-            with self._timed(timings, "decode_rgb"):
-                rgb_video = parts.vae.decode(latents, views=range(r))[0, :, 1:].float()
         with self._timed(timings, "backproject"):
             decoded = decode_heatmap_video(heatmap_video, self.workspace)
         with self._timed(timings, "head"):
@@ -374,4 +379,18 @@ class MVVDPPolicy:
             chunk_id=self._chunk_counter,
         )
         self._chunk_counter += 1
-        return PolicyOutput(chunk, rgb_video, heatmap_video, decoded.heatmaps, timings)
+        output = PolicyOutput(chunk, None, heatmap_video, decoded.heatmaps, timings, latents[:, :r])
+        if return_video:  # after the chunk is complete: "total" is the chunk's latency without it
+            self.decode_rgb(output)
+        return output
+
+    @torch.no_grad()
+    def decode_rgb(self, output: PolicyOutput) -> torch.Tensor:
+        """Decode the predicted RGB views (R, T, 3, H, W) of an output (the preview; the action does not need
+        them), store them in output.rgb_video and time it as "decode_rgb"."""
+        if output.rgb_video is None:
+            if output.rgb_latents is None:
+                raise ValueError("this output keeps no RGB latents to decode")
+            with self._timed(output.timings, "decode_rgb"):
+                output.rgb_video = self.parts.vae.decode(output.rgb_latents)[0, :, 1:].float()
+        return output.rgb_video

@@ -312,16 +312,17 @@ class PolicyNode(ManagedNode):
         try:
             self.check_request(task, num_steps)
             obs = self.observation(task)
-            output = self.predict_from(obs, num_steps, return_video=True, on_step=on_step)
+            output = self.predict_from(obs, num_steps, return_video=False, on_step=on_step)
+            chunk = output.chunk
+            self.chunk_pub.publish(chunk_to_msg(chunk, self.params["base_frame"], "pending"))
+            self._publish_markers(output)
+            self.policy.decode_rgb(output)  # the preview video, after the chunk is out
         except (ValueError, KeyError, PreviewCancelled) as err:
             result.success, result.message = False, f"preview refused: {err}"
             self.get_logger().warning(result.message)
             return result
         finally:
             self._lock.release()
-        chunk = output.chunk
-        self.chunk_pub.publish(chunk_to_msg(chunk, self.params["base_frame"], "pending"))
-        self._publish_markers(output)
         self._prepare_playback(output, obs)
         result.success = True
         result.chunk_id = int(chunk.chunk_id)

@@ -96,3 +96,14 @@ def test_observation_validation(policy):
         policy.predict(_observation(rgb=torch.rand(3, 3, 32, 32)), num_steps=1)
     with pytest.raises(ValueError, match="num_steps"):
         policy.predict(_observation(), num_steps=0)
+
+
+def test_rgb_preview_decodes_after_the_chunk_and_on_demand(policy):
+    obs = _observation()
+    with_video = policy.predict(obs, num_steps=1, return_video=True, seed=11)
+    chunk_only = policy.predict(obs, num_steps=1, seed=11)
+    assert chunk_only.rgb_video is None and chunk_only.rgb_latents is not None
+    np.testing.assert_array_equal(chunk_only.chunk.positions, with_video.chunk.positions)
+    rgb = policy.decode_rgb(chunk_only)
+    assert chunk_only.rgb_video is rgb and "decode_rgb" in chunk_only.timings
+    torch.testing.assert_close(rgb, with_video.rgb_video, rtol=0, atol=0)

@@ -110,7 +110,8 @@ def test_resume_continues_from_the_saved_step(line_data: Path, tmp_path: Path) -
     assert resumed.start_step == 3 and resumed.end_step == 5 and len(resumed.video_losses) == 2
     assert latest_checkpoint(tmp_path).name == "step_0000005"
     state = torch.load(resumed.checkpoint / "trainer_state.pt", weights_only=True)
-    assert state["step"] == 5 and state["video_optimizer"]["state"]
+    assert state["step"] == 5
+    assert torch.load(resumed.checkpoint / "optimizer.pt", weights_only=True)["video_optimizer"]["state"]
     # The resumed run started from the saved weights: its VAE (frozen) is the saved one, bit for bit.
     final, _ = load_checkpoint(resumed.checkpoint)
     for a, b in zip(saved.vae.parameters(), final.vae.parameters(), strict=True):
@@ -118,3 +119,28 @@ def test_resume_continues_from_the_saved_step(line_data: Path, tmp_path: Path) -
     kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
     assert kept == ["step_0000002", "step_0000003", "step_0000004", "step_0000005"][-3:]
     assert not list((tmp_path / "checkpoints").glob(".tmp*"))
+
+
+def test_gradient_accumulation_steps_once_per_micro_batches_and_only_the_newest_keeps_the_optimiser(
+    line_data: Path, tmp_path: Path
+) -> None:
+    result = train(line_data, tmp_path, settings(steps=2, checkpoint_every=1, grad_accumulation=3,
+                                                 gradient_checkpointing=True))
+    assert len(result.video_losses) == 2 and all(np.isfinite(result.video_losses))
+    optimizers = torch.load(result.checkpoint / "optimizer.pt", weights_only=True)
+    steps = {float(s["step"]) for s in optimizers["video_optimizer"]["state"].values()}
+    assert steps == {2.0}  # two optimiser steps from six micro-batches
+    older = tmp_path / "checkpoints" / "step_0000001"
+    assert (older / "trainer_state.pt").is_file() and not (older / "optimizer.pt").exists()
+    load_checkpoint(older)  # the model files are complete without it
+
+
+def test_global_batch_sets_the_accumulation() -> None:
+    assert TrainSettings(batch_size=2, global_batch=64).accumulation(4) == 8
+    assert TrainSettings(grad_accumulation=3).accumulation(2) == 3
+    with pytest.raises(ValueError, match="multiple"):
+        TrainSettings(batch_size=3, global_batch=64).accumulation(1)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert TrainSettings().precision(cpu) == "no" and TrainSettings().precision(cuda) == "bf16"
+    assert TrainSettings().frozen_base_dtype(cuda) == torch.bfloat16
+    assert TrainSettings().frozen_base_dtype(cpu) == torch.float32

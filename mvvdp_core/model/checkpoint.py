@@ -34,7 +34,7 @@ from mvvdp_core.model.lora import (
     lora_config,
     lora_state_dict,
 )
-from mvvdp_core.model.transformer import MultiViewWanTransformer
+from mvvdp_core.model.transformer import MultiViewWanTransformer, cast_transformer
 from mvvdp_core.model.vae import VideoVAE
 
 CONFIG_FILE = "config.json"
@@ -75,8 +75,10 @@ class ModelParts:
     text_embeddings: dict[str, torch.Tensor]  # task -> (L, text_dim)
 
     def to(self, device: str | torch.device, dtype: torch.dtype) -> ModelParts:
-        self.transformer.to(device=device, dtype=dtype)
-        self.vae.to(device=device, dtype=dtype)
+        """Move everything to device; cast the transformer (except the parts Wan keeps in float32), the head
+        and the text embeddings to dtype. The VAE keeps its own dtype (it takes and gives any float dtype)."""
+        cast_transformer(self.transformer.to(device=device), dtype)
+        self.vae.to(device=device)
         self.head.to(device=device, dtype=dtype)
         self.text_embeddings = {k: v.to(dtype) for k, v in self.text_embeddings.items()}
         return self
@@ -102,7 +104,9 @@ def build_transformer(
     Trainable set: LoRA + view attention (LoRA), or every transformer weight (config.lora_rank == 0).
     """
     base = WanTransformer3DModel(**config.transformer) if base is None else base
-    model = MultiViewWanTransformer(base, config.num_views, config.view_attention_heads)
+    model = MultiViewWanTransformer(
+        base, config.num_views, config.view_attention_heads, config.view_attention_style
+    )
     if config.uses_lora:
         return add_lora(model, lora_config(config))
     return model.requires_grad_(True)
@@ -188,8 +192,9 @@ def _plain(value: object) -> object:
 def load_base_model(
     config: MVVDPConfig, path: Path, dtype: torch.dtype
 ) -> tuple[WanTransformer3DModel, AutoencoderKLWan]:
-    """The base Wan transformer and VAE from config.base_model_path (a local diffusers folder), else from the
-    checkpoint's own base/ folder; local files only, checked against the config."""
+    """The base Wan transformer (in dtype, Wan's float32 parts kept) and the VAE (float32) from
+    config.base_model_path (a local diffusers folder), else from the checkpoint's own base/ folder; local
+    files only, checked against the config."""
     root = Path(config.base_model_path) if config.base_model_path is not None else path / BASE_DIR
     for sub in ("transformer", "vae"):
         _require(root / sub / CONFIG_FILE)
@@ -198,7 +203,7 @@ def load_base_model(
             str(root), subfolder="transformer", local_files_only=True, torch_dtype=dtype
         )
         vae = AutoencoderKLWan.from_pretrained(
-            str(root), subfolder="vae", local_files_only=True, torch_dtype=dtype
+            str(root), subfolder="vae", local_files_only=True, torch_dtype=torch.float32
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise CheckpointError(f"cannot load the base diffusers model from {root}: {error}") from error

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mvvdp_core.geometry.workspace import Workspace
+from mvvdp_core.model.view_attention import VIEW_ATTENTION_STYLES
 
 # Per-channel statistics of the Wan2.2 TI2V VAE latents (from its published diffusers config).
 WAN22_LATENTS_MEAN = [
@@ -69,6 +70,10 @@ class MVVDPConfig:
     lora_alpha: int = 32
     lora_targets: str = LORA_TARGET_REGEX
     view_attention_heads: int = 24
+    # plain: random init, zero output projection, no gate (models from scratch; every checkpoint written
+    # before the field existed); wan: initialised from each block's pretrained self-attention, zero-started
+    # gate (the pretrained-base preset)
+    view_attention_style: str = "plain"
     num_inference_steps: int = 5
     num_train_timesteps: int = 1000
     flow_shift: float = 5.0
@@ -100,6 +105,11 @@ class MVVDPConfig:
         inner = self.transformer["num_attention_heads"] * self.transformer["attention_head_dim"]
         if inner % self.view_attention_heads:
             raise ValueError(f"transformer width {inner} not divisible by {self.view_attention_heads} heads")
+        style = self.view_attention_style
+        if style not in VIEW_ATTENTION_STYLES:
+            raise ValueError(f"view_attention_style must be one of {VIEW_ATTENTION_STYLES}, got {style!r}")
+        if style == "wan" and self.view_attention_heads != self.transformer["num_attention_heads"]:
+            raise ValueError("the 'wan' view attention style needs as many heads as the transformer")
         self.workspace()  # validates centre and edge
 
     # Derived sizes --------------------------------------------------------------------------------
@@ -207,7 +217,7 @@ class MVVDPConfig:
             in_channels=12, out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
             latents_mean=list(WAN22_LATENTS_MEAN), latents_std=list(WAN22_LATENTS_STD),
         )  # fmt: skip
-        return cls._preset(transformer, vae, HeadConfig(), {}, overrides)
+        return cls._preset(transformer, vae, HeadConfig(), {"view_attention_style": "wan"}, overrides)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> MVVDPConfig:

@@ -1,7 +1,9 @@
-"""Multi-view Wan transformer: diffusers' WanTransformer3DModel plus a view-attention module after each block.
+"""Multi-view Wan transformer: diffusers' WanTransformer3DModel with a view-attention module after each block.
 
-Composition only: the base model is used as is; a forward hook on each `base.blocks[i]` passes the block's
-output through `view_attention[i]`. The V views of each sample run through the base model as B*V videos.
+The V views of each sample run through the base model as B*V videos. Each Wan block and its view attention
+form one `MultiViewBlock`, called by this module's own pass over the base model's layers (the base model's
+forward is not used), so activation checkpointing and torch.compile see the block and its view attention
+as one unit. Weights keep their places: `base.*` (diffusers names, LoRA inside) and `view_attention.N.*`.
 The condition latent frame is kept clean with Wan2.2-TI2V's per-token timesteps (0 on the first frame).
 """
 
@@ -12,55 +14,102 @@ from typing import Any
 import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mvvdp_core.model.view_attention import TokenLayout, ViewAttention
 
-
-class _LayoutState:
-    """The token layout of the forward pass in progress (None outside one)."""
-
-    layout: TokenLayout | None = None
+Rotary = tuple[torch.Tensor, torch.Tensor]
 
 
-class _ViewAttentionHook:
-    """Forward hook on a base block: its output goes through one view-attention module.
+class MultiViewBlock(nn.Module):
+    """One Wan block followed by its view attention."""
 
-    A callable object rather than a closure so that copies of the model (copy.deepcopy) hook their own
-    modules.
-    """
+    def __init__(self, block: nn.Module, view_attention: ViewAttention) -> None:
+        super().__init__()
+        self.block = block
+        self.view_attention = view_attention
 
-    def __init__(self, attention: ViewAttention, state: _LayoutState) -> None:
-        self.attention = attention
-        self.state = state
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        text: torch.Tensor,
+        temb: torch.Tensor,
+        rotary: Rotary,
+        layout: TokenLayout,
+        view_rotary: Rotary | None,
+    ) -> torch.Tensor:
+        hidden_states = self.block(hidden_states, text, temb, rotary)
+        return self.view_attention(hidden_states, layout, view_rotary)
 
-    def __call__(self, _module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
-        if self.state.layout is None:
-            raise RuntimeError("a base block ran outside MultiViewWanTransformer.forward")
-        return self.attention(output, self.state.layout)
+
+def keep_in_fp32(base: WanTransformer3DModel) -> list[str]:
+    """Name components of the parameters and buffers Wan keeps in float32 (its `_keep_in_fp32_modules`)."""
+    return list(getattr(base, "_keep_in_fp32_modules", None) or [])
 
 
 class MultiViewWanTransformer(nn.Module):
-    def __init__(self, base: WanTransformer3DModel, num_views: int, view_attention_heads: int) -> None:
+    def __init__(
+        self,
+        base: WanTransformer3DModel,
+        num_views: int,
+        view_attention_heads: int,
+        view_attention_style: str = "plain",
+    ) -> None:
         super().__init__()
         self.base = base
         self.num_views = num_views
+        self.view_attention_style = view_attention_style
         cfg = base.config
         dim = cfg.num_attention_heads * cfg.attention_head_dim
+        if view_attention_style == "wan" and view_attention_heads != cfg.num_attention_heads:
+            raise ValueError(
+                f"the 'wan' view attention style copies the block's self-attention: it needs "
+                f"{cfg.num_attention_heads} heads, got {view_attention_heads}"
+            )
+        param = next(base.parameters())
         self.view_attention = nn.ModuleList(
-            ViewAttention(dim, view_attention_heads, num_views, eps=cfg.eps) for _ in range(len(base.blocks))
-        )
-        self.view_attention.to(dtype=next(base.parameters()).dtype)
-        self._state = _LayoutState()
-        for block, attention in zip(base.blocks, self.view_attention, strict=True):
-            block.register_forward_hook(_ViewAttentionHook(attention, self._state))
+            ViewAttention(dim, view_attention_heads, num_views, eps=cfg.eps, style=view_attention_style)
+            for _ in range(len(base.blocks))
+        ).to(device=param.device, dtype=param.dtype)
+        if view_attention_style == "wan":
+            for block, attention in zip(base.blocks, self.view_attention, strict=True):
+                attention.init_from_self_attention(block.attn1)
+        self.gradient_checkpointing = False
+        # Not registered as submodules: the weights stay under base.blocks and view_attention.
+        self._blocks: list[MultiViewBlock] = [
+            MultiViewBlock(block, attention)
+            for block, attention in zip(base.blocks, self.view_attention, strict=True)
+        ]
 
     @classmethod
-    def from_config(cls, transformer_kwargs: dict[str, Any], num_views: int, view_attention_heads: int):
-        return cls(WanTransformer3DModel(**transformer_kwargs), num_views, view_attention_heads)
+    def from_config(
+        cls,
+        transformer_kwargs: dict[str, Any],
+        num_views: int,
+        view_attention_heads: int,
+        style: str = "plain",
+    ) -> MultiViewWanTransformer:
+        return cls(WanTransformer3DModel(**transformer_kwargs), num_views, view_attention_heads, style)
+
+    @property
+    def blocks(self) -> list[MultiViewBlock]:
+        return self._blocks
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
         return tuple(self.base.config.patch_size)
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> MultiViewWanTransformer:
+        """Recompute each block (with its view attention) in the backward pass instead of storing its
+        activations."""
+        self.gradient_checkpointing = enabled
+        return self
+
+    def compile_blocks(self, **options: Any) -> MultiViewWanTransformer:
+        """torch.compile each block with its view attention (regional compilation: one graph, reused)."""
+        for block in self._blocks:
+            block.compile(**options)
+        return self
 
     def token_timesteps(
         self, timestep: torch.Tensor, batch: int, frames: int, height: int, width: int, cond_frames: int
@@ -76,6 +125,44 @@ class MultiViewWanTransformer(nn.Module):
             .expand(batch, self.num_views, -1)
             .reshape(batch * self.num_views, -1)
         )
+
+    def view_rotary(self, layout: TokenLayout, device: torch.device) -> Rotary | None:
+        """Wan's rotary embedding of the (view, row, column) grid of one latent frame ("wan" style)."""
+        if self.view_attention_style != "wan":
+            return None
+        p_t, p_h, p_w = self.patch_size
+        grid = torch.empty(
+            (1, 0, layout.views * p_t, layout.height * p_h, layout.width * p_w), device=device
+        )
+        return self.base.rope(grid)
+
+    def run_base(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, layout: TokenLayout
+    ) -> torch.Tensor:
+        """The base model's pass (patch embedding, condition embedding, blocks, output projection) on B*V
+        videos (B*V, C, F, H, W) with per-token timesteps (B*V, F*h*w), each block followed by its view
+        attention."""
+        base = self.base
+        n, _, frames, height, width = hidden_states.shape
+        p_t, p_h, p_w = self.patch_size
+        rotary = base.rope(hidden_states)
+        view_rotary = self.view_rotary(layout, hidden_states.device)
+        tokens = base.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
+        temb, projection, text, _ = base.condition_embedder(
+            timestep.flatten(), text, None, timestep_seq_len=timestep.shape[1]
+        )
+        projection = projection.unflatten(2, (6, -1))  # (B*V, S, 6, D)
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
+        for block in self._blocks:
+            args = (tokens, text, projection, rotary, layout, view_rotary)
+            tokens = checkpoint(block, *args, use_reentrant=False) if recompute else block(*args)
+        table = base.scale_shift_table.unsqueeze(0).to(temb.device)
+        shift, scale = (table + temb.unsqueeze(2)).chunk(2, dim=2)
+        tokens = (base.norm_out(tokens.float()) * (1 + scale.squeeze(2)) + shift.squeeze(2)).type_as(tokens)
+        tokens = base.proj_out(tokens)
+        t, h, w = frames // p_t, height // p_h, width // p_w
+        tokens = tokens.reshape(n, t, h, w, p_t, p_h, p_w, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return tokens.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
     def forward(
         self,
@@ -97,14 +184,26 @@ class MultiViewWanTransformer(nn.Module):
             raise ValueError(f"text embeddings must be (B, L, D), got {tuple(text.shape)}")
         text = text.expand(b, -1, -1).repeat_interleave(v, dim=0).to(latents.dtype)
         p_t, p_h, p_w = self.patch_size
-        self._state.layout = TokenLayout(views=v, frames=f // p_t, height=h // p_h, width=w // p_w)
-        try:
-            out = self.base(
-                hidden_states=latents.reshape(b * v, c, f, h, w),
-                timestep=self.token_timesteps(timestep, b, f, h, w, cond_frames),
-                encoder_hidden_states=text,
-                return_dict=False,
-            )[0]
-        finally:
-            self._state.layout = None
+        layout = TokenLayout(views=v, frames=f // p_t, height=h // p_h, width=w // p_w)
+        out = self.run_base(
+            latents.reshape(b * v, c, f, h, w),
+            self.token_timesteps(timestep, b, f, h, w, cond_frames),
+            text,
+            layout,
+        )
         return out.reshape(b, v, *out.shape[1:])
+
+
+def cast_transformer(model: MultiViewWanTransformer, dtype: torch.dtype) -> MultiViewWanTransformer:
+    """Cast to dtype, except the parameters and buffers Wan keeps in float32 (rotary tables, time embedder,
+    modulation tables, block norms): those keep their precision, as diffusers' from_pretrained does."""
+    keep = set(keep_in_fp32(model.base))
+    for module_name, module in model.base.named_modules():
+        parts = set(module_name.split("."))
+        for name, param in module.named_parameters(recurse=False):
+            param.data = param.data.to(torch.float32 if parts & keep or name in keep else dtype)
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.is_floating_point() and not (parts & keep or name in keep):
+                module._buffers[name] = buffer.to(dtype)
+    model.view_attention.to(dtype)
+    return model

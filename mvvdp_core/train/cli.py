@@ -21,9 +21,11 @@ from mvvdp_core.model.text import parse_task_prompts
 from mvvdp_core.train.loop import TrainSettings, train
 
 # Fields whose flag differs from the plain `--name VALUE` form.
-SPECIAL_FLAGS = {"prompts", "config_overrides", "workspace_center", "augment", "include_failed", "progress"}
+BOOLEAN_FLAGS = ("augment", "include_failed", "progress", "tf32", "gradient_checkpointing")
+SPECIAL_FLAGS = {"prompts", "config_overrides", "workspace_center", *BOOLEAN_FLAGS}
 CHOICES = {"config": ("tiny", "small", "wan22"), "mode": ("auto", "lora", "full"),
-           "lr_schedule": ("constant", "cosine"), "mixed_precision": ("no", "fp16", "bf16")}
+           "lr_schedule": ("constant", "cosine"), "mixed_precision": ("auto", "no", "fp16", "bf16"),
+           "base_dtype": ("auto", "fp32", "bf16"), "optimizer_state": ("latest", "all")}
 
 
 def _scalar_type(annotation: Any) -> type:
@@ -36,8 +38,10 @@ def _scalar_type(annotation: Any) -> type:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvvdp train", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, nargs="+", help="folder(s) of recorded episodes")
-    parser.add_argument("--out", required=True, help="output folder: checkpoints, tensorboard, plots")
+    parser.add_argument("--data", nargs="+", help="folder(s) of recorded episodes (required)")
+    parser.add_argument("--out", help="output folder: checkpoints, tensorboard, plots (required)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the memory plan of these settings on one CUDA process and exit")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     parser.add_argument("--settings", type=Path, default=None, help="YAML file with TrainSettings keys")
     parser.add_argument(
@@ -47,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--override", action="append", default=None, metavar="FIELD=JSON",
                         help="model config field, e.g. image_size=128 or transformer='{\"num_layers\": 6}'")
     parser.add_argument("--workspace-center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"))
-    for flag in ("augment", "include_failed", "progress"):
+    for flag in BOOLEAN_FLAGS:
         name = f"--{flag.replace('_', '-')}"
         parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None)
     for item in fields(TrainSettings):
@@ -99,8 +103,40 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     return TrainSettings(**values)
 
 
+def dry_run(settings: TrainSettings, gpu_gb: float = 80.0) -> int:
+    """Print the memory plan of one training process with these settings (CUDA assumed); 0 when it fits."""
+    import torch
+
+    from mvvdp_core.model.config import MVVDPConfig
+    from mvvdp_core.train.memory import GB, memory_plan
+
+    config = MVVDPConfig.preset(settings.config, **settings.config_overrides)
+    cuda = torch.device("cuda")
+    precision = settings.precision(cuda)
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    checkpointing = (
+        settings.gradient_checkpointing if settings.gradient_checkpointing is not None
+        else settings.config == "wan22"
+    )  # fmt: skip
+    plan = memory_plan(
+        config, settings.batch_size, settings.training_mode, checkpointing, settings.frozen_base_dtype(cuda),
+        compute, name=settings.config,
+    )  # fmt: skip
+    print(plan.table())
+    accumulation = settings.accumulation(1)
+    print(f"\n{accumulation} micro-batch(es) of {settings.batch_size} per optimiser step on one process "
+          f"(global batch {accumulation * settings.batch_size}); peak {plan.peak / GB:.1f} GB "
+          f"{'fits' if plan.fits(gpu_gb) else 'does NOT fit'} in {gpu_gb:.0f} GB")
+    return 0 if plan.fits(gpu_gb) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        return dry_run(settings_from_args(args))
+    if not args.data or not args.out:
+        parser.error("--data and --out are required")
     result = train(args.data, args.out, settings_from_args(args), resume=args.resume)
     print(
         f"trained steps {result.start_step + 1}..{result.end_step} ({result.mode}); checkpoint "

@@ -7,8 +7,10 @@ views, the transformer takes a flow-matching step on them (AdamW, lr 1e-4, no we
 cross-entropy step on the same clean latents with a little noise (AdamW, lr 1e-4, weight decay 1e-5).
 accelerate places everything on the device, wraps the trainable modules for DDP when several processes run,
 and applies mixed precision. Checkpoints are written to a temporary folder and renamed into place, in the
-model's checkpoint format plus a trainer_state.pt (optimisers, step, random state); `latest` names the last
-complete one, and a run with resume=True continues from it. Every checkpoint gets one trajectory plot per
+model's checkpoint format plus a trainer_state.pt (step, schedules, random state) and, in the newest one,
+optimizer.pt (AdamW state); `latest` names the last complete one, and a run with resume=True continues
+from it. With a pretrained base, activation checkpointing is on and the frozen base is stored in bf16 on
+CUDA; micro-batches accumulate to --global-batch. Every checkpoint gets one trajectory plot per
 validation episode (predicted vs true positions of the first chunk).
 """
 
@@ -20,6 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,7 @@ from mvvdp_core.train.video import encode_latents, video_loss
 CHECKPOINTS_DIR = RUN_CHECKPOINTS_DIR
 LATEST_FILE = LATEST_POINTER
 TRAINER_STATE = "trainer_state.pt"
+OPTIMIZER_STATE = "optimizer.pt"  # AdamW moments: in the newest checkpoint only, unless optimizer_state=all
 SETTINGS_FILE = "train_settings.json"
 VAE_REPORT_FILE = "vae_roundtrip.json"
 
@@ -107,7 +111,13 @@ class TrainSettings:
     val_episodes: int = 2
     seed: int = 0
     threads: int | None = None  # torch CPU threads; None: half the cores
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    mixed_precision: str = "auto"  # auto (bf16 on CUDA, no elsewhere) | no | fp16 | bf16
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions for what runs in float32
+    base_dtype: str = "auto"  # frozen base weights (lora mode): auto (bf16 on CUDA) | fp32 | bf16
+    gradient_checkpointing: bool | None = None  # None: on with a pretrained base (wan22), off otherwise
+    grad_accumulation: int = 1  # micro-batches per optimiser step
+    global_batch: int | None = None  # samples per optimiser step over all processes; sets grad_accumulation
+    optimizer_state: str = "latest"  # checkpoints that keep the AdamW state: latest | all
     num_workers: int = 0
     progress: bool = True
 
@@ -121,6 +131,14 @@ class TrainSettings:
                 "--mode lora needs --base-model (a pretrained Wan2.2 folder): LoRA adapters on a randomly "
                 "initialised transformer do not learn; use --mode full to train a model from scratch"
             )
+        if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be auto, no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.base_dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"base_dtype must be auto, fp32 or bf16, got {self.base_dtype!r}")
+        if self.optimizer_state not in ("latest", "all"):
+            raise ValueError(f"optimizer_state must be latest or all, got {self.optimizer_state!r}")
+        if self.grad_accumulation < 1 or (self.global_batch is not None and self.global_batch < 1):
+            raise ValueError("grad_accumulation and global_batch must be >= 1")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
@@ -136,6 +154,34 @@ class TrainSettings:
             self.workspace_center = tuple(float(c) for c in self.workspace_center)
         if self.prompts and self.text_encoder is None:
             raise ValueError("task prompts need --text-encoder, a local umT5 encoder folder")
+
+    def accumulation(self, processes: int) -> int:
+        """Micro-batches per optimiser step: global_batch / (batch_size * processes), else
+        grad_accumulation."""
+        if self.global_batch is None:
+            return self.grad_accumulation
+        per_step = self.batch_size * processes
+        if self.global_batch % per_step:
+            raise ValueError(
+                f"global_batch {self.global_batch} is not a multiple of batch_size x processes = {per_step}"
+            )
+        return self.global_batch // per_step
+
+    def precision(self, device: torch.device) -> str:
+        """The mixed precision mode on this device (auto: bf16 on CUDA, none elsewhere)."""
+        if self.mixed_precision != "auto":
+            return self.mixed_precision
+        return "bf16" if device.type == "cuda" else "no"
+
+    def frozen_base_dtype(self, device: torch.device) -> torch.dtype:
+        if self.base_dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return {"fp32": torch.float32, "bf16": torch.bfloat16}[self.base_dtype]
+
+    def checkpointing(self, config: MVVDPConfig) -> bool:
+        if self.gradient_checkpointing is not None:
+            return self.gradient_checkpointing
+        return config.base_model_path is not None
 
     @property
     def training_mode(self) -> str:
@@ -260,6 +306,17 @@ def build_parts(
     return ModelParts(transformer, VideoVAE(vae), build_head(config), text)
 
 
+def prepare_frozen_base(transformer: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store the frozen base weights in dtype (Wan's float32 parts kept); LoRA and view attention, which
+    train, stay in float32."""
+    from mvvdp_core.model.transformer import cast_transformer
+
+    cast_transformer(transformer, dtype)
+    for param in transformer.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+
+
 def count_parameters(parts: ModelParts) -> tuple[int, int]:
     modules = (parts.transformer, parts.vae, parts.head)
     total = sum(p.numel() for m in modules for p in m.parameters())
@@ -311,9 +368,12 @@ def validation_errors(
 
 
 def _save_checkpoint(
-    out: Path, step: int, parts: ModelParts, config: MVVDPConfig, state: dict[str, Any], keep: int
+    out: Path, step: int, parts: ModelParts, config: MVVDPConfig, state: dict[str, Any], keep: int,
+    optimizers: dict[str, Any] | None = None, optimizers_in_older: bool = False,
 ) -> Path:
-    """Write checkpoints/step_N via a temporary folder + rename, then point `latest` at it."""
+    """Write checkpoints/step_N via a temporary folder + rename, then point `latest` at it. The model files
+    hold only what trains (and a base model trained in full); the optimiser state goes to its own file, which
+    older checkpoints lose unless optimizers_in_older."""
     root = out / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:07d}"
@@ -321,6 +381,8 @@ def _save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(parts, config, tmp)
     torch.save(state, tmp / TRAINER_STATE)
+    if optimizers is not None:
+        torch.save(optimizers, tmp / OPTIMIZER_STATE)
     for file in tmp.rglob("*"):
         if file.is_file():
             with open(file, "rb") as handle:
@@ -333,6 +395,9 @@ def _save_checkpoint(
     old = sorted(p for p in root.glob("step_*") if p.is_dir() and p != final)
     for stale in old[: max(len(old) - (keep - 1), 0)]:
         shutil.rmtree(stale, ignore_errors=True)
+    if not optimizers_in_older:
+        for older in old:
+            (older / OPTIMIZER_STATE).unlink(missing_ok=True)
     return final
 
 
@@ -444,8 +509,13 @@ def train(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision)
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    accelerator = Accelerator(mixed_precision=settings.precision(device))
     main = accelerator.is_main_process
+    accumulation = settings.accumulation(accelerator.num_processes)
+    if accelerator.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = settings.tf32
+        torch.backends.cudnn.allow_tf32 = settings.tf32
 
     def log(message: str) -> None:
         if main:
@@ -468,6 +538,16 @@ def train(
         parts = build_parts(settings, config, tasks, log=log)
         state = None
     mode = "lora" if config.uses_lora else "full"
+    base_dtype = settings.frozen_base_dtype(accelerator.device)
+    if mode == "lora" and base_dtype != torch.float32:
+        prepare_frozen_base(parts.transformer, base_dtype)
+    checkpointing = settings.checkpointing(config)
+    parts.transformer.enable_gradient_checkpointing(checkpointing)
+    log(f"precision: {accelerator.mixed_precision} autocast"
+        + (f", frozen base in {str(base_dtype).removeprefix('torch.')}" if mode == "lora" else "")
+        + f", TF32 {'on' if settings.tf32 and accelerator.device.type == 'cuda' else 'off'}, activation "
+        f"checkpointing {'on' if checkpointing else 'off'}; {accumulation} micro-batch(es) of "
+        f"{settings.batch_size} per step on {accelerator.num_processes} process(es)")
     total, num_trainable = count_parameters(parts)
     log(f"training mode: {mode} ("
         + ("LoRA + view attention on the pretrained base" if mode == "lora"
@@ -509,8 +589,14 @@ def train(
                  for o in (video_optimizer, head_optimizer)]
     start_step = 0
     if state is not None:
-        video_optimizer.load_state_dict(state["video_optimizer"])
-        head_optimizer.load_state_dict(state["head_optimizer"])
+        saved = state if "video_optimizer" in state else None
+        if saved is None and (previous / OPTIMIZER_STATE).is_file():
+            saved = torch.load(previous / OPTIMIZER_STATE, weights_only=True)
+        if saved is not None:
+            video_optimizer.load_state_dict(saved["video_optimizer"])
+            head_optimizer.load_state_dict(saved["head_optimizer"])
+        else:
+            log(f"{previous} keeps no optimiser state: AdamW moments start afresh")
         for schedule, saved in zip(schedules, state.get("schedules", []), strict=False):
             schedule.load_state_dict(saved)
         generator.set_state(state["generator"])
@@ -544,37 +630,47 @@ def train(
     )  # fmt: skip
     for step in bar:
         started = time.perf_counter()
-        if store is not None:
-            items = torch.randint(0, len(data_.train), (settings.batch_size,), generator=generator).tolist()
-            latents, targets = store.batch(items)
-            latents = latents.to(accelerator.device)
-            targets = {k: v.to(accelerator.device) for k, v in targets.items()}
-        else:
-            targets = next(batches)
-            latents = encode_latents(parts.vae, targets)
-        task_text = torch.stack([text[data_.episode_tasks[int(e)]] for e in targets["episode"]])
-        with accelerator.autocast():
-            vloss = video_loss(transformer, latents, task_text, config.num_train_timesteps, config.flow_shift,
-                               config.rgb_loss_weight, generator)
-        accelerator.backward(vloss.total)
+        step_video, step_head = 0.0, 0.0
+        for micro in range(accumulation):
+            if store is not None:
+                draw = torch.randint(0, len(data_.train), (settings.batch_size,), generator=generator)
+                items = draw.tolist()
+                latents, targets = store.batch(items)
+                latents = latents.to(accelerator.device)
+                targets = {k: v.to(accelerator.device) for k, v in targets.items()}
+            else:
+                targets = next(batches)
+                latents = encode_latents(parts.vae, targets)
+            task_text = torch.stack([text[data_.episode_tasks[int(e)]] for e in targets["episode"]])
+            with ExitStack() as sync:
+                if micro < accumulation - 1:  # gradients are reduced across processes on the last one only
+                    sync.enter_context(accelerator.no_sync(transformer))
+                    sync.enter_context(accelerator.no_sync(head))
+                with accelerator.autocast():
+                    vloss = video_loss(transformer, latents, task_text, config.num_train_timesteps,
+                                       config.flow_shift, config.rgb_loss_weight, generator)
+                accelerator.backward(vloss.total / accumulation)
+                with accelerator.autocast():
+                    hloss = head_objective(head, latents, targets["positions"], targets["rotation_bins"],
+                                           targets["gripper"], workspace, settings.head_latent_noise,
+                                           generator)
+                accelerator.backward(hloss.total / accumulation)
+            step_video += vloss.total.item() / accumulation
+            step_head += hloss.total.item() / accumulation
         if settings.grad_clip > 0:
             accelerator.clip_grad_norm_(trainable, settings.grad_clip)
         video_optimizer.step()
         video_optimizer.zero_grad(set_to_none=True)
-        with accelerator.autocast():
-            hloss = head_objective(head, latents, targets["positions"], targets["rotation_bins"],
-                                   targets["gripper"], workspace, settings.head_latent_noise, generator)
-        accelerator.backward(hloss.total)
         head_optimizer.step()
         head_optimizer.zero_grad(set_to_none=True)
         for schedule in schedules:
             schedule.step()
         step_times.append(time.perf_counter() - started)
-        video_losses.append(vloss.total.item())
-        head_losses.append(hloss.total.item())
+        video_losses.append(step_video)
+        head_losses.append(step_head)
         if not (math.isfinite(video_losses[-1]) and math.isfinite(head_losses[-1])):
-            raise FloatingPointError(f"loss became non-finite at step {step}: video {vloss.total}, "
-                                     f"head {hloss.total}")
+            raise FloatingPointError(f"loss became non-finite at step {step}: video {step_video}, "
+                                     f"head {step_head}")
         bar.set_postfix(video=f"{video_losses[-1]:.4f}", head=f"{head_losses[-1]:.3f}")
         if writer is not None and (step % settings.log_every == 0 or step == settings.steps):
             scalars = {
@@ -591,17 +687,20 @@ def train(
                     accelerator.unwrap_model(transformer), parts.vae, accelerator.unwrap_model(head),
                     parts.text_embeddings,
                 )  # fmt: skip
-                trainer_state = {
-                    "step": step,
+                optimizers = {
                     "video_optimizer": video_optimizer.state_dict(),
                     "head_optimizer": head_optimizer.state_dict(),
+                }
+                trainer_state = {
+                    "step": step,
                     "schedules": [schedule.state_dict() for schedule in schedules],
                     "generator": generator.get_state(),
                     "vae_losses": vae_losses,
                     "settings": asdict(settings),
                 }
                 checkpoint = _save_checkpoint(out, step, unwrapped, config, trainer_state,
-                                              settings.keep_checkpoints)
+                                              settings.keep_checkpoints, optimizers,
+                                              settings.optimizer_state == "all")
                 if roundtrip is not None:
                     (checkpoint / VAE_REPORT_FILE).write_text(json.dumps({"roundtrip_cm": roundtrip}))
                 errors = validation_errors(unwrapped, config, data_.plain, val_indices, checkpoint)
