@@ -16,7 +16,7 @@ import torch
 
 from mvvdp_core.data.episode import list_episodes
 from mvvdp_core.data.record import record_pick_demos, run_pick_demo
-from mvvdp_core.sim.closed_loop import evaluate_policy, oracle_predictor, replay_episode
+from mvvdp_core.evaluation.closed_loop import evaluate_policy, oracle_predictor, replay_episode
 from mvvdp_core.sim.pick import PickScript, PickTask
 
 

@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from mvvdp_core.geometry import VIEW_ROTATIONS, ProjectedViews, Workspace, cuda_ext, project_views
-from mvvdp_core.geometry.projection import EMPTY_KEY, splat_extent, splat_offsets
+from mvvdp_core.geometry.pixels import splat_extent
+from mvvdp_core.geometry.projection import EMPTY_KEY, splat_offsets
 
 
 def project_numpy(points: np.ndarray, colors: np.ndarray, workspace: Workspace, splat_radius: float):

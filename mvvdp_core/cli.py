@@ -15,8 +15,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "encode-prompts": ("mvvdp_core.model.text", "encode task instructions into a checkpoint (local umT5)"),
     "train": ("mvvdp_core.train.cli", "train the video model LoRA and the rotation/gripper head"),
     "memory-plan": ("mvvdp_core.train.memory", "training memory of a config and batch (meta device)"),
-    "evaluate": ("mvvdp_core.sim.closed_loop", "closed-loop pick evaluation of a checkpoint (simulated FR3)"),
-    "metaworld": ("mvvdp_core.sim.metaworld_harness", "Meta-World seven-task collect/train/evaluate"),
+    "evaluate": ("mvvdp_core.evaluation.closed_loop", "closed-loop pick evaluation (simulated FR3)"),
+    "metaworld": ("mvvdp_core.evaluation.metaworld_harness", "Meta-World seven-task collect/train/evaluate"),
 }
 
 

@@ -8,7 +8,7 @@ torch tensors, returning the same kind.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -129,3 +129,24 @@ def wrap_angle(angle: Array) -> Array:
     """Wrap angles to [-pi, pi)."""
     angle = _as_float(angle)
     return (angle + np.pi) % (2 * np.pi) - np.pi
+
+
+def check_transform(matrix: Any, name: str) -> np.ndarray:
+    """A (4, 4) rigid transform with an orthonormal rotation, else ValueError naming it."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
+        raise ValueError(f"{name} must be a finite 4x4 matrix, got shape {matrix.shape}")
+    if not np.allclose(matrix[3], [0, 0, 0, 1], atol=1e-6):
+        raise ValueError(f"{name} last row must be [0, 0, 0, 1], got {matrix[3]}")
+    check_rotation(matrix[:3, :3], f"{name} rotation")
+    return matrix
+
+
+def check_rotation(matrix: Any, name: str) -> np.ndarray:
+    """A (3, 3) proper rotation (orthonormal, det +1), else ValueError naming it."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.shape != (3, 3) or not np.isfinite(matrix).all():
+        raise ValueError(f"{name} must be a finite 3x3 matrix, got shape {matrix.shape}")
+    if not np.allclose(matrix @ matrix.T, np.eye(3), atol=1e-4) or np.linalg.det(matrix) < 0:
+        raise ValueError(f"{name} is not a proper rotation matrix")
+    return matrix

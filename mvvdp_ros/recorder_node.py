@@ -19,11 +19,11 @@ from sensor_msgs.msg import JointState, PointCloud2
 from std_msgs.msg import Float64
 from std_srvs.srv import SetBool, Trigger
 
-from mvvdp_core.data.episode import CameraCloud, Step
 from mvvdp_core.data.mcap_episodes import McapEpisodeWriter, next_mcap_path
 from mvvdp_core.data.recorder import EpisodeWriter, Recorder
 from mvvdp_core.perception import CloudFrame, CloudSynchronizer, SyncConfig, load_cameras
 from mvvdp_core.rotations import quaternion_to_matrix
+from mvvdp_core.step import CameraCloud, Step
 from mvvdp_ros.conversions import pose_from_msg, stamp_to_sec
 from mvvdp_ros.guard import GuardedNode
 from mvvdp_ros.params import declare_parameters

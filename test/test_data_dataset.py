@@ -11,10 +11,11 @@ import torch
 from mvvdp_core.actions import euler_to_bins
 from mvvdp_core.data.augment import AugmentConfig, rotation_z, sample_scene_transform, transform_poses
 from mvvdp_core.data.dataset import EpisodeDataset, SampleConfig, frame_indices
-from mvvdp_core.data.episode import CameraCloud, Step, list_episodes
+from mvvdp_core.data.episode import list_episodes
 from mvvdp_core.data.recorder import Recorder
 from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.rotations import euler_to_matrix
+from mvvdp_core.step import CameraCloud, Step
 
 WORKSPACE = Workspace(center=(0.5, 0.0, 0.4), edge=1.0, resolution=64)
 RED = np.array([255, 0, 0], dtype=np.uint8)

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mvvdp_core.data.episode import CameraCloud, Episode, EpisodeFormatError, Step, list_episodes
+from mvvdp_core.data.episode import Episode, EpisodeFormatError, list_episodes
 from mvvdp_core.data.recorder import Recorder
+from mvvdp_core.step import CameraCloud, Step
 
 CAMERAS = ["zed_front", "zed_left", "zed_right"]
 

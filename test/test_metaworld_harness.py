@@ -10,7 +10,13 @@ import pytest
 
 from mvvdp_core.actions import ActionChunk
 from mvvdp_core.data.episode import list_episodes
-from mvvdp_core.sim.metaworld_harness import TaskEnv, TrialResult, chunk_to_actions, main, success_table
+from mvvdp_core.evaluation.metaworld_harness import (
+    TaskEnv,
+    TrialResult,
+    chunk_to_actions,
+    main,
+    success_table,
+)
 
 
 def make_chunk(positions: np.ndarray, gripper: list[int]) -> ActionChunk:

@@ -12,9 +12,9 @@ from mvvdp_core.checkpoints import shipped_checkpoint
 from mvvdp_core.data.dataset import EpisodeDataset, SampleConfig
 from mvvdp_core.data.episode import Episode
 from mvvdp_core.data.record import record_pick_demos
+from mvvdp_core.evaluation.closed_loop import evaluate_policy
 from mvvdp_core.model.checkpoint import load_checkpoint
 from mvvdp_core.policy import MVVDPPolicy
-from mvvdp_core.sim.closed_loop import evaluate_policy
 from mvvdp_core.sim.pick import PickTask
 from mvvdp_core.train.predictor import make_chunk_predictor, observation_from_step
 from mvvdp_core.train.vae import heatmap_roundtrip_errors

@@ -11,9 +11,7 @@ import pytest
 
 from mvvdp_core.data.episode import list_episodes
 from mvvdp_core.data.record import record_pick_demos
-from mvvdp_core.execution import ExecutorConfig
-from mvvdp_core.safety import DEFAULT_CONTROL_RATE
-from mvvdp_core.sim.closed_loop import (
+from mvvdp_core.evaluation.closed_loop import (
     LoopConfig,
     SimLoop,
     episode_chunks,
@@ -22,6 +20,8 @@ from mvvdp_core.sim.closed_loop import (
     replay_episode,
     timed_chunk,
 )
+from mvvdp_core.execution import ExecutorConfig
+from mvvdp_core.safety import DEFAULT_CONTROL_RATE
 from mvvdp_core.sim.pick import PickTask
 
 
@@ -56,8 +56,8 @@ def test_episode_chunks_cover_the_recorded_steps_at_their_times(demos: Path) -> 
 
 
 def test_an_episode_without_its_scene_is_not_replayed(tmp_path: Path) -> None:
-    from mvvdp_core.data.episode import CameraCloud, Step
     from mvvdp_core.data.recorder import Recorder
+    from mvvdp_core.step import CameraCloud, Step
 
     writer = Recorder(tmp_path).start_episode(["cam"], task="pick", seed=3)  # recorded before PickTask
     cloud = CameraCloud(np.zeros((4, 3), np.float32), np.zeros((4, 3), np.uint8), np.eye(4))

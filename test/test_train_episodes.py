@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mvvdp_core.data.episode import CameraCloud, Step
 from mvvdp_core.data.recorder import Recorder
+from mvvdp_core.step import CameraCloud, Step
 from mvvdp_core.train.loop import load_episodes
 
 

@@ -22,12 +22,13 @@ from mvvdp_core.data.augment import (
     transform_extrinsics,
     transform_poses,
 )
-from mvvdp_core.data.episode import Episode, Step
+from mvvdp_core.data.episode import Episode
 from mvvdp_core.geometry.clouds import merge_clouds
 from mvvdp_core.geometry.heatmaps import colorize_heatmaps, ee_heatmaps
 from mvvdp_core.geometry.projection import project_views
 from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.rotations import matrix_to_euler
+from mvvdp_core.step import Step
 
 
 @dataclass(frozen=True)

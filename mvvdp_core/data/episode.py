@@ -19,12 +19,23 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mvvdp_core.fileio import atomic_write_bytes, fsync_dir
+from mvvdp_core.step import CameraCloud, Step
+
+# The step types and the file helpers are defined in mvvdp_core.step and mvvdp_core.fileio; training code
+# reaches them through this module too.
+__all__ = [
+    "FORMAT_VERSION", "INDEX_NAME", "META_NAME", "STEPS_DIR", "SUMMARY_NAME", "CameraCloud", "Episode",
+    "EpisodeFormatError", "Step", "StepRecord", "atomic_write_bytes", "fsync_dir", "index_line",
+    "list_episodes", "step_arrays",
+]
 
 FORMAT_VERSION = 1
 INDEX_NAME = "index.jsonl"
@@ -35,65 +46,6 @@ STEPS_DIR = "steps"
 
 class EpisodeFormatError(ValueError):
     """An episode directory or one of its files is missing, corrupt or inconsistent."""
-
-
-@dataclass
-class CameraCloud:
-    """One camera's cloud: points (N, 3) float32 in the camera frame, colours (N, 3) uint8, base_T_camera."""
-
-    points: np.ndarray
-    colors: np.ndarray
-    base_T_camera: np.ndarray
-
-    def __post_init__(self) -> None:
-        points = np.asarray(self.points, dtype=np.float32)
-        colors = np.asarray(self.colors)
-        if points.ndim == 3:  # organised H x W x 3 cloud: flatten, keep only returns
-            points = points.reshape(-1, 3)
-            colors = colors.reshape(-1, 3)
-        if points.ndim != 2 or points.shape[1] != 3:
-            raise ValueError(f"camera points must be (N, 3) or (H, W, 3), got {points.shape}")
-        if colors.shape != points.shape:
-            raise ValueError(f"camera colours {colors.shape} must match points {points.shape}")
-        if colors.dtype != np.uint8:
-            raise ValueError(f"camera colours must be uint8, got {colors.dtype}")
-        valid = np.isfinite(points).all(axis=1)
-        self.points = np.ascontiguousarray(points[valid])
-        self.colors = np.ascontiguousarray(colors[valid])
-        self.base_T_camera = check_transform(self.base_T_camera, "base_T_camera")
-
-    def in_base(self, base_T_camera: np.ndarray | None = None) -> np.ndarray:
-        """Points (N, 3) in the base frame, through the given extrinsics (default: this camera's own)."""
-        transform = self.base_T_camera if base_T_camera is None else base_T_camera
-        return (self.points.astype(np.float64) @ transform[:3, :3].T + transform[:3, 3]).astype(np.float32)
-
-
-@dataclass
-class Step:
-    """Everything recorded at one control step."""
-
-    clouds: dict[str, CameraCloud]
-    ee_position: np.ndarray  # (3,) metres, base frame
-    ee_rotation: np.ndarray  # (3, 3) rotation matrix, base_R_ee
-    gripper_width: float  # metres between the fingers
-    gripper_closed: bool  # commanded state: True = closing/closed
-    timestamp: float  # seconds
-    extras: dict[str, np.ndarray] = field(default_factory=dict)  # e.g. the demonstrator's raw action
-
-    def __post_init__(self) -> None:
-        self.ee_position = np.asarray(self.ee_position, dtype=np.float64).reshape(-1)
-        if self.ee_position.shape != (3,) or not np.isfinite(self.ee_position).all():
-            raise ValueError(f"ee_position must be 3 finite numbers, got {self.ee_position!r}")
-        self.ee_rotation = check_rotation(self.ee_rotation, "ee_rotation")
-        if not np.isfinite(self.gripper_width) or self.gripper_width < 0:
-            raise ValueError(f"gripper_width must be a finite non-negative width, got {self.gripper_width!r}")
-        if not np.isfinite(self.timestamp):
-            raise ValueError(f"timestamp must be finite, got {self.timestamp!r}")
-        if not self.clouds:
-            raise ValueError("a step needs at least one camera cloud")
-        for name in self.clouds:
-            if not name or "/" in name or "__" in name:
-                raise ValueError(f"bad camera name {name!r} (non-empty, no '/' or '__')")
 
 
 @dataclass(frozen=True)
@@ -107,50 +59,6 @@ class StepRecord:
     ee_rotation: np.ndarray
     gripper_width: float
     gripper_closed: bool
-
-
-def check_transform(matrix: Any, name: str) -> np.ndarray:
-    """A (4, 4) rigid transform with an orthonormal rotation, else ValueError naming it."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    if matrix.shape != (4, 4) or not np.isfinite(matrix).all():
-        raise ValueError(f"{name} must be a finite 4x4 matrix, got shape {matrix.shape}")
-    if not np.allclose(matrix[3], [0, 0, 0, 1], atol=1e-6):
-        raise ValueError(f"{name} last row must be [0, 0, 0, 1], got {matrix[3]}")
-    check_rotation(matrix[:3, :3], f"{name} rotation")
-    return matrix
-
-
-def check_rotation(matrix: Any, name: str) -> np.ndarray:
-    """A (3, 3) proper rotation (orthonormal, det +1), else ValueError naming it."""
-    matrix = np.asarray(matrix, dtype=np.float64)
-    if matrix.shape != (3, 3) or not np.isfinite(matrix).all():
-        raise ValueError(f"{name} must be a finite 3x3 matrix, got shape {matrix.shape}")
-    if not np.allclose(matrix @ matrix.T, np.eye(3), atol=1e-4) or np.linalg.det(matrix) < 0:
-        raise ValueError(f"{name} is not a proper rotation matrix")
-    return matrix
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, fsync, rename over path, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(payload, indent=1) + "\n").encode())
 
 
 def step_arrays(step: Step) -> dict[str, np.ndarray]:

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from mvvdp_core.data.episode import CameraCloud, Episode, Step
+from mvvdp_core.data.episode import Episode
 from mvvdp_core.data.recorder import Recorder
 from mvvdp_core.rotations import matrix_to_quaternion, quaternion_to_matrix
+from mvvdp_core.step import CameraCloud, Step
 
 TOPIC = "/mvvdp/record"
 METADATA = "mvvdp_episode"

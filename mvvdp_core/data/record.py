@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from mvvdp_core.data.episode import CameraCloud, Episode, Step
+from mvvdp_core.data.episode import Episode
 from mvvdp_core.data.recorder import EpisodeWriter, Recorder
 from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.rotations import quaternion_to_matrix
 from mvvdp_core.sim.pick import PickScript, PickTask, PlanStep, pick_targets
+from mvvdp_core.step import CameraCloud, Step
 from mvvdp_core.threads import set_torch_threads
 
 if TYPE_CHECKING:

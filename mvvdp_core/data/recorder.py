@@ -19,13 +19,11 @@ from mvvdp_core.data.episode import (
     META_NAME,
     STEPS_DIR,
     SUMMARY_NAME,
-    Step,
-    atomic_write_bytes,
-    atomic_write_json,
-    fsync_dir,
     index_line,
     step_arrays,
 )
+from mvvdp_core.fileio import atomic_write_bytes, atomic_write_json, fsync_dir
+from mvvdp_core.step import Step
 
 _EPISODE_NAME = re.compile(r"^episode_(\d{6})$")
 

@@ -1,4 +1,5 @@
-"""The CUDA projection kernel (cuda/): lazy build, dispatch, and a CPU harness of the same per-element code.
+"""The CUDA projection kernel (cuda/): lazy build, its backend for projection.project_views, and a CPU
+harness of the same per-element code.
 
 Sources are looked up in $MVVDP_CUDA_SRC, then the repository's cuda/, then <prefix>/share/mvvdp_ros/cuda
 (Python prefix, AMENT_PREFIX_PATH entries, the prefix this package is installed in).
@@ -20,7 +21,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
-from mvvdp_core.geometry.projection import ProjectedViews, prepare_inputs, splat_extent, view_pixels
+from mvvdp_core.geometry.pixels import ProjectedViews, prepare_inputs, splat_extent, view_pixels
 from mvvdp_core.geometry.workspace import Workspace
 
 KERNEL_SOURCES = ("projection_binding.cpp", "projection_kernels.cu")

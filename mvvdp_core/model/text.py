@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save as save_tensors
 from tqdm import tqdm
 
-from mvvdp_core.data.episode import atomic_write_bytes
+from mvvdp_core.fileio import atomic_write_bytes
 from mvvdp_core.model.checkpoint import (
     TEXT_FILE,
     CheckpointError,

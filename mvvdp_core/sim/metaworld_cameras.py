@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from mvvdp_core.data.episode import CameraCloud
+from mvvdp_core.step import CameraCloud
 
 
 @dataclass(frozen=True)

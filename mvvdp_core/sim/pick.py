@@ -1,6 +1,6 @@
 """The pick task: one scene definition, the scripted demonstrator's plan and the success check.
 
-Recording (`mvvdp record`), replay and closed-loop evaluation (`mvvdp_core.sim.closed_loop`) and the
+Recording (`mvvdp record`), replay and closed-loop evaluation (`mvvdp_core.evaluation.closed_loop`) and the
 simulated bringup (`sim_robot` node) all build their scene from `PickTask`: the red cube `object0` is always
 the target, optionally among distractor cubes, placed uniformly in `region` with a random yaw.
 

@@ -1,0 +1,1 @@
+"""Closed-loop evaluation in simulation and the Meta-World harness: they drive sim, data, train and policy."""
