@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mvvdp_core.rotations import euler_to_matrix, matrix_to_euler, wrap_angle
+from mvvdp_core.rotations import check_rotation, euler_to_matrix, matrix_to_euler, wrap_angle
 
 ROTATION_BINS = 72
 
@@ -112,25 +112,16 @@ def bins_to_relative_euler(
     return bins.astype(np.float64) * width - np.pi
 
 
-def _check_rotation(rotation: np.ndarray) -> np.ndarray:
-    rotation = np.asarray(rotation, dtype=np.float64)
-    if rotation.shape != (3, 3) or not np.all(np.isfinite(rotation)):
-        raise ValueError(f"condition rotation must be a finite (3, 3) matrix, got shape {rotation.shape}")
-    if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-4) or np.linalg.det(rotation) < 0:
-        raise ValueError("condition rotation is not a proper rotation matrix")
-    return rotation
-
-
 def relative_to_absolute(cond_rotation: np.ndarray, rel_euler: np.ndarray) -> np.ndarray:
     """Condition rotation R_0 (3, 3), relative angles (..., 3) -> absolute (..., 3); R_t = R_0 R_rel."""
-    cond_rotation = _check_rotation(cond_rotation)
+    cond_rotation = check_rotation(cond_rotation, "condition rotation")
     rel_euler = np.asarray(rel_euler, dtype=np.float64)
     return matrix_to_euler(cond_rotation @ euler_to_matrix(rel_euler))
 
 
 def absolute_to_relative(cond_rotation: np.ndarray, abs_euler: np.ndarray) -> np.ndarray:
     """Inverse of relative_to_absolute: R_rel = R_0^T R_t, as angles (..., 3)."""
-    cond_rotation = _check_rotation(cond_rotation)
+    cond_rotation = check_rotation(cond_rotation, "condition rotation")
     abs_euler = np.asarray(abs_euler, dtype=np.float64)
     return matrix_to_euler(cond_rotation.T @ euler_to_matrix(abs_euler))
 

@@ -16,27 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from scipy.spatial.transform import Rotation
 
+from mvvdp_core.cameras import CameraSpec
 from mvvdp_core.geometry import ProjectedViews, Workspace, merge_clouds, project_views
-
-
-@dataclass(frozen=True)
-class CameraSpec:
-    name: str
-    topic: str
-    frame_id: str
-    base_T_camera: np.ndarray  # (4, 4)
-
-
-def pose_matrix(translation: np.ndarray, quaternion_xyzw: np.ndarray) -> np.ndarray:
-    quaternion = np.asarray(quaternion_xyzw, dtype=np.float64)
-    if quaternion.shape != (4,) or abs(np.linalg.norm(quaternion) - 1.0) > 1e-3:
-        raise ValueError(f"rotation must be a unit quaternion xyzw, got {quaternion.tolist()}")
-    matrix = np.eye(4)
-    matrix[:3, :3] = Rotation.from_quat(quaternion).as_matrix()
-    matrix[:3, 3] = np.asarray(translation, dtype=np.float64)
-    return matrix
+from mvvdp_core.rotations import pose_matrix
 
 
 def load_cameras(path: str | Path) -> tuple[str, list[CameraSpec]]:

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from mvvdp_core.cameras import CameraSpec
 from mvvdp_core.execution import ChunkChecks, ChunkExecutor, ExecutorConfig, TimedChunk, validate_chunk
 from mvvdp_core.model.flow import MAX_INFERENCE_STEPS, check_num_steps, inference_sigmas
-from mvvdp_core.perception import CameraSpec, CloudFrame, CloudSynchronizer, SyncConfig
+from mvvdp_core.perception import CloudFrame, CloudSynchronizer, SyncConfig
 from mvvdp_core.safety import PoseTarget
 
 HOME = np.array([0.4, 0.0, 0.4])

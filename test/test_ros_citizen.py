@@ -15,7 +15,8 @@ from rclpy.parameter import Parameter  # noqa: E402
 
 from mvvdp_core import graph  # noqa: E402
 from mvvdp_core.graph import build_graph, default_config_dir  # noqa: E402
-from mvvdp_core.perception import load_cameras, pose_matrix  # noqa: E402
+from mvvdp_core.perception import load_cameras  # noqa: E402
+from mvvdp_core.rotations import pose_matrix  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mvvdp_core.geometry.workspace import Workspace
+from mvvdp_core.rotations import axis_rotation
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,7 @@ class AugmentConfig:
 
 def rotation_z(angle: float) -> np.ndarray:
     """(3, 3) rotation by angle radians about +z."""
-    c, s = np.cos(angle), np.sin(angle)
-    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return axis_rotation("z", angle)
 
 
 def yaw_about_point(angle: float, pivot: np.ndarray, translation: np.ndarray) -> np.ndarray:
