@@ -18,13 +18,24 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+from xml.etree import ElementTree
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # off-screen on CPU (Mesa); osmesa is the fallback backend
 
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mvvdp_core.cameras import CameraSpec  # noqa: E402
 from mvvdp_core.geometry.workspace import Workspace  # noqa: E402
+from mvvdp_core.rotations import (  # noqa: E402
+    axis_quaternion,
+    matrix_to_quaternion,
+    rotation_error,
+    wxyz_to_xyzw,
+    xyzw_to_wxyz,
+)
 
 # Modified DH (Craig) per joint: (a_{i-1}, d_i, alpha_{i-1}); FR3 shares the Panda's values.
 FR3_DH: tuple[tuple[float, float, float], ...] = (
@@ -54,6 +65,7 @@ MAX_GRIPPER_WIDTH = 0.08
 TABLE_TOP_Z = 0.0
 TABLE_HEIGHT = 0.76
 CAMERA_NAMES: tuple[str, ...] = ("zed_front", "zed_left", "zed_right")
+SCENE_ASSET = Path(__file__).with_name("assets") / "fr3_table.xml"  # installed as package data
 
 # Rotation from the MuJoCo camera frame (x right, y up, looking along -z) to the body frame
 # (x forward, y left, z up): columns are the body axes expressed in MuJoCo camera coordinates.
@@ -66,16 +78,6 @@ OBJECT_COLORS: tuple[tuple[float, float, float], ...] = (
     (0.95, 0.8, 0.1),
     (0.7, 0.2, 0.8),
 )
-
-
-@dataclass(frozen=True)
-class CameraSpec:
-    """A fixed camera: position, the point it looks at (base frame, metres) and vertical field of view."""
-
-    name: str
-    position: tuple[float, float, float]
-    look_at: tuple[float, float, float]
-    fovy_deg: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -119,9 +121,9 @@ def default_cameras(workspace: Workspace | None = None) -> tuple[CameraSpec, ...
     target = (cx, cy, cz - 0.25 * workspace.edge)
     reach, height = 1.3 * workspace.edge, cz + 0.45 * workspace.edge
     return (
-        CameraSpec(CAMERA_NAMES[0], (cx + reach, cy, height), target),
-        CameraSpec(CAMERA_NAMES[1], (cx, cy + reach, height), target),
-        CameraSpec(CAMERA_NAMES[2], (cx, cy - reach, height), target),
+        CameraSpec.looking_at(CAMERA_NAMES[0], (cx + reach, cy, height), target),
+        CameraSpec.looking_at(CAMERA_NAMES[1], (cx, cy + reach, height), target),
+        CameraSpec.looking_at(CAMERA_NAMES[2], (cx, cy - reach, height), target),
     )
 
 
@@ -129,163 +131,49 @@ def _fmt(values: np.ndarray | tuple[float, ...]) -> str:
     return " ".join(f"{float(v):.9g}" for v in values)
 
 
-def _quat_x(angle: float) -> np.ndarray:
-    """MuJoCo (wxyz) quaternion of a rotation about x."""
-    return np.array([math.cos(angle / 2), math.sin(angle / 2), 0.0, 0.0])
+def _axis_quat_wxyz(axis: str, angle: float) -> np.ndarray:
+    """MuJoCo (wxyz) quaternion of a rotation about a base axis."""
+    return xyzw_to_wxyz(axis_quaternion(axis, angle))
 
 
-def _quat_z(angle: float) -> np.ndarray:
-    """MuJoCo (wxyz) quaternion of a rotation about z."""
-    return np.array([math.cos(angle / 2), 0.0, 0.0, math.sin(angle / 2)])
-
-
-def _look_at_quat(position: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """MuJoCo (wxyz) orientation of a camera at position looking at target with world z up in the image."""
-    forward = target - position
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, [0.0, 0.0, 1.0])
-    if np.linalg.norm(right) < 1e-6:
-        raise ValueError("camera must not look straight up or down")
-    right /= np.linalg.norm(right)
-    up = np.cross(right, forward)
-    mat = np.stack([right, up, -forward], axis=1)  # columns: camera x, y, z in world
+def _mujoco_camera_quat(base_R_camera: np.ndarray) -> np.ndarray:
+    """MuJoCo (wxyz) orientation of a camera whose body frame (x forward, y left, z up) is base_R_camera."""
+    # MuJoCo's camera axes: x right (= -y), y up (= z), looking along -z (so z = -x); a signed permutation
+    # of columns, exact in floating point.
+    mat = np.stack([-base_R_camera[:, 1], base_R_camera[:, 2], -base_R_camera[:, 0]], axis=1)
     quat = np.zeros(4)
     mujoco.mju_mat2Quat(quat, mat.reshape(-1))
     return quat
 
 
 def build_mjcf(config: SimConfig, cameras: tuple[CameraSpec, ...]) -> str:
-    """MJCF text of the scene: FR3 arm from FR3_DH, hand, table, cubes, cameras."""
-    arm_class_geom = 'contype="2" conaffinity="1"'
-    # Nearly hard contacts for fingers and cubes (time constant = 2 physics steps): grasps barely sink in.
-    stiff_contact = f'solref="{2 * config.timestep:.6g} 1" solimp="0.95 0.99 0.001"'
-    bodies: list[str] = []
-    # Child origin of each link in its own frame, for the link capsules.
-    origins = []
-    for a, d, alpha in FR3_DH:
-        origins.append(np.array([a, -math.sin(alpha) * d, math.cos(alpha) * d]))
-    radii = (0.06, 0.06, 0.055, 0.055, 0.05, 0.045, 0.04)
-    closing: list[str] = []
-    indent = "    "
-    for i, ((_a, _d, alpha), origin) in enumerate(zip(FR3_DH, origins, strict=True)):
-        n = i + 1
-        lo, hi = FR3_JOINT_LIMITS[i]
-        child = origins[i + 1] if i + 1 < len(origins) else np.array([0.0, 0.0, FLANGE_D])
-        geoms = [
-            f'<geom name="link{n}_motor" type="capsule" fromto="0 0 -0.06 0 0 0.06" size="{radii[i]}" '
-            f'rgba="0.92 0.92 0.92 1" {arm_class_geom}/>'
-        ]
-        if np.linalg.norm(child) > 1e-3:
-            geoms.append(
-                f'<geom name="link{n}_bar" type="capsule" fromto="0 0 0 {_fmt(child)}" '
-                f'size="{radii[i] * 0.85}" rgba="0.92 0.92 0.92 1" {arm_class_geom}/>'
-            )
-        bodies.append(
-            f'{indent * (i + 2)}<body name="fr3_link{n}" pos="{_fmt(origin)}" quat="{_fmt(_quat_x(alpha))}" '
-            f'gravcomp="1">\n'
-            f'{indent * (i + 3)}<joint name="fr3_joint{n}" range="{lo} {hi}" armature="0.1" damping="1"/>\n'
-            + "".join(f"{indent * (i + 3)}{g}\n" for g in geoms)
-        )
-        closing.append(f"{indent * (i + 2)}</body>\n")
-    hand_indent = indent * 9
-    pad = (
-        'friction="1.5 0.01 0.001" condim="4" contype="2" conaffinity="1" rgba="0.2 0.2 0.2 1" '
-        f"{stiff_contact}"
+    """MJCF text of the scene: the asset (FR3 arm, hand, table) with its parameters, the cubes and cameras."""
+    contact = {  # nearly hard contacts for fingers and cubes (time constant = 2 physics steps)
+        "solref": f"{2 * config.timestep:.6g} 1",
+        "solimp": "0.95 0.99 0.001",
+    }
+    text = Template(SCENE_ASSET.read_text()).substitute(
+        timestep=config.timestep, width=config.width, height=config.height, contact_solref=contact["solref"]
     )
-    hand = (
-        f'{hand_indent}<body name="fr3_hand" pos="0 0 {FLANGE_D}" quat="{_fmt(_quat_z(HAND_YAW))}" '
-        f'gravcomp="1">\n'
-        f'{hand_indent}  <geom name="hand_palm" type="box" pos="0 0 0.03" size="0.025 0.1 0.025" '
-        f'rgba="0.92 0.92 0.92 1" {arm_class_geom}/>\n'
-        f'{hand_indent}  <site name="tcp" pos="0 0 {TCP_OFFSET}" size="0.005" rgba="1 0 0 0"/>\n'
-        f'{hand_indent}  <body name="fr3_leftfinger" pos="0 0 0.0584" gravcomp="1">\n'
-        f'{hand_indent}    <joint name="fr3_finger_joint1" type="slide" axis="0 1 0" range="0 0.04" '
-        f'armature="0.01" damping="2"/>\n'
-        f'{hand_indent}    <geom name="left_pad" type="box" pos="0 0.009 0.0375" size="0.01 0.009 0.0175" '
-        f"{pad}/>\n"
-        f"{hand_indent}  </body>\n"
-        f'{hand_indent}  <body name="fr3_rightfinger" pos="0 0 0.0584" gravcomp="1">\n'
-        f'{hand_indent}    <joint name="fr3_finger_joint2" type="slide" axis="0 -1 0" range="0 0.04" '
-        f'armature="0.01" damping="2"/>\n'
-        f'{hand_indent}    <geom name="right_pad" type="box" pos="0 -0.009 0.0375" size="0.01 0.009 0.0175" '
-        f"{pad}/>\n"
-        f"{hand_indent}  </body>\n"
-        f"{hand_indent}</body>\n"
-    )
-    arm = "".join(bodies) + hand + "".join(reversed(closing))
-
-    actuators = []
-    for i in range(7):
-        lo, hi = FR3_JOINT_LIMITS[i]
-        kp, kv = (4500.0, 450.0) if i < 4 else (2000.0, 200.0)
-        torque = FR3_TORQUE_LIMITS[i]
-        actuators.append(
-            f'<position name="act_joint{i + 1}" joint="fr3_joint{i + 1}" kp="{kp}" kv="{kv}" '
-            f'ctrlrange="{lo} {hi}" forcerange="{-torque} {torque}"/>'
-        )
-    for j in (1, 2):
-        actuators.append(
-            f'<position name="act_finger{j}" joint="fr3_finger_joint{j}" kp="400" kv="20" ctrlrange="0 0.04" '
-            f'forcerange="-70 70"/>'
-        )
-
-    objects = []
+    root = ElementTree.fromstring(text)
+    world = root.find("worldbody")
+    assert world is not None
     h = config.cube_half
     for k in range(config.num_objects):
-        rgba = (*OBJECT_COLORS[k], 1.0)
-        objects.append(
-            f'    <body name="object{k}" pos="{0.4 + 0.1 * k} 0 {TABLE_TOP_Z + h}">\n'
-            f'      <freejoint name="object{k}_free"/>\n'
-            f'      <geom name="object{k}" type="box" size="{h} {h} {h}" rgba="{_fmt(rgba)}" mass="0.05" '
-            f'friction="1.2 0.01 0.001" condim="4" contype="1" conaffinity="3" {stiff_contact}/>\n'
-            f"    </body>\n"
-        )
-
-    camera_xml = []
+        position = f"{0.4 + 0.1 * k} 0 {TABLE_TOP_Z + h}"
+        body = ElementTree.SubElement(world, "body", name=f"object{k}", pos=position)
+        ElementTree.SubElement(body, "freejoint", name=f"object{k}_free")
+        ElementTree.SubElement(
+            body, "geom", name=f"object{k}", type="box", size=f"{h} {h} {h}",
+            rgba=_fmt((*OBJECT_COLORS[k], 1.0)), mass="0.05", friction="1.2 0.01 0.001", condim="4",
+            contype="1", conaffinity="3", **contact,
+        )  # fmt: skip
     for cam in cameras:
-        pos = np.asarray(cam.position, dtype=np.float64)
-        quat = _look_at_quat(pos, np.asarray(cam.look_at, dtype=np.float64))
-        camera_xml.append(
-            f'    <camera name="{cam.name}" pos="{_fmt(pos)}" quat="{_fmt(quat)}" fovy="{cam.fovy_deg}"/>\n'
+        quat = _mujoco_camera_quat(cam.base_T_camera[:3, :3])
+        ElementTree.SubElement(
+            world, "camera", name=cam.name, pos=_fmt(cam.position), quat=_fmt(quat), fovy=str(cam.fovy_deg)
         )
-
-    actuator_xml = "\n".join(f"    {a}" for a in actuators)
-    table_half = (0.6, 0.8, TABLE_HEIGHT / 2)
-    return f"""<mujoco model="fr3_table">
-  <compiler angle="radian" autolimits="true"/>
-  <option timestep="{config.timestep}" integrator="implicitfast"/>
-  <statistic center="0.5 0 0.3" extent="2"/>
-  <visual>
-    <global offwidth="{config.width}" offheight="{config.height}"/>
-    <!-- no multisampling: every pixel's colour belongs to the surface its depth measures -->
-    <quality shadowsize="0" offsamples="0"/>
-    <map znear="0.01" zfar="5"/>
-    <headlight ambient="0.4 0.4 0.4" diffuse="0.6 0.6 0.6" specular="0 0 0"/>
-  </visual>
-  <worldbody>
-    <geom name="floor" type="plane" pos="0 0 {TABLE_TOP_Z - TABLE_HEIGHT}" size="4 4 0.1"
-          rgba="0.35 0.35 0.38 1" contype="1" conaffinity="3"/>
-    <light name="top" pos="0.5 0 2.5" dir="0 0 -1" diffuse="0.5 0.5 0.5" castshadow="false"/>
-    <geom name="table" type="box" pos="0.45 0 {TABLE_TOP_Z - table_half[2]}" size="{_fmt(table_half)}"
-          rgba="0.55 0.42 0.3 1" contype="1" conaffinity="3"/>
-    <body name="fr3_link0">
-      <geom name="link0" type="capsule" fromto="-0.04 0 0.03 0 0 0.25" size="0.075" rgba="0.92 0.92 0.92 1"
-            contype="0" conaffinity="0"/>
-{arm}    </body>
-{"".join(objects)}{"".join(camera_xml)}  </worldbody>
-  <actuator>
-{actuator_xml}
-  </actuator>
-</mujoco>
-"""
-
-
-def _wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
-    return np.array([q[1], q[2], q[3], q[0]])
-
-
-def _xyzw_to_wxyz(q: np.ndarray) -> np.ndarray:
-    return np.array([q[3], q[0], q[1], q[2]])
+    return ElementTree.tostring(root, encoding="unicode")
 
 
 def _check_pose(position: np.ndarray, quat_xyzw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -364,7 +252,7 @@ class FrankaSim:
             placed.append(xy)
             yaw = rng.uniform(-self.config.object_max_yaw, self.config.object_max_yaw)
             self.data.qpos[adr : adr + 3] = (xy[0], xy[1], TABLE_TOP_Z + h)
-            self.data.qpos[adr + 3 : adr + 7] = _quat_z(yaw)
+            self.data.qpos[adr + 3 : adr + 7] = _axis_quat_wxyz("z", yaw)
         self.data.ctrl[self._arm_act] = HOME_Q
         self.data.ctrl[self._finger_act] = MAX_GRIPPER_WIDTH / 2
         mujoco.mj_forward(self.model, self.data)
@@ -391,7 +279,7 @@ class FrankaSim:
     def _site_pose(self, data: mujoco.MjData) -> tuple[np.ndarray, np.ndarray]:
         quat = np.zeros(4)
         mujoco.mju_mat2Quat(quat, data.site_xmat[self._tcp])
-        return data.site_xpos[self._tcp].copy(), _wxyz_to_xyzw(quat)
+        return data.site_xpos[self._tcp].copy(), wxyz_to_xyzw(quat)
 
     def forward_kinematics(self, joint_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fingertip pose (position (3,), quaternion xyzw (4,)) of the model for (7,) arm joint angles."""
@@ -406,7 +294,7 @@ class FrankaSim:
     def object_poses(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Per cube: centre position (3,) and quaternion xyzw (4,) in the base frame."""
         return {
-            self.model.body(b).name: (self.data.xpos[b].copy(), _wxyz_to_xyzw(self.data.xquat[b]))
+            self.model.body(b).name: (self.data.xpos[b].copy(), wxyz_to_xyzw(self.data.xquat[b]))
             for b in self._objects
         }
 
@@ -443,7 +331,7 @@ class FrankaSim:
         pos, quat = self._site_pose(d)
         dt = self.timestep
         err_pos = self._target_pos - pos
-        err_rot = _rotation_error(self._target_quat, quat)
+        err_rot = rotation_error(self._target_quat, quat)
         err_pos *= min(1.0, self.config.max_linear_speed * dt / max(np.linalg.norm(err_pos), 1e-12))
         err_rot *= min(1.0, self.config.max_angular_speed * dt / max(np.linalg.norm(err_rot), 1e-12))
         mujoco.mj_jacSite(m, d, self._jacp, self._jacr, self._tcp)
@@ -534,33 +422,17 @@ class FrankaSim:
         self.close()
 
 
-def _rotation_error(target_xyzw: np.ndarray, current_xyzw: np.ndarray) -> np.ndarray:
-    """World-frame rotation vector taking the current orientation to the target."""
-    q_err = np.zeros(4)
-    q_cur_inv = np.zeros(4)
-    mujoco.mju_negQuat(q_cur_inv, _xyzw_to_wxyz(current_xyzw))
-    mujoco.mju_mulQuat(q_err, _xyzw_to_wxyz(target_xyzw), q_cur_inv)
-    if q_err[0] < 0:
-        q_err = -q_err
-    vec = np.zeros(3)
-    mujoco.mju_quat2Vel(vec, q_err, 1.0)
-    return vec
-
-
 def camera_config_entries(sim: FrankaSim) -> list[dict[str, object]]:
     """The cameras as the perception node's YAML lists them: name, topic, frame_id, translation, rotation."""
     entries = []
+    specs = {camera.name: camera for camera in sim.cameras}
     for name, pose in sim.camera_extrinsics().items():
-        quat = np.zeros(4)
-        mujoco.mju_mat2Quat(quat, pose[:3, :3].reshape(-1))
-        xyzw = _wxyz_to_xyzw(quat)
-        if xyzw[3] < 0:
-            xyzw = -xyzw
+        xyzw = matrix_to_quaternion(pose[:3, :3])  # w >= 0
         entries.append(
             {
                 "name": name,
-                "topic": f"/{name}/zed_node/point_cloud/cloud_registered",
-                "frame_id": f"{name}_left_camera_frame",
+                "topic": specs[name].topic,
+                "frame_id": specs[name].frame_id,
                 "translation": [round(float(v), 6) for v in pose[:3, 3]],
                 "rotation": [round(float(v), 6) for v in xyzw],
             }
