@@ -60,8 +60,10 @@ def test_package_xml_declares_the_ros_imports() -> None:
                 modules |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 modules.add(node.module.split(".")[0])
-    ros_suffixes = ("_msgs", "_srvs", "_interfaces", "_python")
-    ros = {m for m in modules if m.endswith(ros_suffixes) or m.startswith(("rcl", "launch", "tf2_"))}
+    ros_suffixes = ("_msgs", "_srvs", "_interfaces", "_python", "_msgs_py")
+    ros_names = {"cv_bridge", "diagnostic_updater"}
+    ros = {m for m in modules
+           if m.endswith(ros_suffixes) or m.startswith(("rcl", "launch", "tf2_")) or m in ros_names}
     ros = {"tf2_ros_py" if m == "tf2_ros" else m for m in ros}
     declared = {e.text for e in ET.parse(repo / "package.xml").getroot().iter("exec_depend")}
     assert ros <= declared, f"imported but not declared: {sorted(ros - declared)}"
