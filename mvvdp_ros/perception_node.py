@@ -20,6 +20,7 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Header
 
 from mvvdp_core.geometry import Workspace
+from mvvdp_core.geometry.cloud_filter import CloudFilter, import_open3d
 from mvvdp_core.perception import (
     CloudFrame,
     CloudSynchronizer,
@@ -55,6 +56,12 @@ PARAMETERS = {
     "resolution": (256, "view resolution (pixels)"),
     "splat_radius": (0.008, "splatting radius of each point (m)"),
     "backend": ("auto", "projection backend: auto, torch or cuda"),
+    "voxel_size": (0.0, "voxel downsampling of the merged workspace cloud, one averaged point per voxel of "
+                        "this edge (m); 0 = off; needs open3d", (0.0, 0.1)),
+    "outlier_neighbors": (0, "statistical outlier removal on the merged workspace cloud: neighbours "
+                             "compared; 0 = off; needs open3d", (0, 1000)),
+    "outlier_std_ratio": (2.0, "drop points whose mean neighbour distance is this many standard deviations "
+                               "above the cloud's mean", (0.1, 100.0)),
     "torch_threads": (1, "CPU threads torch may use in this process (projection); keep it below the free "
                          "cores: oversubscribed threads make the projection many times slower", (1, 256)),
 }
@@ -79,6 +86,9 @@ class PerceptionNode(ManagedNode):
         self.sync = CloudSynchronizer(cameras, SyncConfig(
             p["sync_tolerance"], p["max_age"], p["future_tolerance"], p["camera_timeout"], p["min_range"],
             p["max_range"], p["max_points_per_camera"], p["min_usable_fraction"]))
+        self.cloud_filter = CloudFilter(p["voxel_size"], p["outlier_neighbors"], p["outlier_std_ratio"])
+        if self.cloud_filter.enabled:
+            import_open3d()  # refuse to configure where open3d is missing, with the reason
         self.tf_buffer = self._make_tf_buffer() if p["use_tf"] else None
         self._min_period = 1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0
         self._last_publish = -np.inf
@@ -152,7 +162,7 @@ class PerceptionNode(ManagedNode):
         try:
             extrinsics = [self._extrinsic(f) for f in frames]
             views = project_observation(frames, extrinsics, self.workspace, self.params["splat_radius"],
-                                        self.params["backend"])
+                                        self.params["backend"], self.cloud_filter)
         except Exception as err:  # noqa: BLE001 - any failure of one set is reported, the node keeps running
             self._reject("all", f"views not computed: {err}")
             return

@@ -46,6 +46,26 @@ def test_use_tf_without_tf2_fails_at_start() -> None:
                                             Parameter("use_tf", value=True)])
 
 
+def test_perception_cloud_filters_need_open3d() -> None:
+    """A filter turned on configures with open3d and is refused, with the reason, without it."""
+    from mvvdp_core.geometry.cloud_filter import open3d_installed
+    from mvvdp_ros.perception_node import PerceptionNode
+
+    overrides = [Parameter("cameras_file", value=str(default_config_dir() / "cameras_sim.yaml")),
+                 Parameter("use_tf", value=False), Parameter("voxel_size", value=0.005),
+                 Parameter("outlier_neighbors", value=16)]
+    if not open3d_installed():
+        with pytest.raises(RuntimeError, match="open3d is not installed"):
+            PerceptionNode(parameter_overrides=overrides)
+        return
+    node = PerceptionNode(parameter_overrides=overrides)
+    try:
+        assert node.active and node.cloud_filter.enabled
+        assert (node.cloud_filter.voxel_size, node.cloud_filter.outlier_neighbors) == (0.005, 16)
+    finally:
+        node.destroy_node()
+
+
 def test_package_xml_declares_the_ros_imports() -> None:
     """package.xml's exec_depends are exactly the ROS packages that mvvdp_ros and launch/ import."""
     import ast
