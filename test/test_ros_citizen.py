@@ -248,6 +248,12 @@ def test_launch_file_passes_namespace_and_parameter_files(monkeypatch: pytest.Mo
     nodes = {n.kwargs["name"]: n.kwargs for n in launch_file._nodes(context)}
     assert set(nodes) == {"perception", "policy", "executor"}
     assert all(n["namespace"] == "robot1" for n in nodes.values())
+    for name, node in nodes.items():  # the console script (colcon install) or `python -m module`
+        if "package" in node:
+            assert (node["package"], node["executable"]) == ("mvvdp_ros", f"{name}_node")
+        else:
+            assert node["executable"] == sys.executable
+            assert node["arguments"] == ["-m", f"mvvdp_ros.{name}_node"]
     files = [Path(p).name for p in nodes["executor"]["parameters"][:-1]]
     assert files == ["executor.yaml", "executor_fr3.yaml"]
 
