@@ -165,3 +165,39 @@ def test_calibration_command_on_the_simulated_scene(tmp_path) -> None:
     results = json.loads(out.read_text())
     assert {r["camera"] for r in results} == {"zed_left", "zed_right"}
     assert all(r["mean_shift_mm"] < 5.0 and r["fitness"] > 0.8 for r in results)
+
+
+@needs_open3d
+def test_calibration_command_on_a_recorded_step(tmp_path, capsys) -> None:
+    """A recorded step agrees with its own extrinsics (exit 0); a calibration file with camera b 8 mm off
+    is flagged (exit 1), and the JSON holds the correction."""
+    import json
+
+    import yaml
+
+    from mvvdp_core.calibration_check import main
+    from mvvdp_core.data.episode import CameraCloud, Step
+    from mvvdp_core.data.recorder import Recorder
+
+    clouds, extrinsics = _synthetic_views(6)
+    step = Step(clouds={n: CameraCloud(clouds[n], np.zeros_like(clouds[n], np.uint8), extrinsics[n])
+                        for n in ("a", "b")},
+                ee_position=np.zeros(3), ee_rotation=np.eye(3), gripper_width=0.08, gripper_closed=False,
+                timestamp=0.0)
+    with Recorder(tmp_path / "data").start_episode(["a", "b"]) as writer:
+        writer.add_step(step)
+    episode = str(tmp_path / "data" / "episode_000000")
+    assert main(["--episode", episode]) == 0
+    wrong = extrinsics["b"].copy()
+    wrong[:3, 3] += [0.008, 0.0, 0.0]
+    entries = [{"name": n, "topic": f"/{n}", "frame_id": f"{n}_frame", "translation": t[:3, 3].tolist(),
+                "rotation": Rotation.from_matrix(t[:3, :3]).as_quat().tolist()}
+               for n, t in (("a", extrinsics["a"]), ("b", wrong))]
+    calibration = tmp_path / "cameras.yaml"
+    calibration.write_text(yaml.safe_dump({"base_frame": "fr3_link0", "cameras": entries}))
+    out = tmp_path / "check.json"
+    capsys.readouterr()
+    assert main(["--episode", episode, "--cameras", str(calibration), "--json", str(out)]) == 1
+    assert "CHECK" in capsys.readouterr().out
+    (result,) = json.loads(out.read_text())
+    np.testing.assert_allclose(np.array(result["correction"])[:3, 3], [-0.008, 0.0, 0.0], atol=1.5e-3)
