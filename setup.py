@@ -41,6 +41,9 @@ setup(
         "train": ["tensorboard>=2.16"],
         # Recording to MCAP with ROS 2 schemas and reading it back (mvvdp_core.data.mcap_episodes).
         "mcap": ["mcap>=1.1", "mcap-ros2-support>=0.5"],
+        # Cloud clean-up in perception and `mvvdp check-calibration` (ICP); the CPU build of Open3D (the
+        # `open3d` package, with CUDA, serves as well). Needs libusb-1.0 from the system.
+        "cloud": ["open3d-cpu>=0.19"],
         # The ROS packages mvvdp_ros imports that exist as wheels (as package.xml; tf2_msgs, tf2_ros_py,
         # launch, launch_ros and franka_msgs come with a robot's ROS install).
         "ros": [

@@ -2,9 +2,15 @@
 
     ros2 launch mvvdp_ros bringup.launch.py sim:=true mode:=preview checkpoint:=/path/to/ckpt rviz:=false
     ros2 launch mvvdp_ros bringup.launch.py namespace:=robot1   # topics and services under /robot1/mvvdp/...
+
+Each node runs its console script where mvvdp_ros is installed with colcon (found through the ament index),
+else `python -m <module>` with the launching Python (mvvdp installed with pip, or a checkout on PYTHONPATH).
 """
 
 from __future__ import annotations
+
+import os
+import sys
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -43,6 +49,20 @@ def _package_config_dir() -> str:
         return str(default_config_dir())
 
 
+def _executable(spec) -> dict:
+    """The node's console script where the package is installed with colcon (<prefix>/lib/mvvdp_ros/),
+    else `python -m <module>` with this Python (a pip install, a checkout)."""
+    try:
+        from ament_index_python.packages import get_package_prefix
+
+        script = os.path.join(get_package_prefix(PACKAGE), "lib", PACKAGE, spec.executable)
+        if os.access(script, os.X_OK):
+            return {"package": PACKAGE, "executable": spec.executable}
+    except (ImportError, LookupError):  # LookupError: the package is not in the ament index
+        pass
+    return {"executable": sys.executable, "arguments": ["-m", spec.module]}
+
+
 def _nodes(context) -> list:
     arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
     config_dir = arg["config_dir"] or _package_config_dir()
@@ -52,7 +72,7 @@ def _nodes(context) -> list:
                         autostart=_is_true(arg["autostart"]))
     namespace = {"namespace": specs[0].namespace} if specs[0].namespace else {}
     actions = [
-        Node(package=PACKAGE, executable=spec.executable, name=spec.name, output="screen",
+        Node(**_executable(spec), name=spec.name, output="screen",
              parameters=[*(str(path) for path in spec.params_files), spec.parameters],
              remappings=list(spec.remaps), **namespace)
         for spec in specs

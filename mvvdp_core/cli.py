@@ -11,6 +11,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bringup": ("mvvdp_ros.bringup", "start the ROS 2 graph (simulated robot by default)"),
     "tiny-checkpoint": ("mvvdp_core.model.checkpoint", "build and save a tiny random checkpoint"),
     "record": ("mvvdp_core.data.record", "record demonstrations from the simulated robot"),
+    "check-calibration": ("mvvdp_core.calibration_check", "do the cameras' clouds agree? (ICP, Open3D)"),
     "mcap-to-episodes": ("mvvdp_core.data.mcap_episodes", "MCAP episodes -> episode folders"),
     "encode-prompts": ("mvvdp_core.model.text", "encode task instructions into a checkpoint (local umT5)"),
     "train": ("mvvdp_core.train.cli", "train the video model LoRA and the rotation/gripper head"),

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from mvvdp_core.cameras import CameraSpec
 from mvvdp_core.geometry import ProjectedViews, Workspace, merge_clouds, project_views
+from mvvdp_core.geometry.cloud_filter import CloudFilter, filter_cloud
 from mvvdp_core.rotations import pose_matrix
 
 
@@ -173,8 +175,16 @@ def project_observation(
     workspace: Workspace,
     splat_radius: float = 0.008,
     backend: str = "auto",
+    cloud_filter: CloudFilter | None = None,
 ) -> ProjectedViews:
-    """Merge the clouds (camera frames, base_T_camera extrinsics) and project the workspace views."""
+    """Merge the clouds (camera frames, base_T_camera extrinsics), crop them to the workspace, optionally
+    clean the merged cloud (voxel downsampling, outlier removal; Open3D) and project the workspace views."""
     clouds, colors = [f.points for f in frames], [f.colors for f in frames]
     points, colors = merge_clouds(clouds, colors, extrinsics, workspace)
+    if cloud_filter is not None and cloud_filter.enabled:
+        kept_points, kept_colors = filter_cloud(points.cpu().numpy(), colors.cpu().numpy(), cloud_filter)
+        if len(kept_points) == 0:
+            raise ValueError("the cloud filters left no points")
+        points = torch.from_numpy(kept_points).to(points.device)
+        colors = torch.from_numpy(kept_colors).to(colors.device)
     return project_views(points, colors, workspace, splat_radius=splat_radius, backend=backend)

@@ -1,4 +1,8 @@
-"""Conversions between ROS messages and the numpy/torch types of mvvdp_core (images, poses, chunks, views)."""
+"""Conversions between ROS messages and the numpy/torch types of mvvdp_core (images, poses, chunks, views).
+
+Images go through cv_bridge where it is installed (a full ROS install) and through numpy elsewhere; the
+encodings accepted and the checks on the message are the same code either way.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,29 @@ if TYPE_CHECKING:
     from mvvdp_core.actions import ActionChunk
 
 _IMAGE_ENCODINGS = {"rgb8": (np.uint8, 3), "mono8": (np.uint8, 1), "32FC1": (np.float32, 1)}
+
+
+def _make_bridge():
+    """cv_bridge's CvBridge, or None where cv_bridge (or the OpenCV it needs) is not installed."""
+    try:
+        from cv_bridge import CvBridge
+    except ImportError:
+        return None
+    return CvBridge()
+
+
+_BRIDGE = _make_bridge()
+
+
+def _bridge(use_library: bool | None):
+    """The CvBridge to use: None for the numpy path."""
+    if use_library is None:
+        return _BRIDGE
+    if not use_library:
+        return None
+    if _BRIDGE is None:
+        raise RuntimeError("cv_bridge is not installed")
+    return _BRIDGE
 
 
 # ---- time ---------------------------------------------------------------------------------------------
@@ -51,8 +78,11 @@ def to_uint8_image(array: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def image_to_msg(array: np.ndarray, stamp: float | Time, frame_id: str) -> Image:
-    """(H, W, 3) uint8 -> rgb8; (H, W) uint8 -> mono8; (H, W) float -> 32FC1."""
+def image_to_msg(array: np.ndarray, stamp: float | Time, frame_id: str, *,
+                 use_library: bool | None = None) -> Image:
+    """(H, W, 3) uint8 -> rgb8; (H, W) uint8 -> mono8; (H, W) float -> 32FC1.
+
+    use_library: convert with cv_bridge (None: where it is installed)."""
     array = np.asarray(array)
     if array.ndim == 3 and array.dtype == np.uint8 and array.shape[2] == 3:
         encoding = "rgb8"
@@ -63,12 +93,20 @@ def image_to_msg(array: np.ndarray, stamp: float | Time, frame_id: str) -> Image
     else:
         raise ValueError(f"unsupported image array: shape {array.shape}, dtype {array.dtype}")
     array = np.ascontiguousarray(array)
+    bridge = _bridge(use_library)
+    if bridge is not None:
+        msg = bridge.cv2_to_imgmsg(array, encoding=encoding)
+        msg.header = header(stamp, frame_id)
+        return msg
     height, width = array.shape[:2]
     return Image(header=header(stamp, frame_id), height=height, width=width, encoding=encoding,
                  is_bigendian=int(np.little_endian is False), step=array.strides[0], data=array.tobytes())
 
 
-def image_from_msg(msg: Image) -> np.ndarray:
+def image_from_msg(msg: Image, *, use_library: bool | None = None) -> np.ndarray:
+    """rgb8 -> (H, W, 3) uint8; mono8 -> (H, W) uint8; 32FC1 -> (H, W) float32, in native byte order.
+
+    use_library: convert with cv_bridge (None: where it is installed)."""
     if msg.encoding not in _IMAGE_ENCODINGS:
         raise ValueError(f"unsupported image encoding {msg.encoding!r}; expected {list(_IMAGE_ENCODINGS)}")
     dtype, channels = _IMAGE_ENCODINGS[msg.encoding]
@@ -76,9 +114,18 @@ def image_from_msg(msg: Image) -> np.ndarray:
     row = msg.width * channels * dtype.itemsize
     if msg.step < row or len(msg.data) < msg.step * msg.height:
         raise ValueError(f"image data too short: {len(msg.data)} bytes for {msg.height} rows of {msg.step}")
+    shape = (msg.height, msg.width, channels) if channels > 1 else (msg.height, msg.width)
+    bridge = _bridge(use_library)
+    if bridge is not None:
+        try:
+            array = np.asarray(bridge.imgmsg_to_cv2(msg, desired_encoding="passthrough"))
+        except Exception as err:  # noqa: BLE001 - CvBridgeError and numpy's errors alike name a bad message
+            raise ValueError(f"cv_bridge cannot read the image: {err}") from err
+        if array.shape != shape:
+            raise ValueError(f"cv_bridge read shape {array.shape}, expected {shape}")
+        return array.astype(dtype.newbyteorder("="))
     raw = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)[:, :row]
     array = np.ascontiguousarray(raw).view(dtype).astype(dtype.newbyteorder("="))
-    shape = (msg.height, msg.width, channels) if channels > 1 else (msg.height, msg.width)
     return array.reshape(shape)
 
 

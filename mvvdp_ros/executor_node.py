@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.action.server import ServerGoalHandle
@@ -49,6 +49,7 @@ from mvvdp_msgs.action import Execute as ExecuteAction
 from mvvdp_msgs.msg import ActionChunk
 from mvvdp_msgs.srv import Execute
 from mvvdp_ros.conversions import chunk_from_msg, pose_from_msg, pose_stamped
+from mvvdp_ros.diagnostics import Diagnostics
 from mvvdp_ros.lifecycle import ManagedNode
 from mvvdp_ros.params import apply_live_parameters, declare_parameters
 from mvvdp_ros.spin import run_node
@@ -114,6 +115,7 @@ class ExecutorNode(ManagedNode):
         super().__init__("executor", **kwargs)
         self.params = declare_parameters(self, PARAMETERS, live=LIVE)
         self.core: ChunkExecutor | None = None
+        self.diagnostics = Diagnostics(self, self.params["diagnostics_topic"])
         apply_live_parameters(self, self.params, LIVE, self._apply_settings)
         self.start()
 
@@ -164,7 +166,6 @@ class ExecutorNode(ManagedNode):
                               goal_callback=self._accept_goal, callback_group=ReentrantCallbackGroup(),
                               cancel_callback=lambda _request: CancelResponse.ACCEPT)
         self._own(server, lambda action: action.destroy())
-        self.diag_pub = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], QoSProfile(depth=10))
         self.create_timer(self.period, self._tick)
         self.get_logger().info(f"executor configured: mode {config.mode}, {p['control_rate']:.0f} Hz")
 
@@ -368,17 +369,15 @@ class ExecutorNode(ManagedNode):
         self._report(f"{where} failed: {error}", DiagnosticStatus.ERROR)
 
     def _report(self, message: str, level: bytes = DiagnosticStatus.WARN) -> None:
-        """One /diagnostics status with the executor's fault counters."""
+        """The executor's /diagnostics status ("safety") with its fault counters."""
         if level != DiagnosticStatus.OK:
             self.get_logger().warning(message)
         core = self.core
-        values = {"rejected_chunks": core.rejected_chunks,
-                  "dropped_while_stopped": core.dropped_while_stopped,
-                  "callback_errors": self.callback_errors, "stopped": core.stopped}
-        status = DiagnosticStatus(level=level, name="mvvdp/executor", message=message, hardware_id="executor",
-                                  values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        self.diag_pub.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
-                                              status=[status]))
+        counters = {} if core is None else {
+            "rejected_chunks": core.rejected_chunks, "dropped_while_stopped": core.dropped_while_stopped,
+            "stopped": core.stopped}
+        self.diagnostics.report("safety", level, message, callback_errors=getattr(self, "callback_errors", 0),
+                                **counters)
 
     def _tick(self) -> None:
         while self._calls:

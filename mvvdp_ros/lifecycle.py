@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from diagnostic_msgs.msg import DiagnosticStatus
 from lifecycle_msgs.msg import State
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
@@ -52,6 +53,7 @@ class ManagedNode(CallbackGuard, LifecycleNode):
         """Called at the end of the node's constructor: with autostart, configure and activate now."""
         if not self.autostart:
             self.get_logger().info("unconfigured: waiting for a lifecycle manager (autostart false)")
+            self._report_state("unconfigured")
             return
         for trigger in (self.trigger_configure, self.trigger_activate):
             if trigger() != SUCCESS:
@@ -60,6 +62,13 @@ class ManagedNode(CallbackGuard, LifecycleNode):
 
     def lifecycle_state(self) -> str:
         return self._state_machine.current_state[1]
+
+    def _report_state(self, state: str) -> None:
+        """The lifecycle state as the node's "state" status on /diagnostics (OK only while active)."""
+        diagnostics = getattr(self, "diagnostics", None)
+        if diagnostics is not None:
+            diagnostics.report("state", DiagnosticStatus.OK if state == "active" else DiagnosticStatus.WARN,
+                               state)
 
     # ---- transitions ----------------------------------------------------------------------------------
     def create_lifecycle_publisher(self, *args: Any, **kwargs: Any):
@@ -85,6 +94,7 @@ class ManagedNode(CallbackGuard, LifecycleNode):
             self._destroy_owned()
             return FAILURE
         self.get_logger().info("configured")
+        self._report_state("inactive")
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -94,6 +104,7 @@ class ManagedNode(CallbackGuard, LifecycleNode):
             return FAILURE
         self.active = True
         self.get_logger().info("active")
+        self._report_state("active")
         return SUCCESS
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -102,12 +113,14 @@ class ManagedNode(CallbackGuard, LifecycleNode):
             self.active = True
             return FAILURE
         self.get_logger().info("inactive")
+        self._report_state("inactive")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._destroy_owned()
         self._run_hook("cleanup", self.cleanup)
         self.get_logger().info("cleaned up: unconfigured")
+        self._report_state("unconfigured")
         return super().on_cleanup(state)
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:

@@ -13,13 +13,12 @@ import time
 
 import numpy as np
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import Image, PointCloud2
-from std_msgs.msg import Header
 
 from mvvdp_core.geometry import Workspace
+from mvvdp_core.geometry.cloud_filter import CloudFilter, import_open3d
 from mvvdp_core.perception import (
     CloudFrame,
     CloudSynchronizer,
@@ -30,6 +29,7 @@ from mvvdp_core.perception import (
 )
 from mvvdp_msgs.msg import ProjectedViews
 from mvvdp_ros.conversions import image_to_msg, stamp_to_sec, to_uint8_image, views_to_msg
+from mvvdp_ros.diagnostics import OK, WARN, Diagnostics
 from mvvdp_ros.lifecycle import ManagedNode
 from mvvdp_ros.params import declare_parameters
 from mvvdp_ros.pointcloud import cloud_from_msg
@@ -55,6 +55,12 @@ PARAMETERS = {
     "resolution": (256, "view resolution (pixels)"),
     "splat_radius": (0.008, "splatting radius of each point (m)"),
     "backend": ("auto", "projection backend: auto, torch or cuda"),
+    "voxel_size": (0.0, "voxel downsampling of the merged workspace cloud, one averaged point per voxel of "
+                        "this edge (m); 0 = off; needs open3d", (0.0, 0.1)),
+    "outlier_neighbors": (0, "statistical outlier removal on the merged workspace cloud: neighbours "
+                             "compared; 0 = off; needs open3d", (0, 1000)),
+    "outlier_std_ratio": (2.0, "drop points whose mean neighbour distance is this many standard deviations "
+                               "above the cloud's mean", (0.1, 100.0)),
     "torch_threads": (1, "CPU threads torch may use in this process (projection); keep it below the free "
                          "cores: oversubscribed threads make the projection many times slower", (1, 256)),
 }
@@ -64,6 +70,7 @@ class PerceptionNode(ManagedNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("perception", **kwargs)
         self.params = declare_parameters(self, PARAMETERS)
+        self.diagnostics = Diagnostics(self, self.params["diagnostics_topic"])
         self.start()
 
     def configure(self) -> None:
@@ -79,6 +86,9 @@ class PerceptionNode(ManagedNode):
         self.sync = CloudSynchronizer(cameras, SyncConfig(
             p["sync_tolerance"], p["max_age"], p["future_tolerance"], p["camera_timeout"], p["min_range"],
             p["max_range"], p["max_points_per_camera"], p["min_usable_fraction"]))
+        self.cloud_filter = CloudFilter(p["voxel_size"], p["outlier_neighbors"], p["outlier_std_ratio"])
+        if self.cloud_filter.enabled:
+            import_open3d()  # refuse to configure where open3d is missing, with the reason
         self.tf_buffer = self._make_tf_buffer() if p["use_tf"] else None
         self._min_period = 1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0
         self._last_publish = -np.inf
@@ -91,7 +101,6 @@ class PerceptionNode(ManagedNode):
         self.image_pubs = {v: self.create_lifecycle_publisher(Image, p["view_image_topic"].format(view=v),
                                                               reliable)
                            for v in self.workspace.views}
-        self.diag_pub = self.create_publisher(DiagnosticArray, p["diagnostics_topic"], QoSProfile(depth=10))
         self.create_timer(max(p["camera_timeout"], 0.1), self._check_missing)
         source = "tf2" if self.tf_buffer is not None else p["cameras_file"]
         self.get_logger().info(f"perception configured: {len(cameras)} cameras, extrinsics from {source}")
@@ -152,9 +161,9 @@ class PerceptionNode(ManagedNode):
         try:
             extrinsics = [self._extrinsic(f) for f in frames]
             views = project_observation(frames, extrinsics, self.workspace, self.params["splat_radius"],
-                                        self.params["backend"])
+                                        self.params["backend"], self.cloud_filter)
         except Exception as err:  # noqa: BLE001 - any failure of one set is reported, the node keeps running
-            self._reject("all", f"views not computed: {err}")
+            self._reject("views", f"views not computed: {err}")
             return
         self._last_publish = time.monotonic()
         stamp = max(f.stamp for f in frames)
@@ -164,7 +173,10 @@ class PerceptionNode(ManagedNode):
         for name, rgb in zip(self.workspace.views, views.rgb[:, :3], strict=True):
             image = image_to_msg(to_uint8_image(rgb), msg.header.stamp, self.base_frame)
             self.image_pubs[name].publish(image)
-        self._diagnose(DiagnosticStatus.OK, "all", "views published", stamp=f"{stamp:.3f}")
+        for frame in frames:  # each camera's cloud was used: its status is OK again (sent with the next)
+            self.diagnostics.report(frame.camera, OK, "cloud used for views", hardware_id=frame.camera,
+                                    send=False)
+        self.diagnostics.report("views", OK, "views published", stamp=f"{stamp:.3f}")
 
     def _check_missing(self) -> None:
         if not self.active:
@@ -173,15 +185,9 @@ class PerceptionNode(ManagedNode):
             self._reject(camera, f"{camera}: no cloud for more than {self.params['camera_timeout']} s")
 
     def _reject(self, camera: str, reason: str) -> None:
+        """A rejected cloud (or set): logged and reported as the camera's (or "views") status."""
         self.get_logger().warning(f"rejected: {reason}", throttle_duration_sec=1.0)
-        self._diagnose(DiagnosticStatus.WARN, camera, reason)
-
-    def _diagnose(self, level: bytes, camera: str, message: str, **values: str) -> None:
-        status = DiagnosticStatus(level=level, name=f"mvvdp/perception/{camera}", message=message,
-                                  hardware_id=camera)
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        head = Header(stamp=self.get_clock().now().to_msg())
-        self.diag_pub.publish(DiagnosticArray(header=head, status=[status]))
+        self.diagnostics.report(camera, WARN, reason, hardware_id=camera if camera != "views" else "")
 
 
 def main(argv: list[str] | None = None) -> int:

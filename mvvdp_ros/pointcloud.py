@@ -4,15 +4,26 @@ Outgoing clouds: fields x, y, z (float32) and rgb (float32 whose 4 bytes are B, 
 wrapper and PCL pack colour), point_step 16, little endian, organised H x W with NaN for no return.
 Incoming clouds are decoded through a numpy structured dtype built from the message's own fields, so any
 field order, padding, row_step and either endianness is read correctly.
+
+Where sensor_msgs_py is installed (a full ROS install) its point_cloud2 module packs and reads the point
+records (create_cloud, read_points); elsewhere numpy does. Validation, row padding, byte order and colour
+packing are the same code either way.
 """
 
 from __future__ import annotations
 
 import array
+import sys
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import PointCloud2, PointField
+from std_msgs.msg import Header
+
+try:
+    from sensor_msgs_py import point_cloud2
+except ImportError:  # only the message wheels: numpy packs and reads the records
+    point_cloud2 = None
 
 # PointField datatype -> numpy type character and size.
 _FIELD_TYPES: dict[int, tuple[str, int]] = {
@@ -40,10 +51,18 @@ def unpack_rgb(packed: np.ndarray) -> np.ndarray:
     return np.stack([(packed >> 16) & 255, (packed >> 8) & 255, packed & 255], axis=-1).astype(np.uint8)
 
 
-def cloud_to_msg(points: np.ndarray, colors: np.ndarray, frame_id: str, stamp: Time) -> PointCloud2:
+def _use_library(use_library: bool | None) -> bool:
+    if use_library and point_cloud2 is None:
+        raise RuntimeError("sensor_msgs_py is not installed")
+    return point_cloud2 is not None if use_library is None else use_library
+
+
+def cloud_to_msg(points: np.ndarray, colors: np.ndarray, frame_id: str, stamp: Time, *,
+                 use_library: bool | None = None) -> PointCloud2:
     """Organised (H, W, 3) float32 points (NaN = no return) and (H, W, 3) uint8 colours -> PointCloud2.
 
-    An (N, 3) pair gives an unorganised cloud (height 1).
+    An (N, 3) pair gives an unorganised cloud (height 1). use_library: pack the records with sensor_msgs_py
+    (None: where it is installed).
     """
     points = np.asarray(points)
     colors = np.asarray(colors)
@@ -60,25 +79,27 @@ def cloud_to_msg(points: np.ndarray, colors: np.ndarray, frame_id: str, stamp: T
     if not frame_id:
         raise ValueError("frame_id must be a non-empty string")
     height, width = points.shape[:2]
-    buf = np.empty((height, width, 4), dtype="<f4")
-    buf[..., :3] = points
-    buf.view("<u4")[..., 3] = pack_rgb(colors)
-
-    msg = PointCloud2()
-    msg.header.frame_id = frame_id
-    msg.header.stamp = stamp
+    # One record per point in native byte order: x, y, z and the packed colour's bits as a float32.
+    record = np.dtype({"names": ["x", "y", "z", "rgb"], "formats": ["=f4"] * 4, "offsets": [0, 4, 8, 12],
+                       "itemsize": _POINT_STEP})
+    words = np.empty((height * width, 4), dtype=np.uint32)  # bit-exact: no float round trip of the colour
+    words[:, :3] = points.reshape(-1, 3).view(np.uint32)
+    words[:, 3] = pack_rgb(colors.reshape(-1, 3))
+    records = words.view(record).reshape(-1)
+    fields = [PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
+              for i, name in enumerate(record.names)]
+    head = Header(stamp=stamp, frame_id=frame_id)
+    if _use_library(use_library):
+        msg = point_cloud2.create_cloud(head, fields, records)
+    else:
+        msg = PointCloud2(header=head, fields=fields, is_bigendian=sys.byteorder == "big",
+                          point_step=_POINT_STEP)
+        data = array.array("B")
+        data.frombytes(records.tobytes())
+        msg.data = data
     msg.height, msg.width = height, width
-    msg.fields = [
-        PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
-        for i, name in enumerate(("x", "y", "z", "rgb"))
-    ]
-    msg.is_bigendian = False
-    msg.point_step = _POINT_STEP
     msg.row_step = _POINT_STEP * width
     msg.is_dense = bool(np.isfinite(points).all())
-    data = array.array("B")
-    data.frombytes(buf.tobytes())
-    msg.data = data
     return msg
 
 
@@ -102,11 +123,12 @@ def cloud_dtype(msg: PointCloud2) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": msg.point_step})
 
 
-def cloud_from_msg(msg: PointCloud2) -> tuple[np.ndarray, np.ndarray]:
+def cloud_from_msg(msg: PointCloud2, *, use_library: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """PointCloud2 -> points (N, 3) float32 and colours (N, 3) uint8, N = height * width in row order.
 
     Points without a return stay NaN (an organised cloud reshapes to (height, width, 3)). Colour comes from an
-    `rgb` or `rgba` field (packed float32 or uint32).
+    `rgb` or `rgba` field (packed float32 or uint32). use_library: read the records with sensor_msgs_py
+    (None: where it is installed).
     """
     dtype = cloud_dtype(msg)
     missing = [name for name in ("x", "y", "z") if name not in dtype.names]
@@ -118,8 +140,8 @@ def cloud_from_msg(msg: PointCloud2) -> tuple[np.ndarray, np.ndarray]:
     color_field = next((name for name in ("rgb", "rgba") if name in dtype.names), None)
     if color_field is None:
         raise ValueError(f"PointCloud2 has no rgb/rgba field; has {list(dtype.names)}")
-    if dtype[color_field].itemsize != 4:
-        raise ValueError(f"colour field {color_field!r} must be 4 bytes, got {dtype[color_field].itemsize}")
+    if dtype[color_field].itemsize != 4 or dtype[color_field].shape != ():
+        raise ValueError(f"colour field {color_field!r} must be one 4-byte value, got {dtype[color_field]}")
     height, width = int(msg.height), int(msg.width)
     row_bytes = width * msg.point_step
     if msg.row_step < row_bytes:
@@ -129,13 +151,35 @@ def cloud_from_msg(msg: PointCloud2) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             f"PointCloud2 data has {raw.size} bytes, expected height * row_step = {height * msg.row_step}"
         )
-    rows = raw.reshape(height, msg.row_step)[:, :row_bytes]
-    cloud = np.ascontiguousarray(rows).view(dtype).reshape(-1)
+    names = ["x", "y", "z", color_field]
+    if _use_library(use_library):
+        cloud = _read_with_library(msg, raw, row_bytes, names)
+    else:
+        rows = np.ascontiguousarray(raw.reshape(height, msg.row_step)[:, :row_bytes])
+        cloud = rows.view(dtype).reshape(-1)[names]
+        cloud = cloud.astype(cloud.dtype.newbyteorder("="))  # message byte order -> native
     points = np.stack([cloud["x"], cloud["y"], cloud["z"]], axis=-1).astype(np.float32)
-    order = ">" if msg.is_bigendian else "<"
-    # Reinterpret the colour bytes as an unsigned integer in the message byte order, whatever the field type.
-    packed = np.ascontiguousarray(cloud[color_field]).view(order + "u4")
+    # The colour's 4 bytes as a native unsigned integer, whatever the field type.
+    packed = np.ascontiguousarray(cloud[color_field]).view(np.uint32)
     return points, unpack_rgb(packed)
+
+
+def _read_with_library(msg: PointCloud2, raw: np.ndarray, row_bytes: int, names: list[str]) -> np.ndarray:
+    """sensor_msgs_py's read_points over the message's records in native byte order."""
+    if msg.row_step != row_bytes or msg.is_bigendian != (sys.byteorder == "big"):
+        # read_points knows no row padding and swaps bytes in place: hand it an unpadded copy.
+        rows = raw.reshape(int(msg.height), msg.row_step)[:, :row_bytes]
+        msg = PointCloud2(header=msg.header, height=msg.height, width=msg.width, fields=msg.fields,
+                          is_bigendian=msg.is_bigendian, point_step=msg.point_step, row_step=row_bytes,
+                          is_dense=msg.is_dense)
+        data = array.array("B")
+        data.frombytes(rows.tobytes())
+        msg.data = data
+    try:
+        cloud = point_cloud2.read_points(msg, field_names=names)
+    except (AssertionError, TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"sensor_msgs_py cannot read the cloud: {err}") from err
+    return np.asarray(cloud).reshape(-1)
 
 
 __all__ = ["cloud_to_msg", "cloud_from_msg", "cloud_dtype", "pack_rgb", "unpack_rgb"]

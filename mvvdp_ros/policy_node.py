@@ -58,6 +58,7 @@ from mvvdp_ros.conversions import (
     to_uint8_image,
     views_from_msg,
 )
+from mvvdp_ros.diagnostics import OK, WARN, Diagnostics
 from mvvdp_ros.latest import LatestMessage
 from mvvdp_ros.lifecycle import ManagedNode
 from mvvdp_ros.params import apply_live_parameters, declare_parameters
@@ -95,6 +96,7 @@ PARAMETERS = {
     "preview_image_topic": ("mvvdp/preview/{view}/{kind}", "predicted frames; {kind} = rgb or heatmap"),
     "preview_fps": (5.0, "playback rate of the looped preview frames (Hz)"),
     "marker_topic": ("mvvdp/trajectory", "trajectory markers out"),
+    "diagnostics_topic": ("/diagnostics", "inference status: latency, refused or failed predictions"),
     "output_dir": ("", "write each preview as GIF/PNG here (empty: off)"),
 }
 # Set at run time (`ros2 param set`), checked as requests are; the rest is read-only.
@@ -111,6 +113,7 @@ class PolicyNode(ManagedNode):
         self.params = declare_parameters(self, PARAMETERS, live=LIVE)
         self.policy: MVVDPPolicy | None = None
         self._beat_thread: threading.Thread | None = None
+        self.diagnostics = Diagnostics(self, self.params["diagnostics_topic"])
         apply_live_parameters(self, self.params, LIVE, self._check_live)
         self.start()
 
@@ -303,11 +306,11 @@ class PolicyNode(ManagedNode):
         start = time.perf_counter()
         if not self.active:
             result.success, result.message = False, "preview refused: the policy node is inactive"
-            self.get_logger().warning(result.message)
+            self._warn(result.message)
             return result
         if not self._lock.acquire(blocking=False):
             result.success, result.message = False, "preview refused: a prediction is already running"
-            self.get_logger().warning(result.message)
+            self._warn(result.message)
             return result
         try:
             self.check_request(task, num_steps)
@@ -319,7 +322,7 @@ class PolicyNode(ManagedNode):
             self.policy.decode_rgb(output)  # the preview video, after the chunk is out
         except (ValueError, KeyError, PreviewCancelled) as err:
             result.success, result.message = False, f"preview refused: {err}"
-            self.get_logger().warning(result.message)
+            self._warn(result.message)
             return result
         finally:
             self._lock.release()
@@ -333,7 +336,17 @@ class PolicyNode(ManagedNode):
         result.message = f"chunk {chunk.chunk_id}: {len(chunk.positions)} steps, confidence " \
                          f"{chunk.confidence:.2f}, {result.latency:.2f} s"
         self.get_logger().info(result.message)
+        self.diagnostics.report("inference", OK, result.message, latency_s=f"{result.latency:.3f}",
+                                chunk_id=chunk.chunk_id, confidence=f"{chunk.confidence:.3f}")
         return result
+
+    def _warn(self, message: str, throttle: float = 0.0) -> None:
+        """A refused or failed prediction: logged and reported as the "inference" status."""
+        if throttle > 0:
+            self.get_logger().warning(message, throttle_duration_sec=throttle)
+        else:
+            self.get_logger().warning(message)
+        self.diagnostics.report("inference", WARN, message)
 
     # ---- the Preview action: feedback per denoising step, cancel abandons the prediction --------------
     def _accept_goal(self, _goal: PreviewAction.Goal) -> GoalResponse:
@@ -380,14 +393,14 @@ class PolicyNode(ManagedNode):
             output = self.predict_from(obs, 0, return_video=False)
         except (ValueError, KeyError) as err:
             self.scheduler.finish_request(request.request_id, self._now())
-            self.get_logger().warning(f"auto prediction failed: {err}", throttle_duration_sec=2.0)
+            self._warn(f"auto prediction failed: {err}", throttle=2.0)
             return
         finally:
             self._lock.release()
         chunk = output.chunk
         decision = self.scheduler.finish_request(request.request_id, self._now(), chunk.stamp)
         if not decision.accepted:
-            self.get_logger().warning(f"chunk {chunk.chunk_id} not published: {decision.reason}")
+            self._warn(f"chunk {chunk.chunk_id} not published: {decision.reason}")
             return
         self.chunk_pub.publish(chunk_to_msg(chunk, self.params["base_frame"], "auto"))
         self.scheduler.chunk_started(chunk.stamp, float(chunk.time_from_start[-1]))
@@ -395,6 +408,9 @@ class PolicyNode(ManagedNode):
             f"chunk {chunk.chunk_id} published: latency {decision.latency:.2f} s "
             f"(mean {self.scheduler.latency:.2f} s), next request at {self.scheduler.next_request_time():.2f}"
         )
+        self.diagnostics.report("inference", OK, f"chunk {chunk.chunk_id} published",
+                                latency_s=f"{decision.latency:.3f}", chunk_id=chunk.chunk_id,
+                                confidence=f"{chunk.confidence:.3f}", send=False)
         self._publish_markers(output)
 
     # ---- visualisation ------------------------------------------------------------------------------

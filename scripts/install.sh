@@ -6,7 +6,7 @@ PYTHON=${PYTHON:-python3.11}
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
-  for pkg in libegl1 libgl1 libegl-mesa0 cmake; do
+  for pkg in libegl1 libgl1 libegl-mesa0 libusb-1.0-0 cmake; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -17,7 +17,7 @@ fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[sim,train,ros,mcap,msgs-build,dev]"
+.venv/bin/python -m pip install -q -e ".[sim,train,ros,mcap,cloud,msgs-build,dev]"
 if [ -x scripts/build_msgs.sh ]; then
   scripts/build_msgs.sh
 fi

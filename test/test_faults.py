@@ -190,7 +190,9 @@ class TestAutoExecutor:
         bad[4].poses[12].position.y = float("nan")  # steps 0-11 are fine: none of them may run
         for msg in bad.values():
             robot.chunk_pub.publish(msg)
-        rejected = lambda: sum("rejected" in m for n, m, _ in robot.diagnostics if n == "mvvdp/executor")  # noqa: E731
+        # distinct messages: the latest status is also sent again every second
+        rejected = lambda: len({m for n, m, _ in robot.diagnostics  # noqa: E731
+                                if n == "executor: safety" and "rejected" in m})
         assert wait_until(lambda: rejected() >= 4), robot.diagnostics
         reasons = " | ".join(m for _, m, _ in robot.diagnostics)
         for text in ("frame 'camera'", "outside the workspace", "confidence 0.010", "not finite at step 12"):
@@ -232,7 +234,7 @@ class TestAutoExecutor:
         after = [p for t, p in list(robot.targets) if t > stopped + 0.3]
         assert after and max(np.linalg.norm(p - held) for p in after) < 1e-9, "the arm moved after stop"
         assert not any("chunk=1" in s for t, s in robot.states if t > stopped + 0.1)
-        counters = [v for n, _m, v in robot.diagnostics if n == "mvvdp/executor"][-1]
+        counters = [v for n, _m, v in robot.diagnostics if n == "executor: safety"][-1]
         assert int(counters["dropped_while_stopped"]) >= 3 and counters["stopped"] == "True"
         assert call(robot.triggers["resume"], Trigger.Request()).success
         robot.chunk_pub.publish(robot.chunk(14, "auto"))

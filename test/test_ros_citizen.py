@@ -47,6 +47,26 @@ def test_use_tf_without_tf2_fails_at_start() -> None:
                                             Parameter("use_tf", value=True)])
 
 
+def test_perception_cloud_filters_need_open3d() -> None:
+    """A filter turned on configures with open3d and is refused, with the reason, without it."""
+    from mvvdp_core.geometry.cloud_filter import open3d_installed
+    from mvvdp_ros.perception_node import PerceptionNode
+
+    overrides = [Parameter("cameras_file", value=str(default_config_dir() / "cameras_sim.yaml")),
+                 Parameter("use_tf", value=False), Parameter("voxel_size", value=0.005),
+                 Parameter("outlier_neighbors", value=16)]
+    if not open3d_installed():
+        with pytest.raises(RuntimeError, match="open3d is not installed"):
+            PerceptionNode(parameter_overrides=overrides)
+        return
+    node = PerceptionNode(parameter_overrides=overrides)
+    try:
+        assert node.active and node.cloud_filter.enabled
+        assert (node.cloud_filter.voxel_size, node.cloud_filter.outlier_neighbors) == (0.005, 16)
+    finally:
+        node.destroy_node()
+
+
 def test_package_xml_declares_the_ros_imports() -> None:
     """package.xml's exec_depends are exactly the ROS packages that mvvdp_ros and launch/ import."""
     import ast
@@ -61,8 +81,10 @@ def test_package_xml_declares_the_ros_imports() -> None:
                 modules |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 modules.add(node.module.split(".")[0])
-    ros_suffixes = ("_msgs", "_srvs", "_interfaces", "_python")
-    ros = {m for m in modules if m.endswith(ros_suffixes) or m.startswith(("rcl", "launch", "tf2_"))}
+    ros_suffixes = ("_msgs", "_srvs", "_interfaces", "_python", "_msgs_py")
+    ros_names = {"cv_bridge", "diagnostic_updater"}
+    ros = {m for m in modules
+           if m.endswith(ros_suffixes) or m.startswith(("rcl", "launch", "tf2_")) or m in ros_names}
     ros = {"tf2_ros_py" if m == "tf2_ros" else m for m in ros}
     declared = {e.text for e in ET.parse(repo / "package.xml").getroot().iter("exec_depend")}
     assert ros <= declared, f"imported but not declared: {sorted(ros - declared)}"
@@ -227,6 +249,12 @@ def test_launch_file_passes_namespace_and_parameter_files(monkeypatch: pytest.Mo
     nodes = {n.kwargs["name"]: n.kwargs for n in launch_file._nodes(context)}
     assert set(nodes) == {"perception", "policy", "executor"}
     assert all(n["namespace"] == "robot1" for n in nodes.values())
+    for name, node in nodes.items():  # the console script (colcon install) or `python -m module`
+        if "package" in node:
+            assert (node["package"], node["executable"]) == ("mvvdp_ros", f"{name}_node")
+        else:
+            assert node["executable"] == sys.executable
+            assert node["arguments"] == ["-m", f"mvvdp_ros.{name}_node"]
     files = [Path(p).name for p in nodes["executor"]["parameters"][:-1]]
     assert files == ["executor.yaml", "executor_fr3.yaml"]
 

@@ -80,3 +80,42 @@ def test_views_round_trip() -> None:
     np.testing.assert_array_equal(depth_back, depth.numpy())
     with pytest.raises(ValueError, match="view names"):
         views_to_msg(("top",), rgb, depth, (0.5, 0.0, 0.4), 1.0, 3.0, "fr3_link0")
+
+
+def _cv_bridge_installed() -> bool:
+    from mvvdp_ros import conversions
+
+    return conversions._BRIDGE is not None
+
+
+def test_asking_for_a_missing_cv_bridge_names_it() -> None:
+    if _cv_bridge_installed():
+        pytest.skip("cv_bridge is installed")
+    with pytest.raises(RuntimeError, match="cv_bridge is not installed"):
+        image_to_msg(np.zeros((2, 2), np.uint8), 0.0, "f", use_library=True)
+
+
+@pytest.mark.skipif(not _cv_bridge_installed(), reason="cv_bridge is not installed")
+def test_cv_bridge_and_numpy_convert_alike() -> None:
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (5, 7, 3), dtype=np.uint8), rng.integers(0, 256, (4, 3), dtype=np.uint8),
+              np.where(rng.random((6, 5)) < 0.2, np.inf, rng.random((6, 5))).astype(np.float32)]
+    for image in images:
+        library = image_to_msg(image, 2.5, "f", use_library=True)
+        fallback = image_to_msg(image, 2.5, "f", use_library=False)
+        for field in ("header", "height", "width", "encoding", "is_bigendian", "step"):
+            assert getattr(library, field) == getattr(fallback, field), field
+        assert bytes(library.data) == bytes(fallback.data)
+        for msg in (library, fallback):
+            a, b = image_from_msg(msg, use_library=True), image_from_msg(msg, use_library=False)
+            assert a.dtype == b.dtype and a.shape == b.shape
+            np.testing.assert_array_equal(a, image)
+            np.testing.assert_array_equal(b, image)
+    # A big-endian depth image with padded rows reads the same both ways.
+    depth = images[2]
+    padded = np.zeros((depth.shape[0], depth.shape[1] * 4 + 4), np.uint8)
+    padded[:, :depth.shape[1] * 4] = depth.astype(">f4").view(np.uint8).reshape(depth.shape[0], -1)
+    msg = image_to_msg(depth, 0.0, "f", use_library=False)
+    msg.is_bigendian, msg.step, msg.data = 1, padded.shape[1], padded.tobytes()
+    for use_library in (True, False):
+        np.testing.assert_array_equal(image_from_msg(msg, use_library=use_library), depth)

@@ -122,3 +122,49 @@ def test_bad_input_is_named() -> None:
     no_z.fields = [f for f in no_z.fields if f.name != "z"]
     with pytest.raises(ValueError, match="lacks fields"):
         cloud_from_msg(no_z)
+
+
+def _library_installed() -> bool:
+    from mvvdp_ros import pointcloud
+
+    return pointcloud.point_cloud2 is not None
+
+
+def test_asking_for_a_missing_library_names_it() -> None:
+    if _library_installed():
+        pytest.skip("sensor_msgs_py is installed")
+    points, colors = _random_cloud(np.random.default_rng(4), (2, 2))
+    with pytest.raises(RuntimeError, match="sensor_msgs_py is not installed"):
+        cloud_to_msg(points, colors, "f", Time(), use_library=True)
+    with pytest.raises(RuntimeError, match="sensor_msgs_py is not installed"):
+        cloud_from_msg(cloud_to_msg(points, colors, "f", Time()), use_library=True)
+
+
+@pytest.mark.skipif(not _library_installed(), reason="sensor_msgs_py is not installed")
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_sensor_msgs_py_and_numpy_read_alike(bigendian: bool) -> None:
+    points, colors = _random_cloud(np.random.default_rng(5), (4, 6))
+    points[1, 3] = np.nan
+    for msg in (_foreign_cloud(points, colors, bigendian, pad_row=8),
+                _foreign_cloud(points, colors, bigendian, pad_row=0),
+                cloud_to_msg(points, colors, "f", Time(), use_library=False)):
+        before = bytes(msg.data)
+        library = cloud_from_msg(msg, use_library=True)
+        assert bytes(msg.data) == before  # the received message is not swapped in place
+        fallback = cloud_from_msg(msg, use_library=False)
+        for a, b in zip(library, fallback, strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(library[0].reshape(4, 6, 3), points)
+        np.testing.assert_array_equal(library[1].reshape(4, 6, 3), colors)
+
+
+@pytest.mark.skipif(not _library_installed(), reason="sensor_msgs_py is not installed")
+def test_sensor_msgs_py_and_numpy_pack_alike() -> None:
+    points, colors = _random_cloud(np.random.default_rng(6), (3, 5))
+    points[2, 2] = np.nan
+    library = cloud_to_msg(points, colors, "f", Time(sec=3), use_library=True)
+    fallback = cloud_to_msg(points, colors, "f", Time(sec=3), use_library=False)
+    for field in ("height", "width", "point_step", "row_step", "is_bigendian", "is_dense", "fields",
+                  "header"):
+        assert getattr(library, field) == getattr(fallback, field), field
+    assert bytes(library.data) == bytes(fallback.data)
