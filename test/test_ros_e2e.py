@@ -5,10 +5,12 @@ tracked (safety-filtered); stop holds; bad clouds are rejected; killing the poli
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,8 +256,18 @@ def test_bringup_runner_exits_cleanly_on_sigint(graph) -> None:
     command = [sys.executable, "-m", "mvvdp_core.cli", "bringup", "--no-sim", "--checkpoint",
                f"{tmp}/cache/tiny_checkpoint", "--out", f"{tmp}/bringup"]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(12.0)
+    logs_dir = Path(f"{tmp}/bringup/logs")
+    deadline = time.monotonic() + 180.0  # three nodes start (imports, model load) on a busy machine
+
+    def all_active() -> bool:
+        names = ("executor.log", "perception.log", "policy.log")
+        return all((logs_dir / n).exists() and re.search(r"\bactive$", (logs_dir / n).read_text(), re.M)
+                   for n in names)
+
+    while not all_active() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()[0]
+    assert all_active(), "the bringup nodes did not all report active within 180 s"
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, output
