@@ -38,6 +38,7 @@ LAYERS: dict[str, int] = {
     "mvvdp_core.policy": 2,
     "mvvdp_core.train": 3,
     "mvvdp_core.evaluation": 4,
+    "mvvdp_core.calibration_check": 4,
     "mvvdp_core.demo": 4,
     "mvvdp_core.cli": 4,
 }
