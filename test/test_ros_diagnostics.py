@@ -66,6 +66,9 @@ def monitor():
 
 
 def test_each_node_reports_its_state_and_repeats_it(monitor: Monitor) -> None:
+    # A node reports each lifecycle state it passes through (configured, then active) as it starts.
+    active = lambda: all(monitor.named(f"{n}: state")[-1][1].message == "active" for n in NODES)  # noqa: E731
+    assert monitor.spin_until(active, 120.0), [monitor.named(f"{n}: state")[-1][1].message for n in NODES]
     for name in NODES:
         _, status = monitor.named(f"{name}: state")[-1]
         assert (status.level, status.message, status.hardware_id) == (DiagnosticStatus.OK, "active", name)
