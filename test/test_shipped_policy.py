@@ -42,8 +42,8 @@ def test_shipped_checkpoint_is_small_and_loads() -> None:
 
 def test_vae_round_trip_on_a_held_out_demonstration(held_out_demo: Episode) -> None:
     """Heatmap -> fitted VAE -> back-projection. The condition frame survives to a few millimetres; the
-    future frames of a moving end effector come back blurred in time (the 4x temporal compression), which
-    bounds what the shipped model can do: the bounds below are its measured quality, not the goal of 1 cm."""
+    future frames of a moving end effector come back within a few centimetres (the 4x temporal compression
+    blurs them): the bounds below are the shipped VAE's measured quality with a margin, not the goal of 1 cm."""
     parts, config = load_checkpoint(shipped_checkpoint())
     sample = SampleConfig(config.workspace(), future_frames=config.future_frames, sigma=config.sigma)
     dataset = EpisodeDataset([held_out_demo], sample)
@@ -52,7 +52,7 @@ def test_vae_round_trip_on_a_held_out_demonstration(held_out_demo: Episode) -> N
     errors = heatmap_roundtrip_errors(parts.vae, batches, config.workspace(), len(starts))  # (S, 1 + F) m
     per_frame = errors.mean(0)
     assert per_frame[0] <= 0.01, f"condition frame {100 * per_frame[0]:.2f} cm"
-    assert per_frame[1:].mean() <= 0.12, f"future frames (cm): {np.round(100 * per_frame[1:], 1)}"
+    assert per_frame[1:].mean() <= 0.04, f"future frames (cm): {np.round(100 * per_frame[1:], 1)}"
 
 
 def test_shipped_model_runs_closed_loop_through_the_executor() -> None:
