@@ -43,7 +43,7 @@ def test_shipped_checkpoint_is_small_and_loads() -> None:
 def test_vae_round_trip_on_a_held_out_demonstration(held_out_demo: Episode) -> None:
     """Heatmap -> fitted VAE -> back-projection. The condition frame survives to a few millimetres; the
     future frames of a moving end effector come back within a few centimetres (the 4x temporal compression
-    blurs them): the bounds below are the shipped VAE's measured quality with a margin, not the goal of 1 cm."""
+    blurs them): the bounds are the shipped VAE's measured quality with a margin, not the goal of 1 cm."""
     parts, config = load_checkpoint(shipped_checkpoint())
     sample = SampleConfig(config.workspace(), future_frames=config.future_frames, sigma=config.sigma)
     dataset = EpisodeDataset([held_out_demo], sample)
