@@ -4,10 +4,13 @@ The paper's VAE is Wan2.2's pretrained one, frozen throughout. A model built fro
 before the video model trains, its VAE is fitted as an autoencoder on the dataset's own RGB and heatmap views,
 on whole samples: the condition frame followed by the future frames, i.e. exactly the clips the policy
 encodes (the causal VAE encodes the condition frame alone into the first latent frame) and decodes. The
-condition frame and the future frames weigh equally in the loss, and pixels on the heatmap blob weigh more:
-they are few, and the positions are read from them. Then the per-channel latent mean and std are measured on
-the data (the diffusion model expects roughly unit-variance latents), and the round trip heatmap -> VAE ->
-back-projection is measured per frame in centimetres.
+condition frame and the future frames weigh equally in the loss. Pixels that carry the task weigh more: on
+the heatmap views the blob (the positions are read from it), on the RGB views the foreground, i.e. pixels
+away from the view's background colour (arm, objects): they are few, and an unweighted loss reconstructs a
+plausible empty table. Every step also reconstructs the condition frames of all RGB views on their own
+(cheap: one frame each), the frame the policy is conditioned on. Then the per-channel latent mean and std
+are measured on the data (the diffusion model expects roughly unit-variance latents), and the round trip
+heatmap -> VAE -> back-projection is measured per frame in centimetres.
 """
 
 from __future__ import annotations
@@ -28,16 +31,35 @@ JET_BACKGROUND = (0.0, 0.0, 0.5)  # colour of a zero heatmap value
 
 def blob_weights(videos: torch.Tensor, num_heat_views: int, blob_weight: float) -> torch.Tensor:
     """Per-pixel weights (B, V, F, 1, H, W): blob_weight + 1 on heatmap pixels off the background colour."""
+    ones = torch.ones_like(videos[:, : videos.shape[1] - num_heat_views, :, :1])
+    if num_heat_views == 0:
+        return ones
     heat = videos[:, -num_heat_views:]
     background = torch.tensor(JET_BACKGROUND, dtype=videos.dtype, device=videos.device).view(1, 1, 1, 3, 1, 1)
     blob = ((heat - background).abs().sum(3, keepdim=True) > 0.05).to(videos.dtype)
-    ones = torch.ones_like(videos[:, : videos.shape[1] - num_heat_views, :, :1])
     return torch.cat([ones, 1 + blob_weight * blob], dim=1)
 
 
-def reconstruction_loss(decoded: torch.Tensor, videos: torch.Tensor, num_heat_views: int, blob_weight: float):
-    """Blob-weighted squared error; the condition frame and the mean of the future frames weigh equally."""
+def foreground_weights(
+    frames: torch.Tensor, foreground_weight: float, threshold: float = 0.15
+) -> torch.Tensor:
+    """Per-pixel weights (B, V, F, 1, H, W) of RGB frames: foreground_weight + 1 on pixels whose colour is
+    off the view's background colour (the per-channel median of the view's condition frame)."""
+    background = frames[:, :, :1].flatten(-2).median(dim=-1).values[..., None, None]  # (B, V, 1, 3, 1, 1)
+    foreground = ((frames - background).abs().sum(3, keepdim=True) > threshold).to(frames.dtype)
+    return 1 + foreground_weight * foreground
+
+
+def reconstruction_loss(
+    decoded: torch.Tensor, videos: torch.Tensor, num_heat_views: int, blob_weight: float,
+    foreground_weight: float = 0.0,
+) -> torch.Tensor:
+    """Weighted squared error (blob and foreground weights); the condition frame and the mean of the future
+    frames weigh equally."""
     weights = blob_weights(videos, num_heat_views, blob_weight)
+    if foreground_weight > 0 and videos.shape[1] > num_heat_views:
+        rgb = videos[:, : videos.shape[1] - num_heat_views]
+        weights = torch.cat([foreground_weights(rgb, foreground_weight), weights[:, rgb.shape[1]:]], dim=1)
     per_frame = (weights * (decoded - videos).square()).mean(dim=(0, 1, 3, 4, 5))  # (F,)
     if per_frame.numel() == 1:
         return per_frame[0]
@@ -50,6 +72,7 @@ def fit_vae(
     steps: int,
     lr: float = 1e-3,
     blob_weight: float = 50.0,
+    foreground_weight: float = 20.0,
     generator: torch.Generator | None = None,
     progress: bool = True,
     heat_views: int = 2,
@@ -59,7 +82,8 @@ def fit_vae(
     Each step reconstructs one random RGB view and `heat_views` random heatmap views of each sample (the VAE
     treats views independently, so this only thins the batch), from the condition frame on: the whole sample
     every third step, else its first 1 + 4 or 1 + 8 frames (cheaper, and the same causal paths: the first
-    frame alone, a chunk after it, a chunk after a chunk). The learning rate decays on a cosine.
+    frame alone, a chunk after it, a chunk after a chunk), plus the condition frames of all RGB views alone.
+    The learning rate decays on a cosine.
     """
     if steps < 0:
         raise ValueError(f"VAE steps must be >= 0, got {steps}")
@@ -73,6 +97,7 @@ def fit_vae(
     losses = []
     for _ in tqdm(range(steps), desc="fit VAE", disable=not progress):
         videos = sample_videos(next(batches)).to(device=device, dtype=vae.dtype)  # (B, 2R, 1 + F, 3, H, W)
+        conditions = videos[:, : videos.shape[1] // 2, :1]  # RGB condition frames (B, R, 1, 3, H, W)
         chunks = (videos.shape[2] - 1) // vae.temporal_compression
         lengths = sorted({min(1, chunks), min(2, chunks), chunks})
         length = lengths[int(torch.randint(0, len(lengths), (1,), generator=generator))]
@@ -82,7 +107,10 @@ def fit_vae(
         rgb_pick = int(torch.randint(0, num_rgb, (1,), generator=generator))
         heat_pick = (num_rgb + torch.randperm(num_rgb, generator=generator)[:heat]).tolist()
         videos = videos[:, [rgb_pick, *heat_pick]]
-        loss = reconstruction_loss(vae.decode(vae.encode(videos)), videos, heat, blob_weight)
+        loss = reconstruction_loss(vae.decode(vae.encode(videos)), videos, heat, blob_weight,
+                                   foreground_weight)
+        loss = loss + reconstruction_loss(vae.decode(vae.encode(conditions)), conditions, 0, blob_weight,
+                                          foreground_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
