@@ -84,6 +84,9 @@ class TrainSettings:
     rgb_loss_weight: float = 0.5
     vae_steps: int | None = None  # fit the VAE first; None: 300 for a model without a pretrained VAE, else 0
     vae_lr: float = 1e-3
+    # RGB pixels off the view's background (arm, objects) weigh 1 + this in the VAE fit, and the RGB condition
+    # frames get a term of their own; 0: an unweighted RGB loss (all capacity left to the heatmaps)
+    vae_foreground_weight: float = 20.0
     vae_report_samples: int = 8  # samples for the latent statistics and the VAE round-trip report
     vae_from: str | None = None  # take the fitted VAE of this checkpoint (or run folder) instead of fitting
     base_model: str | None = None
@@ -125,6 +128,8 @@ class TrainSettings:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("steps, batch_size, checkpoint_every and keep_checkpoints must be >= 1")
+        if self.vae_foreground_weight < 0:
+            raise ValueError(f"vae_foreground_weight must be >= 0, got {self.vae_foreground_weight}")
         if self.lr_warmup < 0 or self.augment_copies < 0 or self.start_stride < 1 or self.grad_clip < 0:
             raise ValueError("lr_warmup, augment_copies, grad_clip must be >= 0 and start_stride >= 1")
         for name in ("lr", "head_lr"):
@@ -414,6 +419,7 @@ def _prepare_vae(
         log(f"VAE: the fitted VAE of {settings.vae_from}")
     elif fit and vae_steps > 0:
         losses = fit_vae(parts.vae, _cycle(_loader(data.train, settings)), vae_steps, settings.vae_lr,
+                         foreground_weight=settings.vae_foreground_weight,
                          generator=generator, progress=settings.progress)
         if report > 0:
             mean, std = latent_statistics(parts.vae, _cycle(_loader(data.plain, settings)), report)

@@ -82,8 +82,8 @@ def fit_vae(
     Each step reconstructs one random RGB view and `heat_views` random heatmap views of each sample (the VAE
     treats views independently, so this only thins the batch), from the condition frame on: the whole sample
     every third step, else its first 1 + 4 or 1 + 8 frames (cheaper, and the same causal paths: the first
-    frame alone, a chunk after it, a chunk after a chunk), plus the condition frames of all RGB views alone.
-    The learning rate decays on a cosine.
+    frame alone, a chunk after it, a chunk after a chunk), plus (foreground_weight > 0) the condition
+    frames of all RGB views alone. The learning rate decays on a cosine.
     """
     if steps < 0:
         raise ValueError(f"VAE steps must be >= 0, got {steps}")
@@ -109,8 +109,9 @@ def fit_vae(
         videos = videos[:, [rgb_pick, *heat_pick]]
         loss = reconstruction_loss(vae.decode(vae.encode(videos)), videos, heat, blob_weight,
                                    foreground_weight)
-        loss = loss + reconstruction_loss(vae.decode(vae.encode(conditions)), conditions, 0, blob_weight,
-                                          foreground_weight)
+        if foreground_weight > 0:
+            loss = loss + reconstruction_loss(vae.decode(vae.encode(conditions)), conditions, 0, blob_weight,
+                                              foreground_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
