@@ -7,11 +7,14 @@ Every commanded end-effector target goes through `SafetyFilter.filter` once per 
 3. limit the change from the LAST COMMAND SENT: translation per period to min(max_step_translation,
    max_linear_velocity * dt), rotation per period to min(max_step_rotation, max_angular_velocity * dt)
    (the MV-VDP authors' client clipped each executed step to 4 cm and 10 degrees). The first command after
-   `reset()`, and any command after the measured pose jumped clearly beyond the tracking bound of the last
-   command (a restarted robot; see `out_of_tracking`), is limited relative to the MEASURED pose;
+   `reset()`, and any command after the measured pose moved out of reach of the last command (a step plus
+   the tracking bound; a restarted robot, see `out_of_tracking`), is limited relative to the MEASURED pose
+   and flagged "relatched";
 4. bound the command's distance from the measured pose: position within `max_tracking_error` metres,
    orientation within `max_tracking_rotation_deg`, so a lagging or stopped controller is never asked to
-   cover more than that at once (a lagging impedance controller does not slow the commands down);
+   cover more than that at once (a lagging impedance controller does not slow the commands down).
+   3 and 4 hold together: the command is the pose nearest the target that meets both, so the commands stay
+   continuous while the tracking bound holds them back (only a jump of the measured pose breaks the chain);
 5. debounce the gripper: after the open/closed state switches, it holds for `gripper_min_hold` seconds.
 
 Positions in metres in the robot base frame, quaternions (x, y, z, w), gripper as an opening in [0, 1]
@@ -26,6 +29,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
 DEFAULT_CONTROL_RATE = 20.0  # Hz: the executor's control period (executor node, closed-loop runner)
+_ROTATION_PROJECTIONS = 50  # alternating projections between the step and tracking bounds of the orientation
 
 
 class UnsafeTargetError(ValueError):
@@ -109,6 +113,40 @@ def _towards(q0: np.ndarray, q1: np.ndarray, max_angle: float) -> np.ndarray:
     return Slerp([0.0, 1.0], Rotation.from_quat(np.stack([q0, q1])))(max_angle / angle).as_quat()
 
 
+def _within(center: np.ndarray, point: np.ndarray, radius: float) -> np.ndarray:
+    """`point`, or its projection onto the ball of `radius` around `center`."""
+    offset = point - center
+    distance = float(np.linalg.norm(offset))
+    return point if distance <= radius else center + offset * (radius / distance)
+
+
+def _nearest_in_two_balls(
+    point: np.ndarray, center_a: np.ndarray, radius_a: float, center_b: np.ndarray, radius_b: float
+) -> np.ndarray:
+    """The point of the intersection of two balls nearest to `point` (the intersection must not be empty).
+
+    The nearest point is `point` itself, its projection onto one ball when that lies in the other, or else the
+    nearest point of the circle where the two spheres meet."""
+    for center, radius, other, other_radius in ((center_a, radius_a, center_b, radius_b),
+                                                (center_b, radius_b, center_a, radius_a)):
+        candidate = _within(center, point, radius)
+        if np.linalg.norm(candidate - other) <= other_radius + 1e-12:
+            return candidate
+    axis = center_b - center_a
+    d = float(np.linalg.norm(axis))
+    if d < 1e-12:  # concentric: the smaller ball is the intersection
+        return _within(center_a, point, min(radius_a, radius_b))
+    axis /= d
+    along = float(np.clip((radius_a**2 - radius_b**2 + d**2) / (2.0 * d), -radius_a, radius_a))
+    circle_center, circle_radius = center_a + along * axis, float(np.sqrt(max(radius_a**2 - along**2, 0.0)))
+    radial = (point - circle_center) - float(np.dot(point - circle_center, axis)) * axis
+    norm = float(np.linalg.norm(radial))
+    if norm < 1e-12:  # on the axis: every point of the circle is equally near
+        radial = np.cross(axis, [1.0, 0.0, 0.0] if abs(axis[0]) < 0.9 else [0.0, 1.0, 0.0])
+        norm = float(np.linalg.norm(radial))
+    return circle_center + radial * (circle_radius / norm)
+
+
 class SafetyFilter:
     """Stateful per-period filter: remembers the last command it let through and the gripper history.
 
@@ -136,17 +174,26 @@ class SafetyFilter:
         self._gripper_closed = None if gripper is None else bool(gripper < self.limits.gripper_threshold)
         self._since_switch = np.inf
 
-    def out_of_tracking(self, pose: PoseTarget, measured: PoseTarget) -> bool:
-        """True when `pose` lies clearly beyond the tracking bound of the measured pose: farther than
-        max_tracking_error + max_step_translation, or rotated more than max_tracking_rotation_deg +
-        max_step_rotation_deg. A command the filter let through is never that far from the pose measured
-        when it was sent, so this means the measured pose jumped (restart, collision, recalibration)."""
+    def out_of_tracking(self, pose: PoseTarget, measured: PoseTarget, dt: float | None = None) -> bool:
+        """True when no command can be both within a step of `pose` and within the tracking bound of the
+        measured pose: farther than max_tracking_error + the step (max_step_translation, or its velocity
+        limit over dt when dt is given), or rotated more than the same sum of angles. A command the filter
+        let through was within the bound when it was sent, so this means the measured pose jumped (restart,
+        collision, recalibration) or ran off faster than the steps can follow."""
+        return any(self._out_of_reach(pose, measured, dt))
+
+    def _out_of_reach(self, pose: PoseTarget, measured: PoseTarget, dt: float | None) -> tuple[bool, bool]:
+        """(position, orientation) of `pose` out of reach of the measured pose (see `out_of_tracking`)."""
         lim = self.limits
+        step, step_angle = lim.max_step_translation, lim.max_step_rotation_deg
+        if dt is not None:
+            step = min(step, lim.max_linear_velocity * dt)
+            step_angle = min(step_angle, lim.max_angular_velocity_deg * dt)
         offset = np.asarray(pose.position, float) - np.asarray(measured.position, float)
         distance = float(np.linalg.norm(offset))
         angle = _angle(np.asarray(pose.quaternion, float), np.asarray(measured.quaternion, float))
-        return (distance > lim.max_tracking_error + lim.max_step_translation
-                or angle > np.deg2rad(lim.max_tracking_rotation_deg + lim.max_step_rotation_deg))
+        return (distance > lim.max_tracking_error + step + 1e-12,
+                angle > np.deg2rad(lim.max_tracking_rotation_deg + step_angle) + 1e-12)
 
     def filter(self, target: PoseTarget, current: PoseTarget, dt: float) -> FilterResult:
         """Safe target for the next control period of length dt seconds; `current` is the measured pose."""
@@ -165,31 +212,41 @@ class SafetyFilter:
 
         # Step limits from the last command, or from the measured pose after a reset or a jump.
         last = self._last
-        if last is None or self.out_of_tracking(last, PoseTarget(current_pos, current_quat)):
+        if last is None:
             ref_pos, ref_quat = current_pos, current_quat
         else:
             ref_pos, ref_quat = np.asarray(last.position, float), np.asarray(last.quaternion, float)
+            measured = PoseTarget(current_pos, current_quat)
+            position_jumped, orientation_jumped = self._out_of_reach(last, measured, dt)
+            if position_jumped:
+                ref_pos = current_pos
+                limited.append("relatched")  # the measured position jumped: steps count from it now
+            if orientation_jumped:
+                ref_quat = current_quat
+                limited.append("relatched_rotation")
+        # Step limit and tracking bound together: the position nearest the target that is within a step of
+        # the reference AND within the tracking bound of the measured pose. The two balls meet unless the
+        # measured pose jumped (then the reference is the measured pose, handled above).
         max_translation = min(lim.max_step_translation, lim.max_linear_velocity * dt)
-        delta = position - ref_pos
-        distance = float(np.linalg.norm(delta))
-        if distance > max_translation:
-            position = ref_pos + delta * (max_translation / distance)
+        stepped = _within(ref_pos, position, max_translation)
+        if not np.array_equal(stepped, position):
             limited.append("translation")
+        if np.linalg.norm(stepped - current_pos) > lim.max_tracking_error:
+            limited.append("tracking")
+        position = _nearest_in_two_balls(position, ref_pos, max_translation,
+                                         current_pos, lim.max_tracking_error)
+        # Orientation: the same two bounds, met by alternating geodesic projections (both balls are convex).
         max_angle = np.deg2rad(min(lim.max_step_rotation_deg, lim.max_angular_velocity_deg * dt))
+        max_tracking_angle = np.deg2rad(lim.max_tracking_rotation_deg)
         quat = _towards(ref_quat, target_quat, max_angle)
         if quat is not target_quat:
             limited.append("rotation")
-
-        # Tracking bound: the command stays within reach of the measured pose.
-        offset = position - current_pos
-        distance = float(np.linalg.norm(offset))
-        if distance > lim.max_tracking_error:
-            position = current_pos + offset * (lim.max_tracking_error / distance)
-            limited.append("tracking")
-        bounded = _towards(current_quat, quat, np.deg2rad(lim.max_tracking_rotation_deg))
-        if bounded is not quat:
-            quat = bounded
+        if _angle(current_quat, quat) > max_tracking_angle:
             limited.append("tracking_rotation")
+        for _ in range(_ROTATION_PROJECTIONS):
+            if _angle(current_quat, quat) <= max_tracking_angle + 1e-9:
+                break
+            quat = _towards(ref_quat, _towards(current_quat, quat, max_tracking_angle), max_angle)
         # The box is absolute: a step from, or a pull towards, a measured pose outside it stays inside.
         inside = np.clip(position, lim.workspace_lower, lim.workspace_upper)
         if not np.array_equal(inside, position):

@@ -142,9 +142,11 @@ def test_a_jump_of_the_measured_pose_restarts_the_limits_from_it() -> None:
     # Measured 0.5: 17.5 cm from the last command > 10 cm + 4 cm: limited from the measured pose.
     result = safety.filter(goal, pose(0.5, 0.0, 0.3), dt=0.05)
     assert result.target.position[0] == pytest.approx(0.525)
+    assert "relatched" in result.limited  # reported: the command sequence jumps here, towards the arm
     # Measured 0.62 after a smaller move (9.5 cm from the last command 0.525): still from the last command.
     result = safety.filter(goal, pose(0.62, 0.0, 0.3), dt=0.05)
     assert result.target.position[0] == pytest.approx(0.55)
+    assert "relatched" not in result.limited
 
 
 def test_tracking_bound_pulls_a_far_command_towards_the_measured_pose() -> None:
@@ -176,3 +178,29 @@ def test_tracking_limits_are_validated() -> None:
         SafetyLimits(max_tracking_error=0.0)
     with pytest.raises(ValueError, match="max_tracking_rotation_deg"):
         SafetyLimits(max_tracking_rotation_deg=float("nan"))
+
+
+def test_commands_stay_within_a_step_of_each_other_while_the_tracking_bound_holds_them() -> None:
+    """A lagging, wandering arm: every command is within the step limit of the previous one AND within the
+    tracking bound of the pose measured for it, and is the nearest such point to the target."""
+    rng = np.random.default_rng(3)
+    safety, dt = SafetyFilter(), 0.05
+    step = min(safety.limits.max_step_translation, safety.limits.max_linear_velocity * dt)
+    measured, previous = np.array([0.4, 0.0, 0.4]), None
+    for _ in range(400):
+        goal = np.array([0.5, 0.0, 0.4]) + rng.uniform(-0.3, 0.3, 3) * [1.0, 1.0, 0.5]
+        measured = np.clip(measured + rng.normal(0.0, 0.015, 3), [0.2, -0.4, 0.1], [0.8, 0.4, 0.8])
+        result = safety.filter(pose(*goal), pose(*measured), dt=dt)
+        command = result.target.position
+        assert np.linalg.norm(command - measured) <= safety.limits.max_tracking_error + 1e-9
+        if previous is not None and "relatched" not in result.limited:
+            assert np.linalg.norm(command - previous) <= step + 1e-9
+            # No point of both balls is nearer the (box-clipped) goal: sampled check.
+            goal_in_box = np.clip(goal, safety.limits.workspace_lower, safety.limits.workspace_upper)
+            samples = previous + rng.normal(size=(2000, 3)) * step / 2
+            ok = (np.linalg.norm(samples - previous, axis=1) <= step) & (
+                np.linalg.norm(samples - measured, axis=1) <= safety.limits.max_tracking_error)
+            if ok.any():
+                nearest = np.linalg.norm(samples[ok] - goal_in_box, axis=1).min()
+                assert np.linalg.norm(command - goal_in_box) <= nearest + 1e-9
+        previous = command

@@ -25,15 +25,25 @@ from std_msgs.msg import String  # noqa: E402
 from mvvdp_core.actions import ActionChunk as CoreChunk  # noqa: E402
 from mvvdp_core.graph import build_graph  # noqa: E402
 from mvvdp_core.model import MVVDPConfig, build_model_parts, save_checkpoint  # noqa: E402
+from mvvdp_core.safety import DEFAULT_CONTROL_RATE, SafetyLimits  # noqa: E402
 from mvvdp_msgs.msg import ActionChunk  # noqa: E402
 from mvvdp_ros.bringup import GraphProcesses  # noqa: E402
 from mvvdp_ros.conversions import chunk_to_msg  # noqa: E402
 
 BOX_LOWER, BOX_UPPER = np.array([0.28, -0.08, 0.33]), np.array([0.45, 0.08, 0.5])
-STEP_LIMIT = 0.04  # the executor's max_step_translation (m per control period, command to command)
+# The executor's step limit per control period (command to command): min(max_step_translation,
+# max_linear_velocity * period) of the default SafetyLimits at the default control rate.
+EXECUTOR_PERIOD = 1.0 / DEFAULT_CONTROL_RATE
+STEP_LIMIT = min(SafetyLimits().max_step_translation, SafetyLimits().max_linear_velocity * EXECUTOR_PERIOD)
 # A slow CPU predicts a chunk in seconds: chunks of 24 x 0.4 s give the scheduler room to overlap them.
 CONTROL_PERIOD, MAX_AGE = 0.4, 8.0
 STALE_ID = 4_000_000_000
+
+
+def _limited_flags(state: str) -> list[str]:
+    """The safety filter's flags in an executor state line ("executing chunk=1 step=2 limited=a,b ...")."""
+    tokens = [t for t in state.split() if t.startswith("limited=")]
+    return tokens[0].removeprefix("limited=").split(",") if tokens else []
 
 
 def _stamped_position(msg: PoseStamped) -> tuple[float, np.ndarray]:
@@ -131,6 +141,8 @@ def test_chunks_switch_continuously_and_stale_ones_never_run(graph) -> None:
         f"fewer than 3 chunks ran: {node.executed_ids()}, states {sorted({s for _, s in node.states})}"
     )
     ids = node.executed_ids()
+    # The chunk topic and the executor's state topic are separate streams: let the chunks catch up.
+    node.spin_for(10.0, lambda: set(ids) <= {c.chunk_id for c in node.chunks})
     assert STALE_ID not in ids and STALE_ID in [c.chunk_id for c in node.chunks]  # sent, never run
     published = [c for c in node.chunks if c.chunk_id != STALE_ID]
     stamps = [c.header.stamp.sec + 1e-9 * c.header.stamp.nanosec for c in published]
@@ -150,12 +162,29 @@ def test_chunks_switch_continuously_and_stale_ones_never_run(graph) -> None:
         s for _, s in node.states[first:third] if "executing" not in s
     ]
     # Every command moves at most the step limit from the previous one, across the switches as within the
-    # chunks. (The tracking bound to the measured pose is checked in test_safety_filter and
-    # test_executor_tracking: from outside, the pose stream's lag under load makes it unmeasurable here.)
+    # chunks. The controller topic keeps only the latest target (depth 1), so a busy reader misses some:
+    # between two received targets stamped dt apart at most ceil(dt / period) control periods ran.
+    # The one designed exception: when the measured pose ran out of reach of the last command (on a busy
+    # machine the pose stream arrives late and in bursts), the executor restarts the steps from the measured
+    # pose and reports "relatched"; such a command lies within the tracking bound of a pose measured then.
     ee_stamps = np.array([t for t, _ in node.ee])
     ee_positions = np.array([p for _, p in node.ee])
     commanded = [(t, p) for t, p in node.targets if t >= ee_stamps[0]]
     assert len(commanded) > 50
+    stamps = np.array([t for t, _ in commanded])
     steps = np.linalg.norm(np.diff([p for _, p in commanded], axis=0), axis=1)
-    assert steps.max() <= STEP_LIMIT + 1e-9, f"largest commanded step {steps.max() * 1000:.1f} mm"
+    periods = np.maximum(np.ceil(np.diff(stamps) / EXECUTOR_PERIOD - 1e-6), 1.0)
+    jumps = np.flatnonzero(steps > STEP_LIMIT * periods + 1e-9)
+    relatched = [s for _, s in node.states if "jumped" in s or "relatched" in _limited_flags(s)]
+    assert len(jumps) <= len(relatched), (
+        f"{len(jumps)} commanded steps above the step limit (largest {steps.max() * 1000:.1f} mm), "
+        f"{len(relatched)} re-latches to the measured pose reported"
+    )
+    for k in jumps:
+        t, position = commanded[k + 1]
+        recent = ee_positions[np.abs(ee_stamps - t) <= 1.0]
+        nearest = np.linalg.norm(recent - position, axis=1).min()
+        assert nearest <= SafetyLimits().max_tracking_error + 1e-6, (
+            f"re-latched command {nearest * 1000:.0f} mm from every pose measured within 1 s"
+        )
     assert max(np.linalg.norm(p - start) for p in ee_positions) > 0.01, "the arm did not move"
