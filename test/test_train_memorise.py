@@ -26,7 +26,7 @@ from mvvdp_core.train.loop import (
     validation_errors,
 )
 
-STEPS = 600
+STEPS = 1000
 SMALLER = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 32, "ffn_dim": 256}
 
 
