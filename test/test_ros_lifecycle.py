@@ -18,6 +18,7 @@ from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
+from stream_checks import largest_step_per_period  # noqa: E402
 
 from mvvdp_core.graph import build_graph  # noqa: E402
 from mvvdp_msgs.action import Execute as ExecuteAction  # noqa: E402
@@ -100,15 +101,8 @@ class Operator(Node):
         return np.array([p for t, p, _ in self.targets if t > since]).reshape(-1, 3)
 
     def largest_step_per_period(self, since: float) -> float:
-        """Largest move between received targets per control period. The target topic keeps only the
-        latest message (depth 1), so a busy reader misses some: targets stamped dt apart are at most
-        ceil(dt / period) periods apart."""
-        received = [(p, stamp) for t, p, stamp in self.targets if t > since]
-        if len(received) < 2:
-            return 0.0
-        steps = np.linalg.norm(np.diff([p for p, _ in received], axis=0), axis=1)
-        periods = np.maximum(np.ceil(np.diff([stamp for _, stamp in received]) / PERIOD - 1e-6), 1.0)
-        return float((steps / periods).max())
+        received = [(stamp, p) for t, p, stamp in self.targets if t > since]
+        return largest_step_per_period([s for s, _ in received], [p for _, p in received], PERIOD)
 
 
 @pytest.fixture(scope="module")

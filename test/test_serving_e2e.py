@@ -21,6 +21,7 @@ from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
+from stream_checks import steps_and_periods  # noqa: E402
 
 from mvvdp_core.actions import ActionChunk as CoreChunk  # noqa: E402
 from mvvdp_core.graph import build_graph  # noqa: E402
@@ -171,9 +172,7 @@ def test_chunks_switch_continuously_and_stale_ones_never_run(graph) -> None:
     ee_positions = np.array([p for _, p in node.ee])
     commanded = [(t, p) for t, p in node.targets if t >= ee_stamps[0]]
     assert len(commanded) > 50
-    stamps = np.array([t for t, _ in commanded])
-    steps = np.linalg.norm(np.diff([p for _, p in commanded], axis=0), axis=1)
-    periods = np.maximum(np.ceil(np.diff(stamps) / EXECUTOR_PERIOD - 1e-6), 1.0)
+    steps, periods = steps_and_periods([t for t, _ in commanded], [p for _, p in commanded], EXECUTOR_PERIOD)
     jumps = np.flatnonzero(steps > STEP_LIMIT * periods + 1e-9)
     relatched = [s for _, s in node.states if "jumped" in s or "relatched" in _limited_flags(s)]
     assert len(jumps) <= len(relatched), (
