@@ -13,11 +13,8 @@ max_distance) and inlier RMSE.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -126,54 +123,22 @@ def _episode_clouds(folder: str, step: int) -> tuple[dict[str, np.ndarray], dict
             {n: c.base_T_camera for n, c in recorded.clouds.items()})
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mvvdp check-calibration", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--sim", action="store_true", help="render the simulated scene's three cameras")
-    source.add_argument("--episode", help="a recorded episode folder (camera clouds and their extrinsics)")
-    parser.add_argument("--step", type=int, default=0, help="episode step to check (default 0)")
-    parser.add_argument("--seed", type=int, default=0, help="scene seed with --sim")
-    parser.add_argument("--cameras", help="calibration YAML to check instead of the source's extrinsics")
-    parser.add_argument("--reference", help="camera the others are registered onto (default: the first)")
-    parser.add_argument("--voxel-size", type=float, default=0.005, help="ICP downsampling voxel (m)")
-    parser.add_argument("--max-distance", type=float, default=0.03, help="ICP correspondence distance (m)")
-    parser.add_argument("--tolerance-mm", type=float, default=5.0, help="largest acceptable mean shift")
-    parser.add_argument("--tolerance-deg", type=float, default=1.0, help="largest acceptable rotation")
-    parser.add_argument("--min-fitness", type=float, default=0.3, help="smallest acceptable ICP fitness")
-    parser.add_argument("--json", help="write the results to this JSON file")
-    args = parser.parse_args(argv)
-    try:
-        if args.sim:
-            clouds, extrinsics, workspace = _sim_clouds(args.seed)
-        else:
-            (clouds, extrinsics), workspace = _episode_clouds(args.episode, args.step), Workspace()
-        if args.cameras:
-            from mvvdp_core.perception import load_cameras
+def calibration_sources(
+    episode: str | None = None, step: int = 0, seed: int = 0, cameras: str | Path | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Workspace]:
+    """Camera clouds, their extrinsics and the workspace to check: a recorded episode's step, or (episode
+    None) the simulated scene of `seed`; with `cameras` the extrinsics come from that calibration YAML."""
+    if episode is None:
+        clouds, extrinsics, workspace = _sim_clouds(seed)
+    else:
+        (clouds, extrinsics), workspace = _episode_clouds(episode, step), Workspace()
+    if cameras:
+        from mvvdp_core.perception import load_cameras
 
-            _base, cameras = load_cameras(args.cameras)
-            calibration = {c.name: c.base_T_camera for c in cameras}
-            missing = sorted(set(clouds) - set(calibration))
-            if missing:
-                raise ValueError(f"{args.cameras} has no extrinsics for {missing}")
-            extrinsics = {name: calibration[name] for name in clouds}
-        results = check_calibration(clouds, extrinsics, args.reference, workspace, args.voxel_size,
-                                    args.max_distance)
-    except (RuntimeError, ValueError, FileNotFoundError) as err:
-        print(f"mvvdp check-calibration: {err}", file=sys.stderr)
-        return 2
-    print(f"{'camera':<12} {'onto':<12} {'points':>7} {'shift mm':>9} {'rot deg':>8} {'fitness':>8} "
-          f"{'rmse mm':>8}  verdict")
-    ok = True
-    for r in results:
-        good = r.within(args.tolerance_mm, args.tolerance_deg, args.min_fitness)
-        ok &= good
-        verdict = "ok" if good else "CHECK"
-        print(f"{r.camera:<12} {r.reference:<12} {r.points:>7} {r.mean_shift_mm:>9.2f} "
-              f"{r.rotation_deg:>8.3f} {r.fitness:>8.3f} {r.inlier_rmse_mm:>8.2f}  {verdict}")
-    if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        _base, loaded = load_cameras(cameras)
+        calibration = {c.name: c.base_T_camera for c in loaded}
+        missing = sorted(set(clouds) - set(calibration))
+        if missing:
+            raise ValueError(f"{cameras} has no extrinsics for {missing}")
+        extrinsics = {name: calibration[name] for name in clouds}
+    return clouds, extrinsics, workspace

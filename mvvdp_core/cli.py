@@ -1,23 +1,492 @@
-"""`mvvdp` command: one entry point, each subcommand implemented by a module's `main(argv)`."""
+"""`mvvdp` command: one entry point; every subcommand's options live here, the work in library functions.
+
+Each subcommand is a function `(argv) -> exit status` that parses its options and calls the library. Library
+modules are imported when their subcommand runs, so `mvvdp --help` stays fast. The ROS subcommands
+(sim-demo, bringup) are mvvdp_ros modules' own `main(argv)`, loaded by name: mvvdp_core never imports ROS.
+"""
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import sys
+import time
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "sim-demo": ("mvvdp_ros.sim_demo", "simulated robot + graph: preview a chunk, approve it, track it"),
-    "demo": ("mvvdp_core.demo", "project a synthetic scene into the three views and write PNGs"),
-    "bringup": ("mvvdp_ros.bringup", "start the ROS 2 graph (simulated robot by default)"),
-    "tiny-checkpoint": ("mvvdp_core.model.checkpoint", "build and save a tiny random checkpoint"),
-    "record": ("mvvdp_core.data.record", "record demonstrations from the simulated robot"),
-    "check-calibration": ("mvvdp_core.calibration_check", "do the cameras' clouds agree? (ICP, Open3D)"),
-    "mcap-to-episodes": ("mvvdp_core.data.mcap_episodes", "MCAP episodes -> episode folders"),
-    "encode-prompts": ("mvvdp_core.model.text", "encode task instructions into a checkpoint (local umT5)"),
-    "train": ("mvvdp_core.train.cli", "train the video model LoRA and the rotation/gripper head"),
-    "memory-plan": ("mvvdp_core.train.memory", "training memory of a config and batch (meta device)"),
-    "evaluate": ("mvvdp_core.evaluation.closed_loop", "closed-loop pick evaluation (simulated FR3)"),
-    "metaworld": ("mvvdp_core.evaluation.metaworld_harness", "Meta-World seven-task collect/train/evaluate"),
+import yaml
+
+if TYPE_CHECKING:
+    from mvvdp_core.evaluation.closed_loop import EpisodeOutcome
+    from mvvdp_core.train.loop import TrainSettings
+
+Command = Callable[[list[str]], int]
+
+
+# ---- demo ---------------------------------------------------------------------------------------------
+DEMO_DESCRIPTION = (
+    "`mvvdp demo`: a synthetic tabletop seen by three cameras, merged, projected into the three views.\n\n"
+    "Writes the three RGB views, the three depth views and the end-effector heatmaps over the RGB views as "
+    "PNGs.\n"
+)
+
+
+def demo_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mvvdp demo", description=DEMO_DESCRIPTION)
+    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder for the PNGs")
+    parser.add_argument("--points", type=int, default=60000, help="table points (the scene scales with it)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.points < 100:
+        parser.error("--points must be at least 100")
+    from mvvdp_core.demo import EE_POSITION, render_demo
+
+    started = time.perf_counter()
+    result = render_demo(args.out, args.points, args.seed)
+    print(f"merged {result.points} points from {result.cameras} cameras; projected on {result.device}")
+    print(f"end effector {EE_POSITION} back-projected within {result.error_mm:.2f} mm")
+    for path in result.paths:
+        print(path)
+    print(f"done in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+# ---- tiny-checkpoint ----------------------------------------------------------------------------------
+def tiny_checkpoint_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mvvdp tiny-checkpoint", description="build and save a tiny random model"
+    )
+    parser.add_argument("out", type=Path, help="checkpoint folder to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--task", action="append", help="task name to give a random text embedding (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    from mvvdp_core.model.checkpoint import write_tiny_checkpoint
+
+    parts = write_tiny_checkpoint(args.out, seed=args.seed, tasks=args.task)
+    print(f"wrote tiny checkpoint to {args.out} (tasks: {sorted(parts.text_embeddings)})")
+    return 0
+
+
+# ---- record -------------------------------------------------------------------------------------------
+def record_command(argv: list[str]) -> int:
+    from mvvdp_core.sim.pick import PickTask
+
+    parser = argparse.ArgumentParser(
+        prog="mvvdp record",
+        description="`mvvdp record`: scripted pick demonstrations in the simulated FR3 scene, written as "
+        "episodes.",
+    )
+    parser.add_argument("--out", required=True, help="dataset folder (episodes are added to it)")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--control-period", type=float, default=0.1, help="seconds between recorded steps")
+    parser.add_argument("--camera-width", type=int, default=320)
+    parser.add_argument("--camera-height", type=int, default=240)
+    parser.add_argument("--num-objects", type=int, default=PickTask.num_objects,
+                        help="cubes on the table: the red target cube plus distractors")
+    args = parser.parse_args(argv)
+    from mvvdp_core.data.episode import Episode
+    from mvvdp_core.data.record import record_pick_demos
+    from mvvdp_core.threads import set_torch_threads
+
+    set_torch_threads()
+    paths = record_pick_demos(
+        args.out, args.episodes, args.seed, args.control_period, (args.camera_width, args.camera_height),
+        task=PickTask(num_objects=args.num_objects),
+    )
+    successes = sum(bool(Episode(p).success) for p in paths)
+    print(f"recorded {len(paths)} episodes into {args.out}: {successes}/{len(paths)} successful picks")
+    return 0
+
+
+# ---- check-calibration --------------------------------------------------------------------------------
+def check_calibration_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mvvdp check-calibration",
+        description="`mvvdp check-calibration`: do the cameras' clouds agree where they overlap? "
+        "(ICP, Open3D)",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sim", action="store_true", help="render the simulated scene's three cameras")
+    source.add_argument("--episode", help="a recorded episode folder (camera clouds and their extrinsics)")
+    parser.add_argument("--step", type=int, default=0, help="episode step to check (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="scene seed with --sim")
+    parser.add_argument("--cameras", help="calibration YAML to check instead of the source's extrinsics")
+    parser.add_argument("--reference", help="camera the others are registered onto (default: the first)")
+    parser.add_argument("--voxel-size", type=float, default=0.005, help="ICP downsampling voxel (m)")
+    parser.add_argument("--max-distance", type=float, default=0.03, help="ICP correspondence distance (m)")
+    parser.add_argument("--tolerance-mm", type=float, default=5.0, help="largest acceptable mean shift")
+    parser.add_argument("--tolerance-deg", type=float, default=1.0, help="largest acceptable rotation")
+    parser.add_argument("--min-fitness", type=float, default=0.3, help="smallest acceptable ICP fitness")
+    parser.add_argument("--json", help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+    from mvvdp_core.calibration_check import calibration_sources, check_calibration
+
+    try:
+        episode = None if args.sim else args.episode
+        clouds, extrinsics, workspace = calibration_sources(episode, args.step, args.seed, args.cameras)
+        results = check_calibration(
+            clouds, extrinsics, args.reference, workspace, args.voxel_size, args.max_distance
+        )
+    except (RuntimeError, ValueError, FileNotFoundError) as err:
+        print(f"mvvdp check-calibration: {err}", file=sys.stderr)
+        return 2
+    print(f"{'camera':<12} {'onto':<12} {'points':>7} {'shift mm':>9} {'rot deg':>8} {'fitness':>8} "
+          f"{'rmse mm':>8}  verdict")
+    ok = True
+    for r in results:
+        good = r.within(args.tolerance_mm, args.tolerance_deg, args.min_fitness)
+        ok &= good
+        verdict = "ok" if good else "CHECK"
+        print(f"{r.camera:<12} {r.reference:<12} {r.points:>7} {r.mean_shift_mm:>9.2f} "
+              f"{r.rotation_deg:>8.3f} {r.fitness:>8.3f} {r.inlier_rmse_mm:>8.2f}  {verdict}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0 if ok else 1
+
+
+# ---- mcap-to-episodes ---------------------------------------------------------------------------------
+def mcap_to_episodes_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="mvvdp mcap-to-episodes", description="convert MCAP episodes into "
+                                     "episode folders (the training input)")
+    parser.add_argument("mcap", nargs="+", type=Path, help="MCAP files written by the recorder")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder for the episode folders")
+    args = parser.parse_args(argv)
+    from mvvdp_core.data.episode import Episode
+    from mvvdp_core.data.mcap_episodes import mcap_to_episode
+
+    for path in args.mcap:
+        root = mcap_to_episode(path, args.out)
+        print(f"{path} -> {root} ({len(Episode(root))} steps)")
+    return 0
+
+
+# ---- encode-prompts -----------------------------------------------------------------------------------
+def encode_prompts_command(argv: list[str]) -> int:
+    from mvvdp_core.model.text import DTYPES
+
+    parser = argparse.ArgumentParser(
+        prog="mvvdp encode-prompts",
+        description="encode task instructions with a local umT5 encoder into a checkpoint",
+    )
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder to update")
+    parser.add_argument(
+        "--text-encoder", required=True, help="umT5 encoder folder, or a Wan2.2 diffusers folder"
+    )
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: found next to it)")
+    parser.add_argument(
+        "--task", action="append", required=True, metavar='NAME="instruction"', help="repeatable"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    args = parser.parse_args(argv)
+    from mvvdp_core.model.checkpoint import TEXT_FILE
+    from mvvdp_core.model.text import encode_checkpoint_prompts, parse_task_prompts
+
+    try:
+        prompts = parse_task_prompts(args.task)
+    except ValueError as error:
+        parser.error(str(error))
+    checkpoint, embeddings, tasks = encode_checkpoint_prompts(
+        args.checkpoint, prompts, args.text_encoder, args.tokenizer, device=args.device,
+        dtype=DTYPES[args.dtype],
+    )  # fmt: skip
+    print(f"encoded {sorted(embeddings)} into {checkpoint / TEXT_FILE} (tasks now: {tasks})")
+    return 0
+
+
+# ---- train --------------------------------------------------------------------------------------------
+# Settings come from TrainSettings' defaults, then an optional YAML file (--settings, keys of TrainSettings),
+# then the flags. Every TrainSettings field is a flag (`--lr-warmup` for lr_warmup), declared once, in the
+# dataclass. Several GPUs: `accelerate launch -m mvvdp_core.cli train ...` (accelerate handles the processes).
+
+# Fields whose flag differs from the plain `--name VALUE` form.
+BOOLEAN_FLAGS = ("augment", "include_failed", "progress", "tf32", "gradient_checkpointing")
+SPECIAL_FLAGS = {"prompts", "config_overrides", "workspace_center", *BOOLEAN_FLAGS}
+CHOICES = {"config": ("tiny", "small", "wan22"), "mode": ("auto", "lora", "full"),
+           "lr_schedule": ("constant", "cosine"), "mixed_precision": ("auto", "no", "fp16", "bf16"),
+           "base_dtype": ("auto", "fp32", "bf16"), "optimizer_state": ("latest", "all")}
+
+
+def _scalar_type(annotation: Any) -> type:
+    """int / float / str from a field's annotation (also `int | None`)."""
+    hint = eval(annotation, {}, {}) if isinstance(annotation, str) else annotation  # noqa: S307
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    from mvvdp_core.train.loop import TrainSettings
+
+    parser = argparse.ArgumentParser(
+        prog="mvvdp train",
+        description="`mvvdp train`: train the video model and the rotation/gripper head on recorded "
+        "episodes.",
+    )
+    parser.add_argument("--data", nargs="+", help="folder(s) of recorded episodes (required)")
+    parser.add_argument("--out", help="output folder: checkpoints, tensorboard, plots (required)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the memory plan of these settings on one CUDA process and exit")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    parser.add_argument("--settings", type=Path, default=None, help="YAML file with TrainSettings keys")
+    parser.add_argument(
+        "--prompt", action="append", default=None, metavar='NAME="instruction"',
+        help="instruction of a recorded task (repeatable; with --text-encoder, else random embeddings)",
+    )  # fmt: skip
+    parser.add_argument("--override", action="append", default=None, metavar="FIELD=JSON",
+                        help="model config field, e.g. image_size=128 or transformer='{\"num_layers\": 6}'")
+    parser.add_argument("--workspace-center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"))
+    for flag in BOOLEAN_FLAGS:
+        name = f"--{flag.replace('_', '-')}"
+        parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None)
+    for item in fields(TrainSettings):
+        if item.name in SPECIAL_FLAGS:
+            continue
+        default = None if item.default is MISSING else item.default
+        parser.add_argument(
+            f"--{item.name.replace('_', '-')}", type=_scalar_type(item.type), default=None,
+            choices=CHOICES.get(item.name), help=f"default: {default}",
+        )  # fmt: skip
+    return parser
+
+
+def load_settings_file(path: Path) -> dict[str, Any]:
+    from mvvdp_core.train.loop import TrainSettings
+
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"cannot read training settings {path}: {error}") from error
+    if not isinstance(loaded, dict):
+        raise ValueError(f"training settings {path} must be a mapping of TrainSettings keys")
+    known = {f.name for f in fields(TrainSettings)}
+    unknown = sorted(set(loaded) - known)
+    if unknown:
+        raise ValueError(f"unknown training settings in {path}: {unknown}; known: {sorted(known)}")
+    return loaded
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--override takes FIELD=JSON, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    from mvvdp_core.model.text import parse_task_prompts
+    from mvvdp_core.train.loop import TrainSettings
+
+    values: dict[str, Any] = load_settings_file(args.settings) if args.settings else {}
+    flags = {f.name: getattr(args, f.name) for f in fields(TrainSettings) if f.name in vars(args)}
+    if args.prompt:
+        flags["prompts"] = parse_task_prompts(args.prompt)
+    if args.override:
+        flags["config_overrides"] = {**values.get("config_overrides", {}), **_overrides(args.override)}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return TrainSettings(**values)
+
+
+def dry_run(settings: TrainSettings, gpu_gb: float = 80.0) -> int:
+    """Print the memory plan of one training process with these settings (CUDA assumed); 0 when it fits."""
+    import torch
+
+    from mvvdp_core.model.config import MVVDPConfig
+    from mvvdp_core.train.memory import GB, memory_plan
+
+    config = MVVDPConfig.preset(settings.config, **settings.config_overrides)
+    cuda = torch.device("cuda")
+    precision = settings.precision(cuda)
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    checkpointing = (
+        settings.gradient_checkpointing if settings.gradient_checkpointing is not None
+        else settings.config == "wan22"
+    )  # fmt: skip
+    plan = memory_plan(
+        config, settings.batch_size, settings.training_mode, checkpointing, settings.frozen_base_dtype(cuda),
+        compute, name=settings.config,
+    )  # fmt: skip
+    print(plan.table())
+    accumulation = settings.accumulation(1)
+    print(f"\n{accumulation} micro-batch(es) of {settings.batch_size} per optimiser step on one process "
+          f"(global batch {accumulation * settings.batch_size}); peak {plan.peak / GB:.1f} GB "
+          f"{'fits' if plan.fits(gpu_gb) else 'does NOT fit'} in {gpu_gb:.0f} GB")
+    return 0 if plan.fits(gpu_gb) else 1
+
+
+def train_command(argv: list[str]) -> int:
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        return dry_run(settings_from_args(args))
+    if not args.data or not args.out:
+        parser.error("--data and --out are required")
+    from mvvdp_core.train.loop import train
+
+    result = train(args.data, args.out, settings_from_args(args), resume=args.resume)
+    print(
+        f"trained steps {result.start_step + 1}..{result.end_step} ({result.mode}); checkpoint "
+        f"{result.checkpoint}; {result.parameters / 1e6:.2f} M parameters ({result.trainable / 1e6:.3f} M "
+        "trained)"
+        + (f"; validation position error {100 * result.val_position_error:.1f} cm"
+           if result.val_position_error is not None else "")
+    )
+    return 0
+
+
+# ---- memory-plan --------------------------------------------------------------------------------------
+def memory_plan_command(argv: list[str]) -> int:
+    from mvvdp_core.train.memory import DTYPES
+
+    parser = argparse.ArgumentParser(
+        prog="mvvdp memory-plan", description="training memory of a model config and batch (meta device)"
+    )
+    parser.add_argument("--config", default="wan22", choices=["tiny", "small", "wan22"])
+    parser.add_argument("--batch", type=int, default=1, help="samples per process")
+    parser.add_argument("--mode", choices=["lora", "full"], default=None, help="default: lora for wan22")
+    parser.add_argument("--no-checkpointing", action="store_true", help="store every block's activations")
+    parser.add_argument("--base-dtype", choices=sorted(DTYPES), default="bf16", help="frozen base (lora)")
+    parser.add_argument("--compute-dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--gpu-gb", type=float, default=80.0, help="memory to check the peak against")
+    args = parser.parse_args(argv)
+    from mvvdp_core.model.config import MVVDPConfig
+    from mvvdp_core.train.memory import GB, memory_plan
+
+    config = MVVDPConfig.preset(args.config)
+    mode = args.mode or ("lora" if args.config == "wan22" else "full")
+    plan = memory_plan(
+        config, args.batch, mode, not args.no_checkpointing, DTYPES[args.base_dtype],
+        DTYPES[args.compute_dtype], name=args.config,
+    )  # fmt: skip
+    print(plan.table())
+    verdict = "fits" if plan.fits(args.gpu_gb) else "does NOT fit"
+    print(f"\npeak {plan.peak / GB:.1f} GB {verdict} in {args.gpu_gb:.0f} GB")
+    return 0 if plan.fits(args.gpu_gb) else 1
+
+
+# ---- evaluate -----------------------------------------------------------------------------------------
+def evaluate_command(argv: list[str]) -> int:
+    from mvvdp_core.sim.pick import PickTask
+
+    parser = argparse.ArgumentParser(
+        prog="mvvdp evaluate", description="closed-loop pick evaluation of a checkpoint on the simulated FR3"
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder or training run folder")
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=1000, help="first scene seed (use seeds not trained on)")
+    parser.add_argument("--replan-steps", type=int, default=None, help="steps of each chunk run before "
+                        "re-planning (default: the whole chunk)")
+    parser.add_argument("--num-steps", type=int, default=None, help="denoising steps (default: the model's)")
+    parser.add_argument("--time-limit", type=float, default=12.0, help="seconds per episode")
+    parser.add_argument("--task", default=None, help="task name of the text embeddings (default: pick)")
+    parser.add_argument("--num-objects", type=int, default=PickTask.num_objects)
+    parser.add_argument("--camera-width", type=int, default=320)
+    parser.add_argument("--camera-height", type=int, default=240)
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    from mvvdp_core.evaluation.closed_loop import evaluate_policy
+    from mvvdp_core.policy import MVVDPPolicy
+    from mvvdp_core.threads import set_torch_threads
+    from mvvdp_core.train.predictor import make_chunk_predictor
+
+    set_torch_threads()
+    task = PickTask(num_objects=args.num_objects, **({"name": args.task} if args.task else {}))
+    policy = MVVDPPolicy.from_checkpoint(args.checkpoint)
+    if task.name not in policy.tasks:
+        parser.error(f"the checkpoint has no task {task.name!r} (it knows {policy.tasks}); pass --task")
+    predict = make_chunk_predictor(policy, args.num_steps)
+
+    def report(outcome: EpisodeOutcome) -> None:
+        print(f"seed {outcome.seed}: success={outcome.success} lift={outcome.lift:.3f} m "
+              f"distance={outcome.distance:.3f} m", flush=True)
+
+    started = time.perf_counter()
+    result = evaluate_policy(predict, args.episodes, args.seed, replan_steps=args.replan_steps,
+                             time_limit=args.time_limit, task=task,
+                             camera_size=(args.camera_width, args.camera_height), progress=report)
+    seconds = time.perf_counter() - started
+    print(result.table())
+    chunks = sum(e.chunks for e in result.episodes)
+    print(f"{chunks} chunks in {seconds:.0f} s of wall time ({chunks / seconds:.2f} chunks/s, observation, "
+          f"prediction and simulation included)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_json(), indent=1) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+# ---- metaworld ----------------------------------------------------------------------------------------
+def metaworld_command(argv: list[str]) -> int:
+    from mvvdp_core.evaluation.metaworld_harness import EVAL_SEED, TASKS, run_harness
+
+    parser = argparse.ArgumentParser(
+        prog="mvvdp metaworld",
+        description="Meta-World seven-task harness (paper Table 1): collect expert demos with RGB-D cameras, "
+        "train, evaluate.",
+    )
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="Meta-World v3 task names")
+    parser.add_argument("--demos", type=int, default=5, help="expert demonstrations per task")
+    parser.add_argument("--trials", type=int, default=25, help="evaluation trials per task")
+    parser.add_argument("--max-steps", type=int, default=600, help="environment steps per trial")
+    parser.add_argument("--config", default="small", choices=["tiny", "small", "wan22"], help="model preset")
+    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="seed of the evaluation's initial "
+                        "states (the demonstrations use another)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: TrainSettings')")
+    parser.add_argument("--augment-copies", type=int, default=2, help="fixed augmented copies per demo")
+    parser.add_argument("--base-model", default=None, help="local Wan2.2 diffusers folder (wan22)")
+    parser.add_argument("--train-steps", type=int, default=1000, help="optimiser steps for each module")
+    parser.add_argument("--camera-resolution", type=int, default=128, help="RGB-D camera pixels per side")
+    parser.add_argument("--steps-per-chunk", type=int, default=24, help="chunk targets run per prediction")
+    parser.add_argument("--vae-steps", type=int, default=None, help="VAE fitting steps (tiny: default 300)")
+    parser.add_argument("--future-frames", type=int, default=None, help="chunk length (model default 24)")
+    parser.add_argument("--inference-steps", type=int, default=None, help="denoising steps (default: 5)")
+    parser.add_argument("--out", required=True, help="output folder (demos, checkpoint, results)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(run_harness(**vars(args)))
+    return 0
+
+
+# ---- dispatch -----------------------------------------------------------------------------------------
+def _ros_command(module: str) -> Command:
+    """A subcommand implemented by an mvvdp_ros module's `main(argv)`."""
+
+    def run(argv: list[str]) -> int:
+        return int(importlib.import_module(module).main(argv) or 0)
+
+    return run
+
+
+SUBCOMMANDS: dict[str, tuple[Command, str]] = {
+    "sim-demo": (
+        _ros_command("mvvdp_ros.sim_demo"), "simulated robot + graph: preview a chunk, approve it, track it"
+    ),
+    "demo": (demo_command, "project a synthetic scene into the three views and write PNGs"),
+    "bringup": (_ros_command("mvvdp_ros.bringup"), "start the ROS 2 graph (simulated robot by default)"),
+    "tiny-checkpoint": (tiny_checkpoint_command, "build and save a tiny random checkpoint"),
+    "record": (record_command, "record demonstrations from the simulated robot"),
+    "check-calibration": (check_calibration_command, "do the cameras' clouds agree? (ICP, Open3D)"),
+    "mcap-to-episodes": (mcap_to_episodes_command, "MCAP episodes -> episode folders"),
+    "encode-prompts": (encode_prompts_command, "encode task instructions into a checkpoint (local umT5)"),
+    "train": (train_command, "train the video model LoRA and the rotation/gripper head"),
+    "memory-plan": (memory_plan_command, "training memory of a config and batch (meta device)"),
+    "evaluate": (evaluate_command, "closed-loop pick evaluation (simulated FR3)"),
+    "metaworld": (metaworld_command, "Meta-World seven-task collect/train/evaluate"),
 }
 
 
@@ -28,8 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
         print("usage: mvvdp <command> [options]\n\ncommands:\n" + "\n".join(lines))
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    command, _ = SUBCOMMANDS[argv[0]]
+    return int(command(argv[1:]) or 0)
 
 
 if __name__ == "__main__":

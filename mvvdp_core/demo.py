@@ -5,9 +5,8 @@ Writes the three RGB views, the three depth views and the end-effector heatmaps 
 
 from __future__ import annotations
 
-import argparse
 import math
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -97,30 +96,34 @@ def synthetic_cameras(rng: np.random.Generator, points: np.ndarray, colours: np.
     return clouds, cloud_colours, extrinsics
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mvvdp demo", description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder for the PNGs")
-    parser.add_argument("--points", type=int, default=60000, help="table points (the scene scales with it)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.points < 100:
-        parser.error("--points must be at least 100")
-    started = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
+@dataclass(frozen=True)
+class DemoResult:
+    points: int  # merged points
+    cameras: int
+    device: str  # where the views were projected
+    error_mm: float  # back-projected end effector vs EE_POSITION
+    paths: list[Path]  # the PNGs written
+
+
+def render_demo(out: Path, points: int = 60000, seed: int = 0) -> DemoResult:
+    """Build the synthetic scene (`points` table points), merge, project and write the PNGs into out."""
+    if points < 100:
+        raise ValueError(f"points must be at least 100, got {points}")
+    rng = np.random.default_rng(seed)
     workspace = Workspace()
-    scene, colours = synthetic_scene(rng, args.points)
+    scene, colours = synthetic_scene(rng, points)
     clouds, cloud_colours, extrinsics = synthetic_cameras(rng, scene, colours)
-    points, point_colours = merge_clouds(clouds, cloud_colours, extrinsics, workspace)
+    merged, point_colours = merge_clouds(clouds, cloud_colours, extrinsics, workspace)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    views = project_views(points.to(device), point_colours.to(device), workspace)
+    views = project_views(merged.to(device), point_colours.to(device), workspace)
     rgb, depth = views.rgb.cpu(), views.depth.cpu()
     heatmaps = ee_heatmaps(torch.tensor(EE_POSITION), workspace, sigma=3.0)
     recovered = backproject_heatmaps(heatmaps.unsqueeze(0), workspace).positions[0]
     heat_rgb = colorize_heatmaps(heatmaps)
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     names = workspace.views
-    paths = [args.out / "views_rgb.png", args.out / "views_depth.png", args.out / "ee_heatmap_overlay.png"]
+    paths = [out / "views_rgb.png", out / "views_depth.png", out / "ee_heatmap_overlay.png"]
     for path, kind in zip(paths, ("rgb", "depth", "overlay"), strict=True):
         fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4.3))
         for v, (ax, name) in enumerate(zip(np.atleast_1d(axes), names, strict=True)):
@@ -139,9 +142,4 @@ def main(argv: list[str] | None = None) -> int:
         fig.savefig(path, dpi=80)
         plt.close(fig)
     error_mm = 1000 * math.dist(recovered.tolist(), EE_POSITION)
-    print(f"merged {len(points)} points from {len(clouds)} cameras; projected on {device}")
-    print(f"end effector {EE_POSITION} back-projected within {error_mm:.2f} mm")
-    for path in paths:
-        print(path)
-    print(f"done in {time.perf_counter() - started:.1f} s")
-    return 0
+    return DemoResult(len(merged), len(clouds), device, error_mm, paths)

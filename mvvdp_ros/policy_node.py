@@ -186,12 +186,12 @@ class PolicyNode(ManagedNode):
             return Path(p["checkpoint"]).expanduser()
         if not p["create_tiny_checkpoint"]:
             raise ValueError("parameter checkpoint is empty and create_tiny_checkpoint is false")
-        from mvvdp_core.model import checkpoint
+        from mvvdp_core.model.checkpoint import write_tiny_checkpoint
 
         path = Path(p["cache_dir"]).expanduser() / "tiny_checkpoint"
         if not (path / "config.json").is_file():
             self.get_logger().info(f"building a tiny random checkpoint in {path}")
-            checkpoint.main([str(path), "--task", p["task"] or "default"])
+            write_tiny_checkpoint(path, tasks=[p["task"] or "default"])
         return path
 
     # ---- inputs -------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ pytest.importorskip("mcap_ros2", reason="mcap-ros2-support not installed")
 
 from mcap.reader import make_reader  # noqa: E402
 
+from mvvdp_core.cli import mcap_to_episodes_command as main  # noqa: E402
 from mvvdp_core.data.episode import Episode  # noqa: E402
-from mvvdp_core.data.mcap_episodes import McapEpisodeWriter, main, mcap_to_episode, ros2_schema  # noqa: E402
+from mvvdp_core.data.mcap_episodes import McapEpisodeWriter, mcap_to_episode, ros2_schema  # noqa: E402
 from mvvdp_core.rotations import euler_to_matrix  # noqa: E402
 from mvvdp_core.step import CameraCloud, Step  # noqa: E402
 

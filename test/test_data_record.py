@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mvvdp_core.cli import record_command as main
 from mvvdp_core.data.episode import list_episodes
-from mvvdp_core.data.record import main
 from mvvdp_core.sim.pick import PickTask
 
 

@@ -157,7 +157,7 @@ def test_calibration_command_on_the_simulated_scene(tmp_path) -> None:
     """The sim's own calibration passes; the CLI exits 0 and writes one result per other camera."""
     import json
 
-    from mvvdp_core.calibration_check import main
+    from mvvdp_core.cli import check_calibration_command as main
 
     pytest.importorskip("mujoco", reason="mujoco is not installed")
     out = tmp_path / "check.json"
@@ -175,7 +175,7 @@ def test_calibration_command_on_a_recorded_step(tmp_path, capsys) -> None:
 
     import yaml
 
-    from mvvdp_core.calibration_check import main
+    from mvvdp_core.cli import check_calibration_command as main
     from mvvdp_core.data.episode import CameraCloud, Step
     from mvvdp_core.data.recorder import Recorder
 

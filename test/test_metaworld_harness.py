@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from mvvdp_core.actions import ActionChunk
+from mvvdp_core.cli import metaworld_command as main
 from mvvdp_core.data.episode import list_episodes
 from mvvdp_core.evaluation.metaworld_harness import (
     TaskEnv,
     TrialResult,
     chunk_to_actions,
-    main,
     success_table,
 )
 

@@ -2,13 +2,17 @@
 
 import pytest
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from mvvdp_core.model.flow import (
     diffusion_loss,
     euler_sample,
+    impose_condition,
     inference_sigmas,
+    make_scheduler,
     sample_training_sigmas,
     shift_sigmas,
+    sigma_to_timestep,
     training_target,
 )
 
@@ -65,6 +69,60 @@ def test_euler_sampler_seeded():
     )
     torch.testing.assert_close(run(7), run(7), rtol=0, atol=0)
     assert not torch.equal(run(7), run(8))
+
+
+def reference_euler_sample(velocity, condition, shape, num_steps, shift, num_train_timesteps, generator):
+    """The hand-written Euler loop the scheduler-based sampler replaced."""
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu").to(condition)
+    x = impose_condition(noise, condition)
+    sigmas = inference_sigmas(num_steps, shift)
+    for i in range(num_steps):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        timestep = torch.full((shape[0],), s * num_train_timesteps, device=x.device)
+        x = impose_condition(x + (s_next - s) * velocity(x, timestep), condition)
+    return x
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_scheduler_sampler_matches_hand_written_euler(steps):
+    gen = torch.Generator().manual_seed(11)
+    shape = (2, 6, 4, 3, 2, 2)
+    condition = torch.randn(2, 6, 4, 1, 2, 2, generator=gen)
+    weight = torch.randn(shape[1:], generator=gen)
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def velocity(x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        calls.append((x.clone(), timestep.clone()))
+        return torch.tanh(weight * x) + (timestep / 1000).view(-1, 1, 1, 1, 1, 1) * x.square()
+
+    reference = reference_euler_sample(
+        velocity, condition, shape, steps, 5.0, 1000, torch.Generator().manual_seed(4)
+    )
+    reference_calls, calls[:] = list(calls), []
+    out = euler_sample(
+        velocity, condition, shape, steps, 5.0, 1000, generator=torch.Generator().manual_seed(4)
+    )
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-5)
+    assert len(calls) == len(reference_calls) == steps
+    for (x, t), (x_ref, t_ref) in zip(calls, reference_calls, strict=True):
+        torch.testing.assert_close(t, t_ref, atol=1e-3, rtol=0)
+        torch.testing.assert_close(x, x_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 5, 50])
+def test_scheduler_schedule_is_the_shifted_grid(steps):
+    scheduler = make_scheduler(steps, 5.0, 1000)
+    torch.testing.assert_close(scheduler.sigmas.double(), inference_sigmas(steps, 5.0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(scheduler.timesteps, scheduler.sigmas[:-1] * 1000)
+
+
+def test_training_sigmas_are_the_schedulers():
+    """Training noises at the scheduler's own training sigmas and feeds the same sigma -> timestep map."""
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0)
+    train = sample_training_sigmas(4096, 1000, 5.0, torch.Generator().manual_seed(2))
+    gap = (train.double()[:, None] - scheduler.sigmas.double()[None]).abs().min(dim=1).values
+    assert float(gap.max()) < 1e-6
+    torch.testing.assert_close(sigma_to_timestep(scheduler.sigmas, 1000), scheduler.timesteps)
 
 
 def test_diffusion_loss_weights_rgb_and_heatmap_views():

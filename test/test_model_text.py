@@ -16,13 +16,14 @@ from tokenizers.pre_tokenizers import Whitespace
 from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from mvvdp_core.cli import build_train_parser as build_parser
 from mvvdp_core.cli import main as mvvdp
+from mvvdp_core.cli import settings_from_args
+from mvvdp_core.cli import tiny_checkpoint_command as tiny_checkpoint
 from mvvdp_core.model import CheckpointError, MVVDPConfig, TextEncoderError, encode_prompts
 from mvvdp_core.model.checkpoint import TEXT_FILE
-from mvvdp_core.model.checkpoint import main as tiny_checkpoint
 from mvvdp_core.model.text import clean_prompt, parse_task_prompt, update_checkpoint_texts
 from mvvdp_core.policy import MVVDPPolicy, Observation
-from mvvdp_core.train.cli import build_parser, settings_from_args
 from mvvdp_core.train.loop import build_parts
 
 CONFIG = MVVDPConfig.tiny()

@@ -29,8 +29,8 @@ from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import MarkerArray  # noqa: E402
 
+from mvvdp_core.cli import tiny_checkpoint_command as build_tiny_checkpoint  # noqa: E402
 from mvvdp_core.graph import build_graph  # noqa: E402
-from mvvdp_core.model.checkpoint import main as build_tiny_checkpoint  # noqa: E402
 from mvvdp_msgs.msg import ActionChunk  # noqa: E402
 from mvvdp_msgs.srv import Execute, Preview  # noqa: E402
 from mvvdp_ros.bringup import GraphProcesses  # noqa: E402

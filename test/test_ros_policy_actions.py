@@ -20,9 +20,9 @@ from rclpy.action import ActionClient  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
+from mvvdp_core.cli import tiny_checkpoint_command as build_tiny_checkpoint  # noqa: E402
 from mvvdp_core.geometry import Workspace  # noqa: E402
 from mvvdp_core.graph import build_graph  # noqa: E402
-from mvvdp_core.model.checkpoint import main as build_tiny_checkpoint  # noqa: E402
 from mvvdp_msgs.action import Preview as PreviewAction  # noqa: E402
 from mvvdp_msgs.msg import ActionChunk, ProjectedViews  # noqa: E402
 from mvvdp_msgs.srv import Preview  # noqa: E402

@@ -107,7 +107,7 @@ def test_loop_runs_at_the_executor_rate_and_rejects_bad_input() -> None:
 
 def test_evaluate_command_runs_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from mvvdp_core.cli import main as mvvdp
-    from mvvdp_core.model.checkpoint import main as tiny_checkpoint
+    from mvvdp_core.cli import tiny_checkpoint_command as tiny_checkpoint
 
     tiny_checkpoint([str(tmp_path / "ck"), "--task", "pick"])
     out = tmp_path / "eval.json"

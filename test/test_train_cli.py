@@ -8,8 +8,9 @@ import pytest
 import yaml
 from test_train_loop import record_line_episode
 
+from mvvdp_core.cli import build_train_parser as build_parser
 from mvvdp_core.cli import main as mvvdp
-from mvvdp_core.train.cli import build_parser, settings_from_args
+from mvvdp_core.cli import settings_from_args
 from mvvdp_core.train.loop import TrainSettings, latest_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from mvvdp_core.data.episode import Episode
 from mvvdp_core.data.recorder import Recorder
 from mvvdp_core.rotations import matrix_to_quaternion, quaternion_to_matrix
 from mvvdp_core.step import CameraCloud, Step
@@ -257,17 +256,3 @@ def mcap_to_episode(path: str | os.PathLike[str], out_root: str | os.PathLike[st
         raise
     writer.close(success=meta.get("success"), converted_from=str(path))
     return writer.root
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="mvvdp mcap-to-episodes", description="convert MCAP episodes into "
-                                     "episode folders (the training input)")
-    parser.add_argument("mcap", nargs="+", type=Path, help="MCAP files written by the recorder")
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder for the episode folders")
-    args = parser.parse_args(argv)
-    for path in args.mcap:
-        root = mcap_to_episode(path, args.out)
-        print(f"{path} -> {root} ({len(Episode(root))} steps)")
-    return 0

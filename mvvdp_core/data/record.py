@@ -8,20 +8,17 @@ target is sent. The episode's summary holds `success` from `PickTask.pick_succes
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from mvvdp_core.data.episode import Episode
 from mvvdp_core.data.recorder import EpisodeWriter, Recorder
 from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.rotations import quaternion_to_matrix
 from mvvdp_core.sim.pick import PickScript, PickTask, PlanStep, pick_targets
 from mvvdp_core.step import CameraCloud, Step
-from mvvdp_core.threads import set_torch_threads
 
 if TYPE_CHECKING:
     from mvvdp_core.sim.franka import FrankaSim
@@ -117,24 +114,3 @@ def record_pick_demos(
     finally:
         sim.close()
     return paths
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mvvdp record", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="dataset folder (episodes are added to it)")
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--control-period", type=float, default=0.1, help="seconds between recorded steps")
-    parser.add_argument("--camera-width", type=int, default=320)
-    parser.add_argument("--camera-height", type=int, default=240)
-    parser.add_argument("--num-objects", type=int, default=PickTask.num_objects,
-                        help="cubes on the table: the red target cube plus distractors")
-    args = parser.parse_args(argv)
-    set_torch_threads()
-    paths = record_pick_demos(
-        args.out, args.episodes, args.seed, args.control_period, (args.camera_width, args.camera_height),
-        task=PickTask(num_objects=args.num_objects),
-    )
-    successes = sum(bool(Episode(p).success) for p in paths)
-    print(f"recorded {len(paths)} episodes into {args.out}: {successes}/{len(paths)} successful picks")
-    return 0

@@ -15,12 +15,8 @@ approved as the preview workflow does (an approved chunk starts at once and repl
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -375,55 +371,3 @@ def oracle_predictor(
         )
 
     return predict
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mvvdp evaluate", description="closed-loop pick evaluation of a checkpoint on the simulated FR3"
-    )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder or training run folder")
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=1000, help="first scene seed (use seeds not trained on)")
-    parser.add_argument("--replan-steps", type=int, default=None, help="steps of each chunk run before "
-                        "re-planning (default: the whole chunk)")
-    parser.add_argument("--num-steps", type=int, default=None, help="denoising steps (default: the model's)")
-    parser.add_argument("--time-limit", type=float, default=12.0, help="seconds per episode")
-    parser.add_argument("--task", default=None, help="task name of the text embeddings (default: pick)")
-    parser.add_argument("--num-objects", type=int, default=PickTask.num_objects)
-    parser.add_argument("--camera-width", type=int, default=320)
-    parser.add_argument("--camera-height", type=int, default=240)
-    parser.add_argument("--json", default=None, help="write the results to this JSON file")
-    args = parser.parse_args(argv)
-
-    from mvvdp_core.policy import MVVDPPolicy
-    from mvvdp_core.threads import set_torch_threads
-    from mvvdp_core.train.predictor import make_chunk_predictor
-
-    set_torch_threads()
-    task = PickTask(num_objects=args.num_objects, **({"name": args.task} if args.task else {}))
-    policy = MVVDPPolicy.from_checkpoint(args.checkpoint)
-    if task.name not in policy.tasks:
-        parser.error(f"the checkpoint has no task {task.name!r} (it knows {policy.tasks}); pass --task")
-    predict = make_chunk_predictor(policy, args.num_steps)
-
-    def report(outcome: EpisodeOutcome) -> None:
-        print(f"seed {outcome.seed}: success={outcome.success} lift={outcome.lift:.3f} m "
-              f"distance={outcome.distance:.3f} m", flush=True)
-
-    started = time.perf_counter()
-    result = evaluate_policy(predict, args.episodes, args.seed, replan_steps=args.replan_steps,
-                             time_limit=args.time_limit, task=task,
-                             camera_size=(args.camera_width, args.camera_height), progress=report)
-    seconds = time.perf_counter() - started
-    print(result.table())
-    chunks = sum(e.chunks for e in result.episodes)
-    print(f"{chunks} chunks in {seconds:.0f} s of wall time ({chunks / seconds:.2f} chunks/s, observation, "
-          f"prediction and simulation included)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result.to_json(), indent=1) + "\n")
-        print(f"results written to {args.json}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

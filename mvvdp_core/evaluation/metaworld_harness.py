@@ -9,7 +9,6 @@ each target, scaled by the env's action scale and clipped to [-1, 1], plus the g
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -247,69 +246,63 @@ def success_table(method: str, results: dict[str, list[TrialResult]], notes: str
     return "\n".join(lines) + (f"\n{notes}" if notes else "")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mvvdp metaworld", description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), help="Meta-World v3 task names")
-    parser.add_argument("--demos", type=int, default=5, help="expert demonstrations per task")
-    parser.add_argument("--trials", type=int, default=25, help="evaluation trials per task")
-    parser.add_argument("--max-steps", type=int, default=600, help="environment steps per trial")
-    parser.add_argument("--config", default="small", choices=["tiny", "small", "wan22"], help="model preset")
-    parser.add_argument("--eval-seed", type=int, default=EVAL_SEED, help="seed of the evaluation's initial "
-                        "states (the demonstrations use another)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: TrainSettings')")
-    parser.add_argument("--augment-copies", type=int, default=2, help="fixed augmented copies per demo")
-    parser.add_argument("--base-model", default=None, help="local Wan2.2 diffusers folder (wan22)")
-    parser.add_argument("--train-steps", type=int, default=1000, help="optimiser steps for each module")
-    parser.add_argument("--camera-resolution", type=int, default=128, help="RGB-D camera pixels per side")
-    parser.add_argument("--steps-per-chunk", type=int, default=24, help="chunk targets run per prediction")
-    parser.add_argument("--vae-steps", type=int, default=None, help="VAE fitting steps (tiny: default 300)")
-    parser.add_argument("--future-frames", type=int, default=None, help="chunk length (model default 24)")
-    parser.add_argument("--inference-steps", type=int, default=None, help="denoising steps (default: 5)")
-    parser.add_argument("--out", required=True, help="output folder (demos, checkpoint, results)")
-    parser.add_argument("--seed", type=int, default=0)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
+def run_harness(
+    out: str | Path,
+    tasks: Sequence[str],
+    demos: int,
+    trials: int,
+    max_steps: int,
+    config: str,
+    eval_seed: int,
+    lr: float | None,
+    augment_copies: int,
+    base_model: str | None,
+    train_steps: int,
+    camera_resolution: int,
+    steps_per_chunk: int,
+    vae_steps: int | None,
+    future_frames: int | None,
+    inference_steps: int | None,
+    seed: int,
+) -> str:
+    """Collect demos (where out/demos lacks them), train, evaluate; writes out/results.json and returns the
+    success table. The options are those of `mvvdp metaworld`."""
     from mvvdp_core.threads import set_torch_threads
     from mvvdp_core.train.loop import TrainSettings, train_from_episodes
     from mvvdp_core.train.predictor import load_chunk_predictor
 
-    args = build_parser().parse_args(argv)
     set_torch_threads()
-    for task in args.tasks:
+    for task in tasks:
         _check_task(task)
-    out = Path(args.out)
+    out = Path(out)
     data_dir = out / "demos"
     started = time.time()
-    for task in args.tasks:
+    for task in tasks:
         task_dir = data_dir / task
         if not (task_dir.is_dir() and any(task_dir.iterdir())):
-            collect_demos(task, args.demos, task_dir, args.camera_resolution)
-    overrides = {} if args.future_frames is None else {"future_frames": args.future_frames}
+            collect_demos(task, demos, task_dir, camera_resolution)
+    overrides = {} if future_frames is None else {"future_frames": future_frames}
     settings = TrainSettings(
-        config=args.config, steps=args.train_steps, base_model=args.base_model, seed=args.seed,
+        config=config, steps=train_steps, base_model=base_model, seed=seed,
         workspace_center=METAWORLD_WORKSPACE_CENTER, workspace_edge=METAWORLD_WORKSPACE_EDGE,
-        vae_steps=args.vae_steps, config_overrides=overrides, checkpoint_every=max(args.train_steps // 4, 1),
-        augment_copies=args.augment_copies, start_stride=2, lr_warmup=min(200, args.train_steps // 10),
-        **({"lr": args.lr, "head_lr": args.lr} if args.lr else {}),
+        vae_steps=vae_steps, config_overrides=overrides, checkpoint_every=max(train_steps // 4, 1),
+        augment_copies=augment_copies, start_stride=2, lr_warmup=min(200, train_steps // 10),
+        **({"lr": lr, "head_lr": lr} if lr else {}),
     )  # fmt: skip
-    checkpoint, model_info = train_from_episodes([data_dir / t for t in args.tasks], out / "model", settings)
-    predictor = load_chunk_predictor(checkpoint, args.inference_steps)
-    results = evaluate(args.tasks, predictor, args.trials, args.max_steps, args.camera_resolution,
-                       args.steps_per_chunk, args.eval_seed)
+    checkpoint, model_info = train_from_episodes([data_dir / t for t in tasks], out / "model", settings)
+    predictor = load_chunk_predictor(checkpoint, inference_steps)
+    results = evaluate(tasks, predictor, trials, max_steps, camera_resolution, steps_per_chunk, eval_seed)
     notes = (
-        f"demos/task: {args.demos}, trials/task: {args.trials} (seed {args.eval_seed}), "
-        f"max steps: {args.max_steps}, "
-        f"model: {args.config} ({model_info['parameters'] / 1e6:.2f} M parameters, "
-        f"{model_info['trainable'] / 1e6:.3f} M trained), train steps: {args.train_steps}, "
+        f"demos/task: {demos}, trials/task: {trials} (seed {eval_seed}), "
+        f"max steps: {max_steps}, "
+        f"model: {config} ({model_info['parameters'] / 1e6:.2f} M parameters, "
+        f"{model_info['trainable'] / 1e6:.3f} M trained), train steps: {train_steps}, "
         f"wall time: {time.time() - started:.0f} s"
     )
-    table = success_table(f"MV-VDP ({args.config})", results, notes)
-    print(table)
+    table = success_table(f"MV-VDP ({config})", results, notes)
     summary = {
-        task: [{"success": r.success, "steps": r.steps, "chunks": r.chunks} for r in trials]
-        for task, trials in results.items()
+        task: [{"success": r.success, "steps": r.steps, "chunks": r.chunks} for r in runs]
+        for task, runs in results.items()
     }
     (out / "results.json").write_text(json.dumps({"table": table, "trials": summary}, indent=1))
-    return 0
+    return table

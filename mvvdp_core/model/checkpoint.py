@@ -14,7 +14,6 @@ With config.base_model_path set, the base transformer and VAE load from that loc
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,18 +262,11 @@ def load_checkpoint(
 
 
 # Command line ------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mvvdp tiny-checkpoint", description="build and save a tiny random model"
-    )
-    parser.add_argument("out", type=Path, help="checkpoint folder to write")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--task", action="append", help="task name to give a random text embedding (repeatable)"
-    )
-    args = parser.parse_args(argv)
+
+
+def write_tiny_checkpoint(out: str | Path, seed: int = 0, tasks: list[str] | None = None) -> ModelParts:
+    """Build a tiny random model (random text embeddings for tasks, default ["default"]) and save it."""
     config = MVVDPConfig.tiny()
-    parts = build_model_parts(config, seed=args.seed, tasks=args.task or ["default"])
-    save_checkpoint(parts, config, args.out)
-    print(f"wrote tiny checkpoint to {args.out} (tasks: {sorted(parts.text_embeddings)})")
-    return 0
+    parts = build_model_parts(config, seed=seed, tasks=tasks or ["default"])
+    save_checkpoint(parts, config, out)
+    return parts

@@ -1,8 +1,9 @@
 """Flow matching as Wan uses it: x_t = (1 - s) x0 + s eps, velocity target eps - x0, shifted sigmas.
 
 Training draws t uniformly from the 1000 discrete timesteps and maps it through Wan's shift
-s = shift * u / (1 + (shift - 1) * u); the transformer sees timestep s * 1000. The sampler is a plain Euler
-integrator from s = 1 to s = 0 on the same shifted schedule, with the condition frames held fixed.
+s = shift * u / (1 + (shift - 1) * u); the transformer sees timestep s * 1000. These are the training sigmas
+and timesteps of diffusers' FlowMatchEulerDiscreteScheduler with the same shift. The sampler steps that
+scheduler (Euler) from s = 1 to s = 0 on the same shifted schedule, with the condition frames held fixed.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 
 def shift_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
@@ -95,6 +97,28 @@ def inference_sigmas(num_steps: int, shift: float) -> torch.Tensor:
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def make_scheduler(
+    num_steps: int, shift: float, num_train_timesteps: int = 1000
+) -> FlowMatchEulerDiscreteScheduler:
+    """An Euler flow-matching scheduler set to inference_sigmas(num_steps, shift).
+
+    The scheduler's own schedule (set_timesteps(N) alone) spaces its N sigmas between its shifted training
+    extremes and shifts them a second time, ending at shift(shift(1 / T)) before the terminal 0; it matches
+    ours only at N = 1. Passing the unshifted grid 1, (N - 1) / N, ..., 1 / N as `sigmas` makes it apply the
+    shift once, as training does, and close with 0. Its sigmas are float32 (ours float64), so the two agree to
+    float tolerance.
+    """
+    num_steps = check_num_steps(num_steps)
+    if shift <= 0:
+        raise ValueError(f"flow shift must be positive, got {shift}")
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=shift)
+    grid = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)[:-1]
+    scheduler.set_timesteps(num_steps, sigmas=grid.tolist())
+    # Start at the first step without looking the timestep up (a lookup syncs with the device).
+    scheduler.set_begin_index(0)
+    return scheduler
+
+
 def euler_sample(
     velocity: VelocityFn,
     condition: torch.Tensor,
@@ -107,21 +131,23 @@ def euler_sample(
     frame_dim: int = 3,
     on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Integrate dx/ds = v(x, s) from noise at s = 1 to s = 0.
+    """Integrate dx/ds = v(x, s) from noise at s = 1 to s = 0 with diffusers' Euler flow-matching scheduler.
 
     velocity(x, timestep (B,)) -> v; condition holds the clean condition frames (first frames along
     frame_dim); shape is the full latent shape. Noise is drawn on the CPU from `generator` so a seed gives the
     same result on every device.
     """
+    scheduler = make_scheduler(num_steps, shift, num_train_timesteps)
     noise = torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu").to(condition)
     x = impose_condition(noise, condition, cond_frames, frame_dim)
-    sigmas = inference_sigmas(num_steps, shift)
     batch = shape[0]
-    for i in range(num_steps):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        timestep = torch.full((batch,), s * num_train_timesteps, device=x.device)
+    # The schedule stays on the CPU: timesteps are filled in on the device and the step sizes are host
+    # scalars, so a step never waits for the device.
+    for i, t in enumerate(scheduler.timesteps):
+        timestep = torch.full((batch,), float(t), device=x.device)
         v = velocity(x, timestep)
-        x = impose_condition(x + (s_next - s) * v, condition, cond_frames, frame_dim)
+        x = scheduler.step(v, t, x, return_dict=False)[0]
+        x = impose_condition(x, condition, cond_frames, frame_dim)
         if on_step is not None:
             on_step(i)
     return x

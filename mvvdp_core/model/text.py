@@ -8,7 +8,6 @@ with the attention mask, keep the rows of real tokens and set every padded row t
 
 from __future__ import annotations
 
-import argparse
 import html
 import re
 from pathlib import Path
@@ -183,32 +182,22 @@ def parse_task_prompts(items: list[str] | None) -> dict[str, str]:
     return prompts
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mvvdp encode-prompts",
-        description="encode task instructions with a local umT5 encoder into a checkpoint",
-    )
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint folder to update")
-    parser.add_argument(
-        "--text-encoder", required=True, help="umT5 encoder folder, or a Wan2.2 diffusers folder"
-    )
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: found next to it)")
-    parser.add_argument(
-        "--task", action="append", required=True, metavar='NAME="instruction"', help="repeatable"
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    args = parser.parse_args(argv)
-    try:
-        prompts = parse_task_prompts(args.task)
-    except ValueError as error:
-        parser.error(str(error))
-    args.checkpoint = resolve_checkpoint(args.checkpoint)
-    config = load_config(args.checkpoint)
+def encode_checkpoint_prompts(
+    checkpoint: str | Path,
+    prompts: dict[str, str],
+    text_encoder: str | Path,
+    tokenizer: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Path, dict[str, torch.Tensor], list[str]]:
+    """Encode prompts (task -> instruction) at the checkpoint's text length and store them in it.
+
+    Returns the checkpoint folder, the new embeddings and every task the checkpoint now holds.
+    """
+    checkpoint = resolve_checkpoint(checkpoint)
+    config = load_config(checkpoint)
     embeddings = encode_prompts(
-        prompts, args.text_encoder, args.tokenizer, max_length=config.text_len, device=args.device,
-        dtype=DTYPES[args.dtype], text_dim=config.text_dim,
+        prompts, text_encoder, tokenizer, max_length=config.text_len, device=device, dtype=dtype,
+        text_dim=config.text_dim,
     )  # fmt: skip
-    tasks = update_checkpoint_texts(args.checkpoint, embeddings)
-    print(f"encoded {sorted(embeddings)} into {args.checkpoint / TEXT_FILE} (tasks now: {tasks})")
-    return 0
+    return checkpoint, embeddings, update_checkpoint_texts(checkpoint, embeddings)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,12 +52,16 @@ from mvvdp_core.model.text import encode_prompts
 from mvvdp_core.model.vae import VideoVAE
 from mvvdp_core.policy import MVVDPPolicy
 from mvvdp_core.threads import set_torch_threads
-from mvvdp_core.train.head import head_objective
+from mvvdp_core.train.head import HeadLoss, head_objective
 from mvvdp_core.train.latents import LatentStore
 from mvvdp_core.train.plots import plot_trajectories
 from mvvdp_core.train.predictor import observation_from_step
 from mvvdp_core.train.vae import fit_vae, heatmap_roundtrip_errors, latent_statistics, roundtrip_summary
-from mvvdp_core.train.video import encode_latents, video_loss
+from mvvdp_core.train.video import VideoLoss, encode_latents, video_loss
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch.utils.tensorboard import SummaryWriter
 
 CHECKPOINTS_DIR = RUN_CHECKPOINTS_DIR
 LATEST_FILE = LATEST_POINTER
@@ -501,37 +505,76 @@ def _prepare_vae(
     return losses, (100 * errors.mean(0)).tolist()
 
 
-def train(
-    data: str | Path | Sequence[str | Path], out: str | Path, settings: TrainSettings, resume: bool = False
-) -> TrainResult:
-    """Train on the episodes under data (one folder or several) and write checkpoints under out.
+@dataclass
+class _Run:
+    """What every stage of one training run shares: its settings, output folder and accelerate."""
 
-    Stages: data (successful episodes, samples), model (fresh or resumed), VAE (fitted and measured where no
-    pretrained one exists), latents (cached on disk when samples are deterministic), optimisation of the
-    video model and the head, checkpoints with validation plots.
-    """
+    settings: TrainSettings
+    out: Path
+    accelerator: Accelerator
+    accumulation: int  # micro-batches per optimiser step
+    threads: int | None  # torch CPU threads set for the run (CPU only)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def log(self, message: str) -> None:
+        """A line from the main process only."""
+        if self.main:
+            tqdm.write(message)
+
+
+@dataclass
+class _Model:
+    """The model parts being trained, and where they came from."""
+
+    parts: ModelParts
+    config: MVVDPConfig
+    previous: Path | None  # the checkpoint resumed from (None: a fresh model)
+    state: dict[str, Any] | None  # its trainer state
+    mode: str  # lora | full
+    parameters: int
+    trainable: int
+
+
+@dataclass
+class _Optimisers:
+    """AdamW for the video model and the head, their learning-rate schedules and the step to start after."""
+
+    trainable: list[torch.nn.Parameter]  # the transformer's trained parameters (gradient clipping)
+    video: torch.optim.Optimizer
+    head: torch.optim.Optimizer
+    schedules: list[torch.optim.lr_scheduler.LambdaLR]
+    start_step: int
+
+
+def _start_run(out: str | Path, settings: TrainSettings) -> _Run:
+    """The output folder, accelerate (processes, device, mixed precision), TF32 and CPU threads."""
     from accelerate import Accelerator
-    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils import tensorboard  # noqa: F401  (without tensorboard the run stops here, before any work)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     accelerator = Accelerator(mixed_precision=settings.precision(device))
-    main = accelerator.is_main_process
     accumulation = settings.accumulation(accelerator.num_processes)
     if accelerator.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = settings.tf32
         torch.backends.cudnn.allow_tf32 = settings.tf32
-
-    def log(message: str) -> None:
-        if main:
-            tqdm.write(message)
-
     threads = set_torch_threads(settings.threads) if accelerator.device.type == "cpu" else None
-    episodes = load_episodes(data, settings.include_failed, log)
-    tasks = sorted({episode_task(e) for e in episodes})
-    # Model ------------------------------------------------------------------------------------------
-    previous = latest_checkpoint(out) if resume else None
+    return _Run(settings, out, accelerator, accumulation, threads)
+
+
+def _model(run: _Run, episodes: list[Episode], tasks: list[str], resume: bool) -> _Model:
+    """Fresh parts, or those of the latest checkpoint under run.out with resume; the frozen base's dtype and
+    activation checkpointing set."""
+    settings, log = run.settings, run.log
+    previous = latest_checkpoint(run.out) if resume else None
     if previous is not None:
         parts, config = load_checkpoint(previous)
         state = torch.load(previous / TRAINER_STATE, weights_only=True)
@@ -544,57 +587,83 @@ def train(
         parts = build_parts(settings, config, tasks, log=log)
         state = None
     mode = "lora" if config.uses_lora else "full"
-    base_dtype = settings.frozen_base_dtype(accelerator.device)
+    base_dtype = settings.frozen_base_dtype(run.device)
     if mode == "lora" and base_dtype != torch.float32:
         prepare_frozen_base(parts.transformer, base_dtype)
     checkpointing = settings.checkpointing(config)
     parts.transformer.enable_gradient_checkpointing(checkpointing)
+    accelerator = run.accelerator
     log(f"precision: {accelerator.mixed_precision} autocast"
         + (f", frozen base in {str(base_dtype).removeprefix('torch.')}" if mode == "lora" else "")
         + f", TF32 {'on' if settings.tf32 and accelerator.device.type == 'cuda' else 'off'}, activation "
-        f"checkpointing {'on' if checkpointing else 'off'}; {accumulation} micro-batch(es) of "
+        f"checkpointing {'on' if checkpointing else 'off'}; {run.accumulation} micro-batch(es) of "
         f"{settings.batch_size} per step on {accelerator.num_processes} process(es)")
     total, num_trainable = count_parameters(parts)
     log(f"training mode: {mode} ("
         + ("LoRA + view attention on the pretrained base" if mode == "lora"
            else "every transformer weight, no pretrained base") + f"); {total / 1e6:.2f} M parameters, "
         f"{num_trainable / 1e6:.3f} M trained; {len(episodes)} episodes"
-        + (f"; {threads} CPU threads" if threads else ""))
-    # Data and VAE -----------------------------------------------------------------------------------
-    data_ = build_data(settings, config, episodes, accelerator.process_index)
-    generator = torch.Generator().manual_seed(settings.seed + 1000 * accelerator.process_index)
-    parts.vae.to(accelerator.device)
-    vae_losses, roundtrip = _prepare_vae(parts, config, data_, settings, previous is None, generator, log)
-    if accelerator.num_processes > 1 and previous is None:  # every process fitted its own copy: keep rank 0's
+        + (f"; {run.threads} CPU threads" if run.threads else ""))
+    return _Model(parts, config, previous, state, mode, total, num_trainable)
+
+
+def _datasets(run: _Run, config: MVVDPConfig, episodes: list[Episode]) -> tuple[TrainData, torch.Generator]:
+    """The training and validation datasets, and this process's random stream (noise, timesteps, draws)."""
+    process = run.accelerator.process_index
+    data = build_data(run.settings, config, episodes, process)
+    return data, torch.Generator().manual_seed(run.settings.seed + 1000 * process)
+
+
+def _vae(
+    run: _Run, model: _Model, data: TrainData, generator: torch.Generator
+) -> tuple[list[float], list[float] | None]:
+    """Fit (fresh runs) and measure the VAE on the device; its fitting losses (a resumed run's from its
+    trainer state) and the heatmap round-trip error per frame in cm."""
+    parts, fresh = model.parts, model.previous is None
+    parts.vae.to(run.device)
+    vae_losses, roundtrip = _prepare_vae(parts, model.config, data, run.settings, fresh, generator, run.log)
+    if run.accelerator.num_processes > 1 and fresh:  # every process fitted its own copy: keep rank 0's
         from accelerate.utils import broadcast
 
         for tensor in [*parts.vae.parameters(), parts.vae.latents_mean, parts.vae.latents_std]:
             tensor.data.copy_(broadcast(tensor.data.clone(), from_process=0))
-    if state is not None:
-        vae_losses = list(state.get("vae_losses", []))
-    # Latents ----------------------------------------------------------------------------------------
-    store = None
-    if data_.train.config.deterministic and settings.num_workers == 0:
-        cache_root = Path(settings.latent_cache) if settings.latent_cache else out / "latent_cache"
-        store = LatentStore(data_.train, parts.vae, cache_root)
-        started = time.perf_counter()
-        encoded = store.fill(progress=settings.progress and main)
-        if encoded:
-            seconds = (time.perf_counter() - started) / encoded
-            log(f"latents: encoded {encoded} samples ({seconds:.2f} s each), {store.hits} from the cache "
+    if model.state is not None:
+        vae_losses = list(model.state.get("vae_losses", []))
+    return vae_losses, roundtrip
+
+
+def _latent_store(run: _Run, vae: VideoVAE, data: TrainData) -> LatentStore | None:
+    """Every training sample's latents, encoded once and cached on disk, when samples are deterministic
+    (no fresh augmentation per draw) and loaded in this process; None otherwise."""
+    settings = run.settings
+    if not (data.train.config.deterministic and settings.num_workers == 0):
+        return None
+    cache_root = Path(settings.latent_cache) if settings.latent_cache else run.out / "latent_cache"
+    store = LatentStore(data.train, vae, cache_root)
+    started = time.perf_counter()
+    encoded = store.fill(progress=settings.progress and run.main)
+    if encoded:
+        seconds = (time.perf_counter() - started) / encoded
+        run.log(f"latents: encoded {encoded} samples ({seconds:.2f} s each), {store.hits} from the cache "
                 f"{cache_root}")
-        else:
-            log(f"latents: all {store.hits} samples from the cache {cache_root}")
-    # Optimisers -------------------------------------------------------------------------------------
+    else:
+        run.log(f"latents: all {store.hits} samples from the cache {cache_root}")
+    return store
+
+
+def _optimisers(run: _Run, model: _Model, generator: torch.Generator) -> _Optimisers:
+    """AdamW and schedules; a resumed run restores them (the AdamW moments where the checkpoint kept them),
+    the random stream and the step."""
+    settings, parts, state, previous = run.settings, model.parts, model.state, model.previous
     trainable = [p for p in parts.transformer.parameters() if p.requires_grad]
     video_optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     head_optimizer = torch.optim.AdamW(
         parts.head.parameters(), lr=settings.head_lr, weight_decay=settings.head_weight_decay
     )
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(settings))
-                 for o in (video_optimizer, head_optimizer)]
+                 for o in (video_optimizer, head_optimizer)]  # fmt: skip
     start_step = 0
-    if state is not None:
+    if state is not None and previous is not None:
         saved = state if "video_optimizer" in state else None
         if saved is None and (previous / OPTIMIZER_STATE).is_file():
             saved = torch.load(previous / OPTIMIZER_STATE, weights_only=True)
@@ -602,129 +671,201 @@ def train(
             video_optimizer.load_state_dict(saved["video_optimizer"])
             head_optimizer.load_state_dict(saved["head_optimizer"])
         else:
-            log(f"{previous} keeps no optimiser state: AdamW moments start afresh")
+            run.log(f"{previous} keeps no optimiser state: AdamW moments start afresh")
         for schedule, saved in zip(schedules, state.get("schedules", []), strict=False):
             schedule.load_state_dict(saved)
         generator.set_state(state["generator"])
         start_step = int(state["step"])
-    loader = _loader(data_.train, settings) if store is None else None
-    transformer, head, video_optimizer, head_optimizer = accelerator.prepare(
-        parts.transformer, parts.head, video_optimizer, head_optimizer
-    )
-    batches = _cycle(accelerator.prepare(loader)) if loader is not None else None
-    transformer.train()
-    head.train()
-    text = {task: emb.to(accelerator.device) for task, emb in parts.text_embeddings.items()}
-    writer = SummaryWriter(str(out / "tensorboard")) if main else None
-    if main:
-        (out / SETTINGS_FILE).write_text(json.dumps(asdict(settings), indent=1, default=str))
-    for i, loss in enumerate(vae_losses if previous is None and writer is not None else []):
+    return _Optimisers(trainable, video_optimizer, head_optimizer, schedules, start_step)
+
+
+def _open_writer(
+    run: _Run, fresh: bool, vae_losses: list[float], roundtrip: list[float] | None
+) -> SummaryWriter | None:
+    """TensorBoard (main process) with the VAE's fitting losses and round trip; the settings beside it."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run.out / "tensorboard")) if run.main else None
+    if run.main:
+        (run.out / SETTINGS_FILE).write_text(json.dumps(asdict(run.settings), indent=1, default=str))
+    for i, loss in enumerate(vae_losses if fresh and writer is not None else []):
         writer.add_scalar("vae/loss", loss, i)
     for frame, error in enumerate(roundtrip or [] if writer is not None else []):
         writer.add_scalar("vae/roundtrip_cm", error, frame)
-    # Loop -------------------------------------------------------------------------------------------
-    val_indices = list(range(min(settings.val_episodes, len(episodes))))
-    video_losses: list[float] = []
-    head_losses: list[float] = []
-    checkpoint = previous
-    val_error = None
-    workspace = config.workspace()
-    step_times: list[float] = []
-    bar = tqdm(
-        range(start_step + 1, settings.steps + 1), desc="train", initial=start_step, total=settings.steps,
-        disable=not (settings.progress and main),
-    )  # fmt: skip
-    for step in bar:
-        started = time.perf_counter()
+    return writer
+
+
+class _Loop:
+    """The optimisation loop: steps over accumulated micro-batches, scalars, checkpoints with validation."""
+
+    def __init__(
+        self, run: _Run, model: _Model, data: TrainData, store: LatentStore | None, optimisers: _Optimisers,
+        generator: torch.Generator, vae_losses: list[float], roundtrip: list[float] | None,
+    ) -> None:  # fmt: skip
+        self.run, self.model, self.data, self.store = run, model, data, store
+        self.optimisers, self.generator = optimisers, generator
+        self.vae_losses, self.roundtrip = vae_losses, roundtrip
+        settings, parts, accelerator = run.settings, model.parts, run.accelerator
+        loader = _loader(data.train, settings) if store is None else None
+        self.transformer, self.head, optimisers.video, optimisers.head = accelerator.prepare(
+            parts.transformer, parts.head, optimisers.video, optimisers.head
+        )
+        self.batches = _cycle(accelerator.prepare(loader)) if loader is not None else None
+        self.transformer.train()
+        self.head.train()
+        self.text = {task: emb.to(accelerator.device) for task, emb in parts.text_embeddings.items()}
+        self.writer = _open_writer(run, model.previous is None, vae_losses, roundtrip)
+        self.val_indices = list(range(min(settings.val_episodes, len(data.episodes))))
+        self.workspace = model.config.workspace()
+
+    def _batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Latents and targets of one micro-batch: drawn from the latent store, else encoded from a batch."""
+        device = self.run.device
+        if self.store is not None:
+            batch_size = self.run.settings.batch_size
+            draw = torch.randint(0, len(self.data.train), (batch_size,), generator=self.generator)
+            latents, targets = self.store.batch(draw.tolist())
+            return latents.to(device), {k: v.to(device) for k, v in targets.items()}
+        targets = next(self.batches)
+        return encode_latents(self.model.parts.vae, targets), targets
+
+    def _step(self) -> tuple[float, float, VideoLoss, HeadLoss]:
+        """One optimiser step: the step's video and head losses, and the last micro-batch's loss terms."""
+        settings, accelerator, accumulation = self.run.settings, self.run.accelerator, self.run.accumulation
+        config, optimisers = self.model.config, self.optimisers
         step_video, step_head = 0.0, 0.0
         for micro in range(accumulation):
-            if store is not None:
-                draw = torch.randint(0, len(data_.train), (settings.batch_size,), generator=generator)
-                items = draw.tolist()
-                latents, targets = store.batch(items)
-                latents = latents.to(accelerator.device)
-                targets = {k: v.to(accelerator.device) for k, v in targets.items()}
-            else:
-                targets = next(batches)
-                latents = encode_latents(parts.vae, targets)
-            task_text = torch.stack([text[data_.episode_tasks[int(e)]] for e in targets["episode"]])
+            latents, targets = self._batch()
+            task_text = torch.stack([self.text[self.data.episode_tasks[int(e)]] for e in targets["episode"]])
             with ExitStack() as sync:
                 if micro < accumulation - 1:  # gradients are reduced across processes on the last one only
-                    sync.enter_context(accelerator.no_sync(transformer))
-                    sync.enter_context(accelerator.no_sync(head))
+                    sync.enter_context(accelerator.no_sync(self.transformer))
+                    sync.enter_context(accelerator.no_sync(self.head))
                 with accelerator.autocast():
-                    vloss = video_loss(transformer, latents, task_text, config.num_train_timesteps,
-                                       config.flow_shift, config.rgb_loss_weight, generator)
+                    vloss = video_loss(self.transformer, latents, task_text, config.num_train_timesteps,
+                                       config.flow_shift, config.rgb_loss_weight, self.generator)
                 accelerator.backward(vloss.total / accumulation)
                 with accelerator.autocast():
-                    hloss = head_objective(head, latents, targets["positions"], targets["rotation_bins"],
-                                           targets["gripper"], workspace, settings.head_latent_noise,
-                                           generator)
+                    hloss = head_objective(self.head, latents, targets["positions"], targets["rotation_bins"],
+                                           targets["gripper"], self.workspace, settings.head_latent_noise,
+                                           self.generator)
                 accelerator.backward(hloss.total / accumulation)
             step_video += vloss.total.item() / accumulation
             step_head += hloss.total.item() / accumulation
         if settings.grad_clip > 0:
-            accelerator.clip_grad_norm_(trainable, settings.grad_clip)
-        video_optimizer.step()
-        video_optimizer.zero_grad(set_to_none=True)
-        head_optimizer.step()
-        head_optimizer.zero_grad(set_to_none=True)
-        for schedule in schedules:
+            accelerator.clip_grad_norm_(optimisers.trainable, settings.grad_clip)
+        optimisers.video.step()
+        optimisers.video.zero_grad(set_to_none=True)
+        optimisers.head.step()
+        optimisers.head.zero_grad(set_to_none=True)
+        for schedule in optimisers.schedules:
             schedule.step()
-        step_times.append(time.perf_counter() - started)
-        video_losses.append(step_video)
-        head_losses.append(step_head)
-        if not (math.isfinite(video_losses[-1]) and math.isfinite(head_losses[-1])):
-            raise FloatingPointError(f"loss became non-finite at step {step}: video {step_video}, "
-                                     f"head {step_head}")
-        bar.set_postfix(video=f"{video_losses[-1]:.4f}", head=f"{head_losses[-1]:.3f}")
-        if writer is not None and (step % settings.log_every == 0 or step == settings.steps):
-            scalars = {
-                "video/loss": vloss.total, "video/rgb": vloss.rgb, "video/heatmap": vloss.heatmap,
-                "head/loss": hloss.total, "head/rotation_accuracy": hloss.rotation_accuracy,
-                "head/gripper_accuracy": hloss.gripper_accuracy, "lr": schedules[0].get_last_lr()[0],
-            }  # fmt: skip
-            for name, value in scalars.items():
-                writer.add_scalar(name, float(torch.as_tensor(value).detach()), step)
-        if step % settings.checkpoint_every == 0 or step == settings.steps:
-            accelerator.wait_for_everyone()
-            if main:
-                unwrapped = ModelParts(
-                    accelerator.unwrap_model(transformer), parts.vae, accelerator.unwrap_model(head),
-                    parts.text_embeddings,
-                )  # fmt: skip
-                optimizers = {
-                    "video_optimizer": video_optimizer.state_dict(),
-                    "head_optimizer": head_optimizer.state_dict(),
-                }
-                trainer_state = {
-                    "step": step,
-                    "schedules": [schedule.state_dict() for schedule in schedules],
-                    "generator": generator.get_state(),
-                    "vae_losses": vae_losses,
-                    "settings": asdict(settings),
-                }
-                checkpoint = _save_checkpoint(out, step, unwrapped, config, trainer_state,
-                                              settings.keep_checkpoints, optimizers,
-                                              settings.optimizer_state == "all")
-                if roundtrip is not None:
-                    (checkpoint / VAE_REPORT_FILE).write_text(json.dumps({"roundtrip_cm": roundtrip}))
-                errors = validation_errors(unwrapped, config, data_.plain, val_indices, checkpoint)
-                val_error = float(np.mean(errors)) if errors else None
-                if val_error is not None:
-                    log(f"step {step}: validation position error {100 * val_error:.1f} cm")
-                    if writer is not None:
-                        writer.add_scalar("val/position_error", val_error, step)
-            accelerator.wait_for_everyone()
-    if writer is not None:
-        writer.close()
-    if checkpoint is None:
-        raise RuntimeError("training finished without writing a checkpoint")
-    end_step = max(settings.steps, start_step)
-    return TrainResult(
-        checkpoint, start_step, end_step, video_losses, head_losses, vae_losses, total, num_trainable,
-        val_error, mode, roundtrip, float(np.median(step_times)) if step_times else None,
-    )  # fmt: skip
+        return step_video, step_head, vloss, hloss
+
+    def _log_scalars(self, step: int, vloss: VideoLoss, hloss: HeadLoss) -> None:
+        scalars = {
+            "video/loss": vloss.total, "video/rgb": vloss.rgb, "video/heatmap": vloss.heatmap,
+            "head/loss": hloss.total, "head/rotation_accuracy": hloss.rotation_accuracy,
+            "head/gripper_accuracy": hloss.gripper_accuracy,
+            "lr": self.optimisers.schedules[0].get_last_lr()[0],
+        }  # fmt: skip
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, float(torch.as_tensor(value).detach()), step)
+
+    def _checkpoint(self, step: int) -> tuple[Path, float | None]:
+        """Save checkpoints/step_N (main process) and validate it: the checkpoint and the mean validation
+        position error (m)."""
+        settings, accelerator, optimisers = self.run.settings, self.run.accelerator, self.optimisers
+        parts, config = self.model.parts, self.model.config
+        unwrapped = ModelParts(
+            accelerator.unwrap_model(self.transformer), parts.vae, accelerator.unwrap_model(self.head),
+            parts.text_embeddings,
+        )  # fmt: skip
+        optimizers = {
+            "video_optimizer": optimisers.video.state_dict(),
+            "head_optimizer": optimisers.head.state_dict(),
+        }
+        trainer_state = {
+            "step": step,
+            "schedules": [schedule.state_dict() for schedule in optimisers.schedules],
+            "generator": self.generator.get_state(),
+            "vae_losses": self.vae_losses,
+            "settings": asdict(settings),
+        }
+        checkpoint = _save_checkpoint(
+            self.run.out, step, unwrapped, config, trainer_state, settings.keep_checkpoints, optimizers,
+            settings.optimizer_state == "all",
+        )
+        if self.roundtrip is not None:
+            (checkpoint / VAE_REPORT_FILE).write_text(json.dumps({"roundtrip_cm": self.roundtrip}))
+        errors = validation_errors(unwrapped, config, self.data.plain, self.val_indices, checkpoint)
+        val_error = float(np.mean(errors)) if errors else None
+        if val_error is not None:
+            self.run.log(f"step {step}: validation position error {100 * val_error:.1f} cm")
+            if self.writer is not None:
+                self.writer.add_scalar("val/position_error", val_error, step)
+        return checkpoint, val_error
+
+    def optimise(self) -> TrainResult:
+        """Steps start_step + 1 .. settings.steps; checkpoints every checkpoint_every steps and at the end."""
+        run, settings, model = self.run, self.run.settings, self.model
+        start_step = self.optimisers.start_step
+        video_losses: list[float] = []
+        head_losses: list[float] = []
+        checkpoint = model.previous
+        val_error = None
+        step_times: list[float] = []
+        bar = tqdm(
+            range(start_step + 1, settings.steps + 1), desc="train", initial=start_step, total=settings.steps,
+            disable=not (settings.progress and run.main),
+        )  # fmt: skip
+        for step in bar:
+            started = time.perf_counter()
+            step_video, step_head, vloss, hloss = self._step()
+            step_times.append(time.perf_counter() - started)
+            video_losses.append(step_video)
+            head_losses.append(step_head)
+            if not (math.isfinite(video_losses[-1]) and math.isfinite(head_losses[-1])):
+                raise FloatingPointError(f"loss became non-finite at step {step}: video {step_video}, "
+                                         f"head {step_head}")  # fmt: skip
+            bar.set_postfix(video=f"{video_losses[-1]:.4f}", head=f"{head_losses[-1]:.3f}")
+            if self.writer is not None and (step % settings.log_every == 0 or step == settings.steps):
+                self._log_scalars(step, vloss, hloss)
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                run.accelerator.wait_for_everyone()
+                if run.main:
+                    checkpoint, val_error = self._checkpoint(step)
+                run.accelerator.wait_for_everyone()
+        if self.writer is not None:
+            self.writer.close()
+        if checkpoint is None:
+            raise RuntimeError("training finished without writing a checkpoint")
+        end_step = max(settings.steps, start_step)
+        return TrainResult(
+            checkpoint, start_step, end_step, video_losses, head_losses, self.vae_losses, model.parameters,
+            model.trainable, val_error, model.mode, self.roundtrip,
+            float(np.median(step_times)) if step_times else None,
+        )  # fmt: skip
+
+
+def train(
+    data: str | Path | Sequence[str | Path], out: str | Path, settings: TrainSettings, resume: bool = False
+) -> TrainResult:
+    """Train on the episodes under data (one folder or several) and write checkpoints under out.
+
+    Stages: data (successful episodes, samples), model (fresh or resumed), VAE (fitted and measured where no
+    pretrained one exists), latents (cached on disk when samples are deterministic), optimisation of the
+    video model and the head, checkpoints with validation plots.
+    """
+    run = _start_run(out, settings)
+    episodes = load_episodes(data, settings.include_failed, run.log)
+    tasks = sorted({episode_task(e) for e in episodes})
+    model = _model(run, episodes, tasks, resume)
+    train_data, generator = _datasets(run, model.config, episodes)
+    vae_losses, roundtrip = _vae(run, model, train_data, generator)
+    store = _latent_store(run, model.parts.vae, train_data)
+    optimisers = _optimisers(run, model, generator)
+    return _Loop(run, model, train_data, store, optimisers, generator, vae_losses, roundtrip).optimise()
 
 
 def train_from_episodes(

@@ -14,7 +14,6 @@ weights also exist as 16-bit copies while the forward pass runs (`weight_copies`
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, replace
 
 import torch
@@ -195,29 +194,4 @@ def memory_plan(
         reserve=int(reserve_gb * GB),
     )  # fmt: skip
 
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mvvdp memory-plan", description="training memory of a model config and batch (meta device)"
-    )
-    parser.add_argument("--config", default="wan22", choices=["tiny", "small", "wan22"])
-    parser.add_argument("--batch", type=int, default=1, help="samples per process")
-    parser.add_argument("--mode", choices=["lora", "full"], default=None, help="default: lora for wan22")
-    parser.add_argument("--no-checkpointing", action="store_true", help="store every block's activations")
-    parser.add_argument("--base-dtype", choices=sorted(_DTYPES), default="bf16", help="frozen base (lora)")
-    parser.add_argument("--compute-dtype", choices=sorted(_DTYPES), default="bf16")
-    parser.add_argument("--gpu-gb", type=float, default=80.0, help="memory to check the peak against")
-    args = parser.parse_args(argv)
-    config = MVVDPConfig.preset(args.config)
-    mode = args.mode or ("lora" if args.config == "wan22" else "full")
-    plan = memory_plan(
-        config, args.batch, mode, not args.no_checkpointing, _DTYPES[args.base_dtype],
-        _DTYPES[args.compute_dtype], name=args.config,
-    )  # fmt: skip
-    print(plan.table())
-    verdict = "fits" if plan.fits(args.gpu_gb) else "does NOT fit"
-    print(f"\npeak {plan.peak / GB:.1f} GB {verdict} in {args.gpu_gb:.0f} GB")
-    return 0 if plan.fits(args.gpu_gb) else 1
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
