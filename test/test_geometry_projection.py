@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -302,3 +303,19 @@ def test_projection_runs_on_its_thread_budget_and_restores_torch_setting(monkeyp
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="thread count"):
         project_views(points, colors, WS, threads=0)
+
+
+def test_project_observation_passes_its_thread_budget(monkeypatch):
+    from mvvdp_core.perception import CloudFrame, project_observation
+
+    seen = []
+    zorder = projection.zorder_keys
+    monkeypatch.setattr(
+        projection, "zorder_keys", lambda *args: seen.append(torch.get_num_threads()) or zorder(*args)
+    )
+    points = awkward_cloud(200, WS, seed=4).numpy()
+    frames = [CloudFrame("cam", 0.0, "cam_frame", points, np.full((len(points), 3), 200, np.uint8))]
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        project_observation(frames, [np.eye(4)], WS, backend="torch", threads=threads)
+    assert seen == [1, 2] and torch.get_num_threads() == before
