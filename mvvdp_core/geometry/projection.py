@@ -16,7 +16,6 @@ thread budget (one thread by default): torch threads that wait for busy cores ma
 
 from __future__ import annotations
 
-import math
 import sys
 
 import numpy as np
@@ -38,6 +37,7 @@ from mvvdp_core.threads import torch_threads
 EMPTY_KEY = 0x7FFF_FFFF_FFFF_FFFF
 LOW_MASK = 0xFFFF_FFFF
 DEPTH_MASK = -(1 << 32)  # clears the index bits of a key
+INF_BITS = 0x7F80_0000  # float32 +inf
 SPLAT_BLOCK = 32_768  # pixels per block of the CPU splatting: its temporaries stay in cache
 # Halves of a key seen as two int32: which holds the point index and which the depth bits.
 LOW, HIGH = (1, 0) if sys.byteorder == "big" else (0, 1)
@@ -156,16 +156,20 @@ def _splat_block(
 
 
 def unpack_keys(keys: torch.Tensor, colors: torch.Tensor) -> ProjectedViews:
-    """Key image (V, H, W) -> ProjectedViews with colours (N, C) looked up by point index."""
+    """Key image (V, H, W) -> ProjectedViews with float32 colours (N, C) looked up by point index.
+
+    Branch-free on the halves of the keys: an empty pixel's depth bits 0x7FFFFFFF exceed those of every depth
+    (finite, at most the edge) and clamp to +inf's, and its index half -1 is the only negative one, so it
+    clamps to index 0 and its sign clears the colour bits.
+    """
     num_views, height, width = keys.shape
-    empty = keys == EMPTY_KEY
     halves = key_halves(keys)
-    depth = torch.where(empty, math.inf, halves[..., HIGH].view(torch.float32))
-    index = torch.where(empty, 0, halves[..., LOW])
+    depth = halves[..., HIGH].clamp(max=INF_BITS).view(torch.float32)
+    index = halves[..., LOW].clamp(min=0)
     features = colors.index_select(0, index.view(-1)).view(num_views, height, width, -1)
+    keep = torch.bitwise_not(halves[..., LOW] >> 31).unsqueeze(-1)  # 0 on empty pixels, else all ones
     rgb = torch.empty(num_views, colors.shape[1], height, width, dtype=colors.dtype, device=keys.device)
-    zero = torch.zeros((), dtype=colors.dtype, device=keys.device)
-    torch.where(empty.unsqueeze(-1), zero, features, out=rgb.permute(0, 2, 3, 1))
+    torch.bitwise_and(features.view(torch.int32), keep, out=rgb.view(torch.int32).permute(0, 2, 3, 1))
     return ProjectedViews(rgb=rgb, depth=depth)
 
 
