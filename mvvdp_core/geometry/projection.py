@@ -43,12 +43,6 @@ SPLAT_BLOCK = 32_768  # pixels per block of the CPU splatting: its temporaries s
 LOW, HIGH = (1, 0) if sys.byteorder == "big" else (0, 1)
 
 
-def pack_keys(depth: torch.Tensor, point_index: torch.Tensor) -> torch.Tensor:
-    """int64 keys from float32 depths >= 0 and point indices < 2^31."""
-    depth_bits = depth.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
-    return (depth_bits << 32) | point_index.to(torch.int64)
-
-
 def key_halves(keys: torch.Tensor) -> torch.Tensor:
     """int32 view (..., 2) of int64 keys: [..., LOW] the point index, [..., HIGH] the depth bits."""
     return keys.view(torch.int32).view(*keys.shape, 2)
