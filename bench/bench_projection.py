@@ -2,7 +2,9 @@
 
 On the CPU the project's path (`torch`) against a plain numpy implementation of the same projection (same
 pixels, z-ordering keys and splatting; checked equal here) with their ratio; on a GPU also the torch
-reference and the CUDA kernel. Timings are medians of --repeats calls after a warm-up call.
+reference and the CUDA kernel. Timings are medians of --repeats calls after a warm-up call; numpy and the
+CPU path take turns, so a busy machine slows both alike. The CPU projection runs on --threads torch threads
+(project_views' thread budget, 1 by default); numpy uses one.
 Usage: python bench/bench_projection.py [--sizes 100000 1000000] [--repeats 5] [--splat-radius 0.008]
                                         [--threads N]
 """
@@ -57,19 +59,22 @@ def project_numpy(points: np.ndarray, colors: np.ndarray, workspace: Workspace, 
     return ProjectedViews(rgb=torch.from_numpy(rgb), depth=torch.from_numpy(depth))
 
 
-def time_call(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds per call after one warm-up call."""
-    fn()
-    timings = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+def time_calls(fns: list, repeats: int, device: torch.device) -> list[float]:
+    """Median seconds per call of each function after one warm-up call each. The functions take turns, so a
+    machine shared with other work slows them alike and their ratio holds."""
+    timings: list[list[float]] = [[] for _ in fns]
+    for fn in fns:
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timings.append(time.perf_counter() - start)
-    return sorted(timings)[len(timings) // 2]
+    for _ in range(repeats):
+        for fn, times in zip(fns, timings, strict=True):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    return [sorted(times)[len(times) // 2] for times in timings]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--splat-radius", type=float, default=0.008)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads of the CPU projection (0: torch's setting)"
+    )
     args = parser.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    threads = args.threads if args.threads > 0 else None
     workspace = Workspace()
     lower = torch.tensor(workspace.lower, dtype=torch.float32)
     runs = [("torch", torch.device("cpu"))]
@@ -101,19 +107,25 @@ def main(argv: list[str] | None = None) -> int:
         colors = torch.rand(3 * size, 3, generator=generator)
         points_np, colors_np = points.numpy(), colors.numpy()
         reference = project_numpy(points_np, colors_np, workspace, args.splat_radius)
-        ours = project_views(points, colors, workspace, args.splat_radius, backend="torch")
+        ours = project_views(points, colors, workspace, args.splat_radius, backend="torch", threads=threads)
         if not (torch.equal(ours.depth, reference.depth) and torch.equal(ours.rgb, reference.rgb)):
             raise SystemExit("the numpy implementation and project_views disagree")
-        seconds = time_call(
-            lambda p=points_np, c=colors_np: project_numpy(p, c, workspace, args.splat_radius),
-            args.repeats,
-            torch.device("cpu"),
+        calls = [lambda p=points_np, c=colors_np: project_numpy(p, c, workspace, args.splat_radius)]
+        calls.append(
+            lambda p=points, c=colors: project_views(
+                p, c, workspace, args.splat_radius, backend="torch", threads=threads
+            )
         )
-        rows.append((size, "numpy", "cpu", seconds))
-        for backend, device in runs:
+        numpy_s, torch_s = time_calls(calls, args.repeats, torch.device("cpu"))
+        rows += [(size, "numpy", "cpu", numpy_s), (size, "torch", "cpu", torch_s)]
+        for backend, device in runs[1:]:
             pts, cols = points.to(device), colors.to(device)
-            seconds = time_call(
-                lambda b=backend, p=pts, c=cols: project_views(p, c, workspace, args.splat_radius, backend=b),
+            (seconds,) = time_calls(
+                [
+                    lambda b=backend, p=pts, c=cols: project_views(
+                        p, c, workspace, args.splat_radius, backend=b
+                    )
+                ],
                 args.repeats,
                 device,
             )
@@ -121,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\nprojection of 3 x N points into {len(workspace.views)} views of {workspace.resolution}^2 px, "
-        f"splat radius {args.splat_radius} m, torch {torch.__version__}, threads {torch.get_num_threads()}"
+        f"splat radius {args.splat_radius} m, torch {torch.__version__}, CPU projection threads "
+        f"{threads or torch.get_num_threads()}"
     )
     print(
         f"{'N per camera':>12} {'backend':>8} {'device':>6} {'ms/call':>10} {'Mpoints/s':>10} {'speed-up':>9}"

@@ -176,9 +176,12 @@ def project_observation(
     splat_radius: float = 0.008,
     backend: str = "auto",
     cloud_filter: CloudFilter | None = None,
+    threads: int | None = 1,
 ) -> ProjectedViews:
     """Merge the clouds (camera frames, base_T_camera extrinsics), crop them to the workspace, optionally
-    clean the merged cloud (voxel downsampling, outlier removal; Open3D) and project the workspace views."""
+    clean the merged cloud (voxel downsampling, outlier removal; Open3D) and project the workspace views.
+
+    threads: torch CPU threads of the projection on the CPU (project_views; None: torch's setting)."""
     clouds, colors = [f.points for f in frames], [f.colors for f in frames]
     points, colors = merge_clouds(clouds, colors, extrinsics, workspace)
     if cloud_filter is not None and cloud_filter.enabled:
@@ -187,4 +190,4 @@ def project_observation(
             raise ValueError("the cloud filters left no points")
         points = torch.from_numpy(kept_points).to(points.device)
         colors = torch.from_numpy(kept_colors).to(colors.device)
-    return project_views(points, colors, workspace, splat_radius=splat_radius, backend=backend)
+    return project_views(points, colors, workspace, splat_radius, backend=backend, threads=threads)

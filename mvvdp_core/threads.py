@@ -1,8 +1,10 @@
-"""Thread count for long CPU work (training, evaluation, recording) on a machine shared with other jobs."""
+"""Thread counts for CPU work (training, evaluation, recording, projection) on a shared machine."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -21,3 +23,24 @@ def set_torch_threads(threads: int | None = None) -> int:
         raise ValueError(f"thread count must be >= 1, got {threads!r}")
     torch.set_num_threads(count)
     return count
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with `threads` torch intra-op threads (None: leave the setting), then restore the count.
+
+    The count is process-wide: torch work of other threads during the body runs with it too."""
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise ValueError(f"thread count must be >= 1, got {threads!r}")
+    before = torch.get_num_threads()
+    if before == threads:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -61,8 +61,9 @@ PARAMETERS = {
                              "compared; 0 = off; needs open3d", (0, 1000)),
     "outlier_std_ratio": (2.0, "drop points whose mean neighbour distance is this many standard deviations "
                                "above the cloud's mean", (0.1, 100.0)),
-    "torch_threads": (1, "CPU threads torch may use in this process (projection); keep it below the free "
-                         "cores: oversubscribed threads make the projection many times slower", (1, 256)),
+    "torch_threads": (1, "CPU threads torch may use in this process and in each projection on the CPU; keep "
+                         "it below the free cores: oversubscribed threads make the projection many times "
+                         "slower", (1, 256)),
 }
 
 
@@ -161,7 +162,8 @@ class PerceptionNode(ManagedNode):
         try:
             extrinsics = [self._extrinsic(f) for f in frames]
             views = project_observation(frames, extrinsics, self.workspace, self.params["splat_radius"],
-                                        self.params["backend"], self.cloud_filter)
+                                        self.params["backend"], self.cloud_filter,
+                                        threads=self.params["torch_threads"])
         except Exception as err:  # noqa: BLE001 - any failure of one set is reported, the node keeps running
             self._reject("views", f"views not computed: {err}")
             return

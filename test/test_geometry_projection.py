@@ -3,10 +3,11 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from mvvdp_core.geometry import Workspace, project_views, project_views_torch, projection
+from mvvdp_core.geometry import Workspace, pixels, project_views, project_views_torch, projection
 
 WS = Workspace()  # centre (0.5, 0, 0.4), edge 1 m, 256 px
 
@@ -149,6 +150,11 @@ def test_bad_inputs_rejected():
     pts, cols = torch.zeros(2, 3), torch.zeros(2, 3)
     with pytest.raises(ValueError, match="NaN"):
         project_views_torch(torch.full((2, 3), math.nan), cols, WS)
+    for bad in (math.nan, math.inf, -math.inf):
+        many = torch.rand(5000, 3)
+        many[4321, 1] = bad
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            project_views_torch(many, torch.zeros(5000, 3), WS)
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
         project_views_torch(torch.zeros(2, 2), cols, WS)
     with pytest.raises(ValueError, match=r"\(N, C\)"):
@@ -191,7 +197,7 @@ def test_view_pixels_equal_workspace_to_view_and_contains():
     points = lower - 0.1 + torch.rand(20000, 3, generator=generator) * (WS.edge + 0.2)
     grid = torch.stack(torch.meshgrid(*[torch.arange(-0.5, 0.5001, 1 / 256)] * 3, indexing="ij"), -1)
     points = torch.cat([points, grid[::8, ::8, ::8].reshape(-1, 3) + torch.tensor(WS.center)]).float()
-    flat, depth = projection.view_pixels(points, WS)
+    flat, depth = pixels.view_pixels(points, WS)
     coords = WS.to_view(points).permute(1, 0, 2)  # (V, N, 3)
     col = coords[..., 0].floor().clamp(0, 255).long()
     row = coords[..., 1].floor().clamp(0, 255).long()
@@ -200,3 +206,116 @@ def test_view_pixels_equal_workspace_to_view_and_contains():
     assert torch.equal(flat, expected)
     expected_depth = coords[..., 2].clamp(0.0, WS.edge) + 0.0
     assert torch.equal(depth.view(torch.int32), expected_depth.contiguous().view(torch.int32))
+
+
+def straightforward_projection(
+    points: torch.Tensor, colors: torch.Tensor, workspace: Workspace, splat_radius: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The projection written out from its definition, one step after the other: Workspace.to_view and
+    contains, int64 depth|index keys, a scatter-min per view, splatting ring by ring (nearest first, a pixel
+    takes the smallest key of the first ring with a strictly smaller depth), unpacking -> (rgb, depth)."""
+    res, num_views = workspace.resolution, len(workspace.views)
+    empty = projection.EMPTY_KEY
+    coords = workspace.to_view(points)  # (N, V, 3)
+    col = coords[..., 0].floor().clamp(0, res - 1).long()
+    row = coords[..., 1].floor().clamp(0, res - 1).long()
+    depth = coords[..., 2].clamp(0.0, workspace.edge) + 0.0
+    keys = (depth.view(torch.int32).long() << 32) | torch.arange(len(points))[:, None]
+    inside = workspace.contains(points)
+    image = torch.full((num_views, res * res), empty, dtype=torch.int64)
+    for v in range(num_views):
+        pixel = (row[:, v] * res + col[:, v])[inside]
+        image[v].scatter_reduce_(0, pixel, keys[inside, v], reduce="amin", include_self=True)
+    image = image.view(num_views, res, res)
+
+    reach, max_d2 = pixels.splat_extent(splat_radius, workspace)
+    padded = torch.full((num_views, res + 2 * reach, res + 2 * reach), empty, dtype=torch.int64)
+    padded[:, reach : reach + res, reach : reach + res] = image
+    result, found = image.clone(), torch.zeros(image.shape, dtype=torch.bool)
+    for _, offsets in projection.splat_offsets(reach, max_d2):
+        ring = torch.full(image.shape, empty, dtype=torch.int64)
+        for dy, dx in offsets:
+            ring = torch.minimum(
+                ring, padded[:, reach + dy : reach + dy + res, reach + dx : reach + dx + res]
+            )
+        take = ~found & ((ring >> 32) < (image >> 32))
+        result[take] = ring[take]
+        found |= take
+
+    hit = result != empty
+    depth_image = torch.full(result.shape, math.inf)
+    depth_image[hit] = (result[hit] >> 32).int().view(torch.float32)
+    rgb = torch.zeros(num_views, res, res, colors.shape[1])
+    rgb[hit] = colors[result[hit] & projection.LOW_MASK]
+    return rgb.permute(0, 3, 1, 2), depth_image
+
+
+def awkward_cloud(count: int, workspace: Workspace, seed: int) -> torch.Tensor:
+    """Random points in and around the cube, some on its faces, exact duplicates far apart in the order and
+    points sharing one depth."""
+    generator = torch.Generator().manual_seed(seed)
+    lower = torch.tensor(workspace.lower, dtype=torch.float32)
+    inside = lower + torch.rand(count, 3, generator=generator) * workspace.edge
+    around = (
+        lower - 0.2 * workspace.edge + torch.rand(count // 4, 3, generator=generator) * 1.4 * workspace.edge
+    )
+    faces = inside[: count // 8].clone()
+    faces[:, 0] = float(workspace.lower[0])
+    faces[: count // 16, 2] = float(workspace.upper[2])
+    level = inside[: count // 4].clone()
+    level[:, 2] = inside[0, 2]  # one depth in the top view, many pixels
+    return torch.cat([inside, around, faces, level, inside.flip(0)]).to(torch.float32)
+
+
+@pytest.mark.parametrize(
+    "workspace",
+    [WS, Workspace(center=(0.1, -0.2, 0.3), edge=0.37, resolution=100, views=("side", "top"))],
+    ids=["default", "small-two-views"],
+)
+@pytest.mark.parametrize("chunk", [1_000, 4_096, 1 << 20])
+def test_fast_path_equals_the_straightforward_projection(monkeypatch, workspace, chunk):
+    # Bit for bit (depth compared as bits), with ties between equal points and equal depths, points outside
+    # the cube, chunks that split the cloud unevenly and several splat radii.
+    monkeypatch.setattr(projection, "POINT_CHUNK", chunk)
+    points = awkward_cloud(6_000, workspace, seed=chunk)
+    colors = torch.rand(len(points), 2, generator=torch.Generator().manual_seed(1))
+    for radius in (0.0, 0.008, 0.02):
+        views = project_views_torch(points, colors, workspace, radius)
+        rgb, depth = straightforward_projection(points, colors, workspace, radius)
+        assert torch.equal(views.depth.view(torch.int32), depth.view(torch.int32))
+        assert torch.equal(views.rgb, rgb)
+
+
+def test_projection_runs_on_its_thread_budget_and_restores_torch_setting(monkeypatch):
+    seen = []
+    zorder = projection.zorder_keys
+    monkeypatch.setattr(
+        projection, "zorder_keys", lambda *args: seen.append(torch.get_num_threads()) or zorder(*args)
+    )
+    before = torch.get_num_threads()
+    points = awkward_cloud(500, WS, seed=3)
+    colors = torch.rand(len(points), 3)
+    reference = project_views(points, colors, WS, threads=None)
+    for threads in (1, 2):
+        views = project_views(points, colors, WS, threads=threads)
+        assert torch.equal(views.rgb, reference.rgb) and torch.equal(views.depth, reference.depth)
+    assert seen == [before, 1, 2]
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="thread count"):
+        project_views(points, colors, WS, threads=0)
+
+
+def test_project_observation_passes_its_thread_budget(monkeypatch):
+    from mvvdp_core.perception import CloudFrame, project_observation
+
+    seen = []
+    zorder = projection.zorder_keys
+    monkeypatch.setattr(
+        projection, "zorder_keys", lambda *args: seen.append(torch.get_num_threads()) or zorder(*args)
+    )
+    points = awkward_cloud(200, WS, seed=4).numpy()
+    frames = [CloudFrame("cam", 0.0, "cam_frame", points, np.full((len(points), 3), 200, np.uint8))]
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        project_observation(frames, [np.eye(4)], WS, backend="torch", threads=threads)
+    assert seen == [1, 2] and torch.get_num_threads() == before

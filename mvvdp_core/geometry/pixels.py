@@ -1,7 +1,8 @@
 """What both projection backends share: input checks, each point's pixel and depth per view, the result.
 
 Pixels and depths are computed once per signed base axis (views share them), with the same float32
-operations as Workspace.to_view.
+operations as Workspace.to_view, on a transposed (3, N) copy of the points so that every step reads and
+writes contiguous rows.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import torch
 from mvvdp_core.geometry.workspace import VIEW_ROTATIONS, Workspace
 
 MAX_POINTS = 2**31 - 1
-POINT_CHUNK = 32_000  # points per pass of the z-ordering: temporaries stay in cache, and below torch's
-# intra-op grain size (32768 elements) element-wise ops run on the calling thread: no stalls on busy cores
+POINT_CHUNK = 65_536  # points per pass of the CPU z-ordering: per-operation overheads fade, and its reused
+# temporaries (about 120 bytes a point) stay in cache
 
 
 @dataclass
@@ -26,6 +27,57 @@ class ProjectedViews:
 
     rgb: torch.Tensor
     depth: torch.Tensor
+
+
+@dataclass
+class ViewTerms:
+    """Pixels and depths of N points in V views.
+
+    pixel: (V, N) int64, per view the index of each point's pixel inside the view's (H, W) image (row * W +
+    column); depth: (D, N) float32 depths >= +0.0 along the D distinct viewing directions, depth[depth_row[v]]
+    those of view v; outside: (N,) bool, the points outside the cube (None: no point is).
+    """
+
+    pixel: torch.Tensor
+    depth: torch.Tensor
+    depth_row: tuple[int, ...]
+    outside: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What view_terms needs from a workspace: float32 bounds and centre, and the signed base axes.
+
+    `axes` lists every signed axis (axis, sign) the views use, ordered so that axes[:pixel_stop] are those
+    giving pixels and axes[depth_start:] those giving depths: each is one block of rows."""
+
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    center: tuple[float, ...]
+    axes: tuple[tuple[int, float], ...]
+    pixel_stop: int
+    depth_start: int
+    views: tuple[tuple[int, int, int], ...]  # per view the rows of its right, down and viewing axes
+
+
+@functools.cache
+def _plan(center: tuple[float, ...], edge: float, views: tuple[str, ...]) -> _Plan:
+    workspace = Workspace(center=center, edge=edge, views=views)
+    as_f32 = lambda values: tuple(torch.as_tensor(values, dtype=torch.float32).tolist())  # noqa: E731
+    signed = _signed_axes(views)
+    on_pixel = {axis for right, down, _ in signed for axis in (right, down)}
+    on_depth = {forward for _, _, forward in signed}
+    axes = tuple(sorted(on_pixel - on_depth) + sorted(on_pixel & on_depth) + sorted(on_depth - on_pixel))
+    rows = tuple(tuple(axes.index(axis) for axis in view) for view in signed)
+    return _Plan(
+        lower=as_f32(workspace.lower),
+        upper=as_f32(workspace.upper),
+        center=as_f32(workspace.center),
+        axes=axes,
+        pixel_stop=len(on_pixel),
+        depth_start=len(on_pixel - on_depth),
+        views=rows,
+    )
 
 
 def splat_extent(splat_radius: float, workspace: Workspace) -> tuple[int, int]:
@@ -61,28 +113,8 @@ def prepare_inputs(
         colors = colors.to(torch.float32) / 255.0
     elif not colors.is_floating_point():
         raise ValueError(f"colors must be uint8 or floating point, got {colors.dtype}")
-    points = points.to(torch.float32)
-    step = POINT_CHUNK // 3 if points.device.type == "cpu" else max(1, points.shape[0])
-    for chunk in points.split(step):  # NaN and inf reach the minimum or the maximum
-        if not bool(torch.isfinite(torch.stack(torch.aminmax(chunk))).all()):
-            raise ValueError("points contain NaN or infinite coordinates")
-    return points.contiguous(), colors.to(device=points.device, dtype=torch.float32).contiguous()
-
-
-def _axis_terms(
-    column: torch.Tensor, sign: float, resolution: int, edge: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel index (int64, clamped to the image) and depth along a signed base axis, from one column (N,)
-    of unit coordinates.
-
-    The same float32 operations as Workspace.to_view for a view row that is +-(this axis): the rotation's
-    other entries are zeros, so its sum reduces exactly to sign * unit. Clamping before the integer
-    conversion equals floor-then-clamp (truncation is the floor of a non-negative value).
-    """
-    cam = (column * sign if sign < 0 else column) + 0.5
-    pixel = (cam * float(resolution)).clamp_(0, resolution - 1).to(torch.int64)
-    depth = cam.mul_(float(edge)).clamp_(0.0, edge).add_(0.0)  # adding +0.0 turns -0.0 into +0.0
-    return pixel, depth
+    points = points.to(torch.float32).contiguous()  # view_terms rejects NaN and infinite coordinates
+    return points, colors.to(device=points.device, dtype=torch.float32).contiguous()
 
 
 @functools.cache
@@ -95,42 +127,100 @@ def _signed_axes(views: tuple[str, ...]) -> tuple[tuple[tuple[int, float], ...],
     return tuple(result)
 
 
+def depth_rows(workspace: Workspace) -> int:
+    """D, the rows of view_terms' depth: how many distinct viewing directions the workspace's views have."""
+    return len({forward for _, _, forward in _signed_axes(tuple(workspace.views))})
+
+
+def _scratch(
+    scratch: dict[str, torch.Tensor] | None,
+    name: str,
+    shape: tuple[int, int],
+    dtype: torch.dtype,
+    like: torch.Tensor,
+) -> torch.Tensor:
+    """A (rows, count) tensor: the leading columns of scratch[name] (made or grown as needed), or a new tensor
+    without scratch. Reusing buffers spares the page faults of fresh allocations on every chunk."""
+    if scratch is None:
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    buffer = scratch.get(name)
+    if buffer is None or buffer.shape[0] != shape[0] or buffer.shape[1] < shape[1]:
+        buffer = scratch[name] = torch.empty(shape, dtype=dtype, device=like.device)
+    return buffer[:, : shape[1]]
+
+
+def view_terms(
+    points: torch.Tensor,
+    workspace: Workspace,
+    depth_out: torch.Tensor | None = None,
+    scratch: dict[str, torch.Tensor] | None = None,
+) -> ViewTerms:
+    """Pixel and depth of each float32 point (N, 3) in each view: Workspace.to_view's column, row and depth
+    (column and row floored and clamped to the image, depth clamped to [+0.0, edge]) and Workspace.contains.
+
+    A view row that is +-(a base axis) reduces to_view's sum to exactly sign * unit (the other entries are
+    zeros), so each signed axis is computed once for all views: cam = unit + 0.5 or 0.5 - unit (the same
+    float32 value as -unit + 0.5), pixel = int(clamp(cam * resolution, 0, resolution - 1)) (truncating a
+    value >= 0 is its floor) and depth = clamp(cam * edge, 0, edge) + 0.0 (turns -0.0 into +0.0).
+    depth_out: a float32 (D, N) tensor, of any strides, that receives the depths (else a new one). scratch:
+    buffers kept between calls on chunks of one cloud (the result's pixels live there too).
+    """
+    res, edge = workspace.resolution, float(workspace.edge)
+    plan = _plan(tuple(workspace.center), edge, tuple(workspace.views))
+    count = points.shape[0]
+    coords = _scratch(scratch, "coords", (3, count), torch.float32, points)  # rows of x, y and z
+    if points.device.type == "cpu":  # numpy's transposing copy is several times faster than torch's
+        np.copyto(coords.numpy(), points.detach().numpy().T)
+    else:
+        coords.copy_(points.t())
+    low, high = coords.amin(dim=1).tolist(), coords.amax(dim=1).tolist()  # (aminmax(dim) is slower)
+    if not all(map(math.isfinite, low + high)):  # NaN and inf reach the minimum or the maximum
+        raise ValueError("points contain NaN or infinite coordinates")
+    outside = None  # the mask is built only when some point lies outside (clouds come cropped)
+    if any(low[axis] < plan.lower[axis] or high[axis] > plan.upper[axis] for axis in range(3)):
+        outside = torch.zeros(count, dtype=torch.bool, device=points.device)
+        for axis in range(3):
+            outside |= coords[axis] < plan.lower[axis]
+            outside |= coords[axis] > plan.upper[axis]
+    center = torch.tensor(plan.center, device=points.device)[:, None]
+    unit = coords.sub_(center).div_(edge)  # the cube -> [-0.5, 0.5]^3
+    cam = _scratch(scratch, "cam", (len(plan.axes), count), torch.float32, points)
+    for row, (axis, sign) in enumerate(plan.axes):
+        if sign < 0:
+            torch.sub(0.5, unit[axis], out=cam[row])
+        else:
+            torch.add(unit[axis], 0.5, out=cam[row])
+    scaled = _scratch(scratch, "scaled", (plan.pixel_stop, count), torch.float32, points)
+    torch.mul(cam[: plan.pixel_stop], float(res), out=scaled).clamp_(0, res - 1)
+    pixel_rows = _scratch(scratch, "pixel_rows", (plan.pixel_stop, count), torch.int32, points)
+    pixel_rows.copy_(scaled)  # truncates
+    depth = cam[plan.depth_start :].mul_(edge).clamp_(0.0, edge)
+    depth = torch.add(depth, 0.0, out=depth if depth_out is None else depth_out)
+    pixel32 = _scratch(scratch, "pixel32", (len(plan.views), count), torch.int32, points)
+    for v, (right, down, _) in enumerate(plan.views):
+        torch.add(pixel_rows[right], pixel_rows[down], alpha=res, out=pixel32[v])
+    pixel = _scratch(scratch, "pixel", (len(plan.views), count), torch.int64, points)
+    pixel.copy_(pixel32)  # (one int32 -> int64 conversion: an int64 output of the addition is slower)
+    return ViewTerms(
+        pixel=pixel,
+        depth=depth,
+        depth_row=tuple(forward - plan.depth_start for _, _, forward in plan.views),
+        outside=outside,
+    )
+
+
 def view_pixels(
     points: torch.Tensor, workspace: Workspace, outside: int = -1
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat pixel index into (V, H, W) images and depth per (view, point), both (V, N).
 
     Points outside the cube get index `outside` (-1 unless a caller reserves a slot for them). Depth is
-    float32, clamped to >= +0.0 (never -0.0). Equal to Workspace.to_view's column, row and depth and to
-    Workspace.contains, computed once per signed base axis (views share them).
+    float32, clamped to >= +0.0 (never -0.0). The view_terms of every view, stacked.
     """
-    res = workspace.resolution
-    points = points.to(torch.float32)
-    lower = torch.as_tensor(workspace.lower, dtype=torch.float32).tolist()
-    upper = torch.as_tensor(workspace.upper, dtype=torch.float32).tolist()
-    center = torch.as_tensor(workspace.center, dtype=torch.float32).tolist()
-    bounds = [torch.stack(torch.aminmax(points[:, axis])).tolist() for axis in range(3)]  # column-wise:
-    # element-wise sized for the calling thread (see POINT_CHUNK)
-    outside_cube = None  # the mask is built only when some point lies outside (clouds come cropped)
-    if any(bounds[axis][0] < lower[axis] or bounds[axis][1] > upper[axis] for axis in range(3)):
-        outside_cube = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)
-        for axis in range(3):
-            outside_cube |= points[:, axis] < lower[axis]
-            outside_cube |= points[:, axis] > upper[axis]
-    cache: dict[tuple[int, float], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def terms(axis: int, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
-        if (axis, sign) not in cache:
-            unit = (points[:, axis] - center[axis]) / workspace.edge
-            cache[axis, sign] = _axis_terms(unit, sign, res, workspace.edge)
-        return cache[axis, sign]
-
-    flat = torch.empty(len(workspace.views), points.shape[0], dtype=torch.int64, device=points.device)
-    depth = torch.empty(len(workspace.views), points.shape[0], dtype=torch.float32, device=points.device)
-    for v, (right, down, forward) in enumerate(_signed_axes(tuple(workspace.views))):
-        torch.add(terms(*right)[0], terms(*down)[0], alpha=res, out=flat[v])
-        flat[v].add_(v * res * res)
-        if outside_cube is not None:
-            flat[v].masked_fill_(outside_cube, outside)
-        depth[v] = terms(*forward)[1]
-    return flat, depth
+    terms = view_terms(points.to(torch.float32), workspace)
+    num_pixels = workspace.resolution * workspace.resolution
+    flat = terms.pixel
+    flat += torch.arange(flat.shape[0], device=flat.device)[:, None] * num_pixels
+    if terms.outside is not None:
+        flat.masked_fill_(terms.outside, outside)
+    return flat, terms.depth[list(terms.depth_row)]

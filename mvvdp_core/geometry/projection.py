@@ -9,14 +9,14 @@ Keys are finally unpacked into feature and depth images.
 
 The CUDA kernel (cuda/, loaded by cuda_ext) implements the same three steps on the same keys; this module is
 the reference and the CPU path, and `project_views` is the one place that picks a backend. Pixels and depths
-come from pixels.view_pixels (shared by both backends); points are z-ordered in cache-sized chunks (numpy's
-minimum.at on the CPU), so the cost is linear in the number of points; every CPU step works on blocks below
-torch's parallel grain size, so it never waits on a thread of a busy core.
+come from pixels.view_terms (shared by both backends). On the CPU points are z-ordered in cache-sized chunks
+(a scatter-min of the keys), so the cost is linear in the number of points, and the call runs on its own
+thread budget (one thread by default): torch threads that wait for busy cores make it many times slower.
 """
 
 from __future__ import annotations
 
-import math
+import sys
 
 import numpy as np
 import torch
@@ -25,50 +25,61 @@ from mvvdp_core.geometry import cuda_ext
 from mvvdp_core.geometry.pixels import (
     POINT_CHUNK,
     ProjectedViews,
+    depth_rows,
     prepare_inputs,
     splat_extent,
-    view_pixels,
+    view_terms,
 )
 from mvvdp_core.geometry.workspace import Workspace
+from mvvdp_core.threads import torch_threads
 
 # Key of an empty pixel: larger than every packed key (its depth bits 0x7FFFFFFF exceed those of +inf).
 EMPTY_KEY = 0x7FFF_FFFF_FFFF_FFFF
 LOW_MASK = 0xFFFF_FFFF
-IMAGE_BLOCK = 32_767  # pixels per block of the splatting and unpacking, below torch's intra-op grain size
+DEPTH_MASK = -(1 << 32)  # clears the index bits of a key
+INF_BITS = 0x7F80_0000  # float32 +inf
+SPLAT_BLOCK = 32_768  # pixels per block of the CPU splatting: its temporaries stay in cache
+# Halves of a key seen as two int32: which holds the point index and which the depth bits.
+LOW, HIGH = (1, 0) if sys.byteorder == "big" else (0, 1)
 
 
-def pack_keys(depth: torch.Tensor, point_index: torch.Tensor) -> torch.Tensor:
-    """int64 keys from float32 depths >= 0 and point indices < 2^31."""
-    depth_bits = depth.to(torch.float32).contiguous().view(torch.int32).to(torch.int64)
-    return (depth_bits << 32) | point_index.to(torch.int64)
+def key_halves(keys: torch.Tensor) -> torch.Tensor:
+    """int32 view (..., 2) of int64 keys: [..., LOW] the point index, [..., HIGH] the depth bits."""
+    return keys.view(torch.int32).view(*keys.shape, 2)
 
 
 def zorder_keys(points: torch.Tensor, workspace: Workspace) -> torch.Tensor:
     """Minimum key per pixel of the points landing on it, EMPTY_KEY where none does; shape (V, H, W).
 
-    On the CPU points go through view_pixels in chunks of POINT_CHUNK, so the temporaries stay in cache and
-    the cost is linear in the number of points, and the per-pixel minimum is numpy's minimum.at; elsewhere
-    one pass with torch's scatter_reduce. Points outside the cube land on a discarded extra pixel.
+    Points go through view_terms in chunks of POINT_CHUNK on the CPU (the temporaries stay in cache), in one
+    pass elsewhere. Each chunk's keys are built in place: view_terms writes the depths into their high
+    halves, the point indices go into the low halves, and a scatter-min per view takes them into the view's
+    image. Points outside the cube land on a discarded extra pixel of each view.
     """
     num_views, res = len(workspace.views), workspace.resolution
-    num_pixels = num_views * res * res
-    on_cpu = points.device.type == "cpu"
-    if on_cpu:
-        image = torch.from_numpy(np.full(num_pixels + 1, EMPTY_KEY, dtype=np.int64))
-    else:
-        image = torch.full((num_pixels + 1,), EMPTY_KEY, dtype=torch.int64, device=points.device)
-    step = POINT_CHUNK if on_cpu else max(1, points.shape[0])
+    num_pixels = res * res
+    image = torch.full((num_views, num_pixels + 1), EMPTY_KEY, dtype=torch.int64, device=points.device)
+    step = POINT_CHUNK if points.device.type == "cpu" else max(1, points.shape[0])
+    keys = torch.empty(
+        depth_rows(workspace), min(step, points.shape[0]), dtype=torch.int64, device=points.device
+    )
+    halves = key_halves(keys)
+    scratch: dict[str, torch.Tensor] = {}
+    halves[..., LOW] = torch.arange(keys.shape[1], dtype=torch.int32, device=points.device)
     for start in range(0, points.shape[0], step):
+        if start > 0:  # moves each point index on by one chunk; the indices stay below 2^32, so this never
+            keys += step  # carries into the high halves, which view_terms overwrites
         chunk = points[start : start + step]
-        flat, depth = view_pixels(chunk, workspace, outside=num_pixels)
-        point_index = torch.arange(start, start + chunk.shape[0], device=points.device)
+        count = chunk.shape[0]
+        depth_out = halves[:, :count, HIGH].view(torch.float32)
+        terms = view_terms(chunk, workspace, depth_out=depth_out, scratch=scratch)
         for v in range(num_views):
-            keys = pack_keys(depth[v], point_index)
-            if on_cpu:
-                np.minimum.at(image.numpy(), flat[v].numpy(), keys.numpy())
-            else:
-                image.scatter_reduce_(0, flat[v], keys, reduce="amin", include_self=True)
-    return image[:num_pixels].view(num_views, res, res)
+            pixel = terms.pixel[v]
+            if terms.outside is not None:
+                pixel.masked_fill_(terms.outside, num_pixels)
+            view_keys = keys[terms.depth_row[v], :count]
+            image[v].scatter_reduce_(0, pixel, view_keys, reduce="amin", include_self=True)
+    return image[:, :num_pixels].view(num_views, res, res)
 
 
 def splat_offsets(reach: int, max_d2: int) -> list[tuple[int, list[tuple[int, int]]]]:
@@ -82,21 +93,15 @@ def splat_offsets(reach: int, max_d2: int) -> list[tuple[int, list[tuple[int, in
     return sorted(groups.items())
 
 
-def _row_blocks(images: torch.Tensor, elements: int) -> list[tuple[int, slice]]:
-    """(view, rows) blocks covering images (V, H, W, ...): on the CPU of at most `elements` pixels (at least
-    one row), elsewhere whole views."""
-    num_views, height, width = images.shape[:3]
-    rows = max(1, elements // width) if images.device.type == "cpu" else height
-    return [(v, slice(r, min(r + rows, height))) for v in range(num_views) for r in range(0, height, rows)]
-
-
 def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
     """Screen-space splatting on a (V, H, W) key image; returns a new key image.
 
     Per ring of equal distance the smallest neighbouring key is taken when its depth is strictly smaller:
     the smallest key of a ring is below `own depth << 32` exactly when some key of the ring is, so one
-    minimum per offset and one test per ring suffice. On the CPU it works through blocks of rows small
-    enough for torch to run each operation on the calling thread.
+    minimum per offset and one test per ring suffice. Rings go from the farthest to the nearest, each
+    overwriting where it qualifies, so the nearest qualifying ring is what remains. On the CPU the image goes
+    through blocks of rows of about SPLAT_BLOCK pixels, whose temporaries stay in cache; elsewhere through
+    whole views.
     """
     if max_d2 == 0:
         return keys
@@ -105,43 +110,60 @@ def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
         (num_views, height + 2 * reach, width + 2 * reach), EMPTY_KEY, dtype=torch.int64, device=keys.device
     )
     padded[:, reach : reach + height, reach : reach + width] = keys
-    result = torch.empty_like(keys)
-    groups = splat_offsets(reach, max_d2)
-    for v, rows in _row_blocks(keys, IMAGE_BLOCK):
-        own = keys[v, rows]
-        own_depth_floor = (own >> 32) << 32  # keys below it have a strictly smaller depth
-        block = own.clone()
-        found = torch.zeros_like(own, dtype=torch.bool)
-        ring_best = torch.empty_like(own)
-        for _, offsets in groups:
-            for k, (dy, dx) in enumerate(offsets):
-                near_rows = slice(reach + dy + rows.start, reach + dy + rows.stop)
-                near = padded[v, near_rows, reach + dx : reach + dx + width]
-                if k == 0:
-                    ring_best.copy_(near)
-                else:
-                    torch.minimum(ring_best, near, out=ring_best)
-            take = (ring_best < own_depth_floor) & ~found
-            block = torch.where(take, ring_best, block)
-            found |= take
-        result[v, rows] = block
+    result = keys.clone(memory_format=torch.contiguous_format)
+    rows = max(1, SPLAT_BLOCK // width) if keys.device.type == "cpu" else height
+    scratch = torch.empty(3, min(rows, height), width, dtype=torch.int64, device=keys.device)
+    rings = [offsets for _, offsets in reversed(splat_offsets(reach, max_d2))]
+    for v in range(num_views):
+        for top in range(0, height, rows):
+            bottom = min(top + rows, height)
+            _splat_block(result[v, top:bottom], padded[v, top : bottom + 2 * reach], rings, reach, scratch)
     return result
 
 
+def _splat_block(
+    block: torch.Tensor,
+    near_rows: torch.Tensor,
+    rings: list[list[tuple[int, int]]],
+    reach: int,
+    scratch: torch.Tensor,
+) -> None:
+    """Splat one block (rows, W) of a key image in place. near_rows: the padded image's rows around it;
+    rings: the offsets of each ring, farthest first; scratch: (3, >= rows, W) int64. The test and the
+    overwrite are integer arithmetic (a select by a data-dependent mask is several times slower on a CPU)."""
+    count, width = block.shape
+    floor, best, take = (buffer[:count] for buffer in scratch)
+    torch.bitwise_and(block, DEPTH_MASK, out=floor)  # keys below it have a strictly smaller depth
+
+    def near(dy: int, dx: int) -> torch.Tensor:
+        return near_rows[reach + dy : reach + dy + count, reach + dx : reach + dx + width]
+
+    for offsets in rings:
+        if len(offsets) == 1:
+            best.copy_(near(*offsets[0]))
+        else:
+            torch.minimum(near(*offsets[0]), near(*offsets[1]), out=best)
+        for dy, dx in offsets[2:]:
+            torch.minimum(best, near(dy, dx), out=best)
+        torch.sub(best, floor, out=take).bitwise_right_shift_(63)  # keys are >= 0: -1 where best < floor
+        block.bitwise_xor_(best.bitwise_xor_(block).bitwise_and_(take))  # block = best where take
+
+
 def unpack_keys(keys: torch.Tensor, colors: torch.Tensor) -> ProjectedViews:
-    """Key image (V, H, W) -> ProjectedViews with colours (N, C) looked up by point index (in row blocks)."""
+    """Key image (V, H, W) -> ProjectedViews with float32 colours (N, C) looked up by point index.
+
+    Branch-free on the halves of the keys: an empty pixel's depth bits 0x7FFFFFFF exceed those of every depth
+    (finite, at most the edge) and clamp to +inf's, and its index half -1 is the only negative one, so it
+    clamps to index 0 and its sign clears the colour bits.
+    """
     num_views, height, width = keys.shape
+    halves = key_halves(keys)
+    depth = halves[..., HIGH].clamp(max=INF_BITS).view(torch.float32)
+    index = halves[..., LOW].clamp(min=0)
+    features = colors.index_select(0, index.view(-1)).view(num_views, height, width, -1)
+    keep = torch.bitwise_not(halves[..., LOW] >> 31).unsqueeze(-1)  # 0 on empty pixels, else all ones
     rgb = torch.empty(num_views, colors.shape[1], height, width, dtype=colors.dtype, device=keys.device)
-    depth = torch.empty(num_views, height, width, dtype=torch.float32, device=keys.device)
-    for v, rows in _row_blocks(keys, IMAGE_BLOCK // max(1, colors.shape[1])):
-        block = keys[v, rows]
-        empty = block == EMPTY_KEY
-        block_depth = (block >> 32).to(torch.int32).view(torch.float32)
-        depth[v, rows] = torch.where(empty, math.inf, block_depth)
-        index = torch.where(empty, 0, block & LOW_MASK)
-        features = colors.index_select(0, index.flatten()).view(*index.shape, -1)  # (rows, W, C)
-        features = torch.where(empty.unsqueeze(-1), 0.0, features)
-        rgb[v, :, rows] = features.permute(2, 0, 1)
+    torch.bitwise_and(features.view(torch.int32), keep, out=rgb.view(torch.int32).permute(0, 2, 3, 1))
     return ProjectedViews(rgb=rgb, depth=depth)
 
 
@@ -150,11 +172,17 @@ def project_views_torch(
     colors: np.ndarray | torch.Tensor,
     workspace: Workspace,
     splat_radius: float = 0.008,
+    threads: int | None = 1,
 ) -> ProjectedViews:
-    """Reference projection in vectorised torch (CPU or CUDA tensors). Points outside the cube are ignored."""
-    points, colors = prepare_inputs(points, colors)
-    reach, max_d2 = splat_extent(splat_radius, workspace)
-    return unpack_keys(splat_keys(zorder_keys(points, workspace), reach, max_d2), colors)
+    """Reference projection in vectorised torch (CPU or CUDA tensors). Points outside the cube are ignored.
+
+    threads: torch intra-op threads for a call on the CPU, restored afterwards (None: torch's setting).
+    """
+    on_gpu = isinstance(points, torch.Tensor) and points.device.type != "cpu"
+    with torch_threads(None if on_gpu else threads):
+        points, colors = prepare_inputs(points, colors)
+        reach, max_d2 = splat_extent(splat_radius, workspace)
+        return unpack_keys(splat_keys(zorder_keys(points, workspace), reach, max_d2), colors)
 
 
 def project_views(
@@ -163,17 +191,19 @@ def project_views(
     workspace: Workspace,
     splat_radius: float = 0.008,
     backend: str = "auto",
+    threads: int | None = 1,
 ) -> ProjectedViews:
     """Project a base-frame cloud into the workspace views.
 
     backend: "torch" (reference), "cuda" (kernel; error if unavailable) or "auto" (the kernel when the points
-    are on a GPU and it builds, else torch).
+    are on a GPU and it builds, else torch). threads: torch intra-op threads of a projection on the CPU
+    (default 1: the call never waits for a busy core; None: torch's setting).
     """
     if backend not in ("auto", "torch", "cuda"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'cuda', got {backend!r}")
     on_gpu = isinstance(points, torch.Tensor) and points.is_cuda
     if backend == "torch" or (backend == "auto" and not on_gpu):
-        return project_views_torch(points, colors, workspace, splat_radius)
+        return project_views_torch(points, colors, workspace, splat_radius, threads)
     if backend == "auto" and cuda_ext.load_extension() is None:
-        return project_views_torch(points, colors, workspace, splat_radius)
+        return project_views_torch(points, colors, workspace, splat_radius, threads)
     return cuda_ext.project_views_cuda(points, colors, workspace, splat_radius)
