@@ -8,9 +8,9 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from mvvdp_core.geometry import Workspace
-from mvvdp_core.geometry.cloud_filter import CloudFilter, filter_cloud, open3d_installed
+from mvvdp_core.geometry.cloud_filter import CloudFilter, filter_cloud, open3d_installed, open3d_problem
 
-needs_open3d = pytest.mark.skipif(not open3d_installed(), reason="open3d is not installed")
+needs_open3d = pytest.mark.skipif(not open3d_installed(), reason=f"open3d is not usable: {open3d_problem()}")
 
 
 def test_filter_settings_are_checked_and_off_by_default() -> None:
@@ -26,7 +26,7 @@ def test_filter_settings_are_checked_and_off_by_default() -> None:
 
 @pytest.mark.skipif(open3d_installed(), reason="open3d is installed")
 def test_a_filter_without_open3d_names_the_package() -> None:
-    with pytest.raises(RuntimeError, match="open3d is not installed"):
+    with pytest.raises(RuntimeError, match="open3d is not usable"):
         filter_cloud(np.zeros((4, 3), np.float32), np.zeros((4, 3), np.uint8), CloudFilter(voxel_size=0.01))
 
 

@@ -56,7 +56,7 @@ def test_perception_cloud_filters_need_open3d() -> None:
                  Parameter("use_tf", value=False), Parameter("voxel_size", value=0.005),
                  Parameter("outlier_neighbors", value=16)]
     if not open3d_installed():
-        with pytest.raises(RuntimeError, match="open3d is not installed"):
+        with pytest.raises(RuntimeError, match="open3d is not usable"):
             PerceptionNode(parameter_overrides=overrides)
         return
     node = PerceptionNode(parameter_overrides=overrides)

@@ -6,24 +6,35 @@ a RuntimeError that names the package.
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 
+@functools.cache
+def open3d_problem() -> str:
+    """Why open3d cannot be used here ('' when it imports): not installed, or a system library it loads
+    (libusb-1.0, libGL) is missing."""
+    try:
+        import open3d  # noqa: F401
+    except (ImportError, OSError) as err:
+        return f"{type(err).__name__}: {err}"
+    return ""
+
+
 def open3d_installed() -> bool:
-    return importlib.util.find_spec("open3d") is not None
+    return not open3d_problem()
 
 
 def import_open3d() -> Any:
     """The open3d module, or a RuntimeError saying how to install it."""
-    try:
-        import open3d
-    except ImportError as err:
-        raise RuntimeError("open3d is not installed: pip install open3d-cpu (the `cloud` extra), or "
-                           f"turn the cloud filters off ({err})") from err
+    problem = open3d_problem()
+    if problem:
+        raise RuntimeError("open3d is not usable: pip install open3d-cpu (the `cloud` extra; it needs "
+                           f"libusb-1.0 from the system), or turn the cloud filters off ({problem})")
+    import open3d
     open3d.utility.set_verbosity_level(open3d.utility.VerbosityLevel.Error)
     return open3d
 
