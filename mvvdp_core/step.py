@@ -11,6 +11,8 @@ import numpy as np
 
 from mvvdp_core.rotations import check_rotation, check_transform
 
+GRIPPER_WIDTH_TOLERANCE = 1e-3  # m: closed fingers (contact, encoder noise) may read this far below 0
+
 
 @dataclass
 class CameraCloud:
@@ -60,8 +62,9 @@ class Step:
         if self.ee_position.shape != (3,) or not np.isfinite(self.ee_position).all():
             raise ValueError(f"ee_position must be 3 finite numbers, got {self.ee_position!r}")
         self.ee_rotation = check_rotation(self.ee_rotation, "ee_rotation")
-        if not np.isfinite(self.gripper_width) or self.gripper_width < 0:
+        if not np.isfinite(self.gripper_width) or self.gripper_width < -GRIPPER_WIDTH_TOLERANCE:
             raise ValueError(f"gripper_width must be a finite non-negative width, got {self.gripper_width!r}")
+        self.gripper_width = max(float(self.gripper_width), 0.0)  # closed fingers read a hair below 0
         if not np.isfinite(self.timestamp):
             raise ValueError(f"timestamp must be finite, got {self.timestamp!r}")
         if not self.clouds:

@@ -109,6 +109,10 @@ def test_bad_input_is_rejected(tmp_path: Path) -> None:
         Step({"zed_front": cloud}, [np.nan, 0, 0], np.eye(3), 0.0, False, 0.0)
     with pytest.raises(ValueError, match="ee_rotation"):
         Step({"zed_front": cloud}, [0, 0, 0], 2 * np.eye(3), 0.0, False, 0.0)
+    with pytest.raises(ValueError, match="gripper_width"):
+        Step({"zed_front": cloud}, [0, 0, 0], np.eye(3), -0.01, False, 0.0)
+    # Closed fingers pressed together read a hair below 0 (contact, encoder noise): a width of 0.
+    assert Step({"zed_front": cloud}, [0, 0, 0], np.eye(3), -3e-4, True, 0.0).gripper_width == 0.0
     writer = Recorder(tmp_path).start_episode(["zed_front"])
     with pytest.raises(ValueError, match="cameras"):
         writer.add_step(make_step(0))

@@ -270,7 +270,8 @@ class FrankaSim:
         return self.data.qpos[self._finger_qpos].copy()
 
     def gripper_width(self) -> float:
-        return float(self.data.qpos[self._finger_qpos].sum())
+        """Metres between the fingers (contact penetration can push the joints a hair below 0: read as 0)."""
+        return max(float(self.data.qpos[self._finger_qpos].sum()), 0.0)
 
     def ee_pose(self) -> tuple[np.ndarray, np.ndarray]:
         """Fingertip centre point in the base frame: position (3,) and quaternion xyzw (4,)."""
