@@ -24,11 +24,7 @@ its messages, a hung one stops them); heartbeat messages from any publisher coun
 from __future__ import annotations
 
 import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -39,6 +35,7 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.duration import Duration
 from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
 from rclpy.qos import LivelinessPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.task import Future
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Header, String
 from std_srvs.srv import Trigger
@@ -133,8 +130,7 @@ class ExecutorNode(ManagedNode):
         self.callback_errors = 0
         self._gripper_opening = 1.0
         self._draining = 0  # periods left to send the deactivation hold (inactive: nothing else goes out)
-        self._calls: deque[Callable[[], None]] = deque()  # from the action thread, run by the control loop
-        self._progress = threading.Condition()
+        self._period_waiters: list[Future] = []  # Execute goals awaiting the next control period
         self._last_command = Command(None, "idle")
         self._goal_active = False
 
@@ -275,7 +271,7 @@ class ExecutorNode(ManagedNode):
         self._flush_events()
         return result
 
-    # ---- the Execute action: its thread waits; the control loop runs its calls and reports progress ----
+    # ---- the Execute action: a coroutine that the control loop wakes once per period ----
     def _accept_goal(self, _goal: ExecuteAction.Goal) -> GoalResponse:
         if self._goal_active or not self.active:
             why = "one is running" if self.active else "executor inactive"
@@ -284,46 +280,40 @@ class ExecutorNode(ManagedNode):
         self._goal_active = True
         return GoalResponse.ACCEPT
 
-    def _in_loop(self, call: Callable[[], Any], timeout: float = 5.0) -> Any:
-        """Run `call` at the start of the next control period (the thread that owns the core); its result,
-        or None when the loop did not run it in time (then it never runs)."""
-        done, box, lock = threading.Event(), [], threading.Lock()
+    async def _next_period(self) -> Command | None:
+        """The command of the next control period (None when the loop is inactive)."""
+        future = Future(executor=self.executor)
+        self._period_waiters.append(future)
+        return await future
 
-        def run() -> None:
-            with lock:
-                if not done.is_set():
-                    box.append(call())
-                    done.set()
+    def _wake_waiters(self, command: Command | None) -> None:
+        waiters, self._period_waiters = self._period_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(command)
 
-        self._calls.append(run)
-        done.wait(timeout)
-        with lock:
-            done.set()
-        return box[0] if box else None
-
-    def _execute_goal(self, goal: ServerGoalHandle) -> ExecuteAction.Result:
+    async def _execute_goal(self, goal: ServerGoalHandle) -> ExecuteAction.Result:
         try:
-            return self._follow_goal(goal)
+            return await self._follow_goal(goal)
         finally:
             self._goal_active = False
 
-    def _follow_goal(self, goal: ServerGoalHandle) -> ExecuteAction.Result:
+    async def _follow_goal(self, goal: ServerGoalHandle) -> ExecuteAction.Result:
+        """Runs on the node's one executor thread between control periods, like every other callback."""
         chunk_id, approve = int(goal.request.chunk_id), bool(goal.request.approve)
-        decided = self._in_loop(lambda: (self._approve(chunk_id, approve), self.core.running))
-        if decided is None:
-            goal.abort()
-            return ExecuteAction.Result(success=False, message="executor control loop not running (inactive)")
-        (ok, message), running = decided
+        ok, message = self._approve(chunk_id, approve)
         if not ok or not approve:
             goal.succeed() if ok else goal.abort()
             return ExecuteAction.Result(success=ok, message=message)
-        total, done, last = len(running.positions), 0, time.monotonic()
+        total, done, last = len(self.core.running.positions), 0, time.monotonic()
         while True:
-            with self._progress:
-                self._progress.wait(timeout=0.5)
-                command = self._last_command
+            command = await self._next_period()
+            if command is None:
+                goal.abort()
+                return ExecuteAction.Result(success=False, steps_executed=done,
+                                            message=f"chunk {chunk_id}: ended, executor inactive")
             if goal.is_cancel_requested:
-                self._in_loop(lambda: self._stop("execute goal cancelled"))
+                self._stop("execute goal cancelled")
                 goal.canceled()
                 return ExecuteAction.Result(success=False, steps_executed=done,
                                             message=f"chunk {chunk_id}: cancelled, holding until resumed")
@@ -380,18 +370,15 @@ class ExecutorNode(ManagedNode):
                                 **counters)
 
     def _tick(self) -> None:
-        while self._calls:
-            self._calls.popleft()()
         if not (self.active or self._draining):
+            self._wake_waiters(None)
             return  # inactive: no commands
         now = self._now()
         if self._policy_live and now - self._last_beat < self.params["heartbeat_grace"]:
             self.core.heartbeat(now)
         command = self.core.tick(now, self.period)
         self._flush_events()
-        with self._progress:
-            self._last_command = command
-            self._progress.notify_all()
+        self._last_command = command
         if command.target is not None:
             self.target_pub.publish(pose_stamped(command.target, now, self.params["base_frame"]))
             self._command_gripper(command.target.gripper)
@@ -401,6 +388,7 @@ class ExecutorNode(ManagedNode):
         limited = f" limited={','.join(command.limited)}" if command.limited else ""
         reason = f" reason={command.reason}" if command.reason else ""
         self.state_pub.publish(String(data=f"{command.state}{detail}{limited}{reason}"))
+        self._wake_waiters(command)
 
     def _franka_gripper_clients(self):
         """Action clients of franka_gripper's move/grasp/homing (robot install with franka_msgs only)."""
@@ -450,7 +438,7 @@ class ExecutorNode(ManagedNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(ExecutorNode, argv, threads=3)  # one thread may follow an Execute goal
+    return run_node(ExecutorNode, argv)  # one thread: Execute goals are coroutines between control periods
 
 
 if __name__ == "__main__":
