@@ -287,11 +287,14 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+def settings_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> TrainSettings:
+    """TrainSettings from, in rising precedence: the defaults, saved (a resumed run's settings), the
+    --settings file, the flags given."""
     from mvvdp_core.model.text import parse_task_prompts
     from mvvdp_core.train.loop import TrainSettings
 
-    values: dict[str, Any] = load_settings_file(args.settings) if args.settings else {}
+    values: dict[str, Any] = dict(saved or {})
+    values.update(load_settings_file(args.settings) if args.settings else {})
     flags = {f.name: getattr(args, f.name) for f in fields(TrainSettings) if f.name in vars(args)}
     if args.prompt:
         flags["prompts"] = parse_task_prompts(args.prompt)
@@ -328,6 +331,19 @@ def dry_run(settings: TrainSettings, gpu_gb: float = 80.0) -> int:
     return 0 if plan.fits(gpu_gb) else 1
 
 
+def resumed_settings(args: argparse.Namespace) -> TrainSettings:
+    """A resumed run's settings: those saved in its folder, overridden only by the options given now."""
+    from mvvdp_core.train.loop import SETTINGS_FILE, changed_settings, saved_settings
+
+    saved = saved_settings(args.out)
+    settings = settings_from_args(args, saved)
+    if saved is not None:
+        changed = changed_settings(saved, settings)
+        listed = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items()) or "none"
+        print(f"resuming with the settings of {Path(args.out) / SETTINGS_FILE}; overridden: {listed}")
+    return settings
+
+
 def train_command(argv: list[str]) -> int:
     parser = build_train_parser()
     args = parser.parse_args(argv)
@@ -337,7 +353,8 @@ def train_command(argv: list[str]) -> int:
         parser.error("--data and --out are required")
     from mvvdp_core.train.loop import train
 
-    result = train(args.data, args.out, settings_from_args(args), resume=args.resume)
+    settings = resumed_settings(args) if args.resume else settings_from_args(args)
+    result = train(args.data, args.out, settings, resume=args.resume)
     print(
         f"trained steps {result.start_step + 1}..{result.end_step} ({result.mode}); checkpoint "
         f"{result.checkpoint}; {result.parameters / 1e6:.2f} M parameters ({result.trainable / 1e6:.3f} M "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,30 @@ def test_mvvdp_train_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixt
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         mvvdp(["train", "--data", str(tmp_path / "missing"), "--out", str(out), "--steps", "1"])
+
+
+def test_resume_keeps_the_run_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = record_line_episode(tmp_path / "data", steps=5)
+    out = tmp_path / "run"
+    first = ["train", "--data", str(data), "--out", str(out), "--steps", "1", "--vae-steps", "0",
+             "--override", "future_frames=4", "--no-progress", "--val-episodes", "1", "--lr", "3e-4",
+             "--lr-schedule", "cosine", "--augment-copies", "1", "--start-stride", "2", "--no-augment"]
+    assert mvvdp(first) == 0
+    capsys.readouterr()
+    saved = out / "train_settings.json"
+    assert mvvdp(["train", "--data", str(data), "--out", str(out), "--resume", "--steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "overridden: steps 1 -> 2" in printed and "trained steps 2..2" in printed
+    kept = json.loads(saved.read_text())
+    assert kept["lr"] == 3e-4 and kept["lr_schedule"] == "cosine" and kept["steps"] == 2
+    assert kept["augment_copies"] == 1 and kept["start_stride"] == 2 and kept["augment"] is False
+    assert kept["config"] == "tiny" and kept["config_overrides"] == {"future_frames": 4}
+    assert mvvdp(["train", "--data", str(data), "--out", str(out), "--resume", "--steps", "3",
+                  "--lr", "1e-4"]) == 0
+    assert "lr 0.0003 -> 0.0001" in capsys.readouterr().out
+    now = json.loads(saved.read_text())
+    assert now["lr"] == 1e-4 and now["lr_schedule"] == "cosine" and now["steps"] == 3
+    with pytest.raises(ValueError, match="config 'tiny'"):
+        mvvdp(["train", "--data", str(data), "--out", str(out), "--resume", "--steps", "4",
+               "--config", "small"])
+    assert json.loads(saved.read_text()) == now  # a refused resume leaves the run's settings alone

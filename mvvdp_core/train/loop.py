@@ -23,7 +23,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -198,6 +198,30 @@ class TrainSettings:
         if self.mode != "auto":
             return self.mode
         return "lora" if self.base_model is not None else "full"
+
+
+def saved_settings(out: str | Path) -> dict[str, Any] | None:
+    """The settings a run folder last trained with (its train_settings.json), as TrainSettings keys; None
+    where the folder has none. Keys TrainSettings no longer has are dropped."""
+    path = Path(out) / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the run's settings {path}: {error}") from error
+    if not isinstance(loaded, dict):
+        raise ValueError(f"the run's settings {path} must be a mapping of TrainSettings keys")
+    known = {f.name for f in fields(TrainSettings)}
+    return {key: value for key, value in loaded.items() if key in known}
+
+
+def changed_settings(saved: dict[str, Any], settings: TrainSettings) -> dict[str, tuple[Any, Any]]:
+    """Settings whose value differs from a saved run's: name -> (saved, now), compared as JSON values."""
+    now = json.loads(json.dumps(asdict(settings), default=str))
+    before = json.loads(json.dumps(saved, default=str))
+    return {name: (before.get(name), value) for name, value in now.items()
+            if name in before and before[name] != value}
 
 
 @dataclass
@@ -581,6 +605,11 @@ def _model(run: _Run, episodes: list[Episode], tasks: list[str], resume: bool) -
         missing = sorted(set(tasks) - set(parts.text_embeddings))
         if missing:
             raise ValueError(f"checkpoint {previous} has no text embedding for tasks {missing}")
+        trained = state.get("settings", {}).get("config")
+        if trained is not None and trained != settings.config:
+            raise ValueError(f"cannot resume {previous} (config {trained!r}) with config "
+                             f"{settings.config!r}: a run keeps its model config; drop --config or start a "
+                             "new --out")
         log(f"text embeddings: from the resumed checkpoint {previous}")
     else:
         config = model_config(settings, episodes)
