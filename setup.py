@@ -35,6 +35,7 @@ setup(
         "accelerate>=1.0",
         "ninja>=1.11",
         "scipy>=1.11",
+        "tyro>=1.0",
     ],
     extras_require={
         "sim": ["mujoco==3.3.0", "metaworld==3.1.1", "packaging"],

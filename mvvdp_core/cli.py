@@ -12,13 +12,12 @@ import importlib
 import json
 import sys
 import time
-import types
-import typing
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import tyro
 import yaml
 
 if TYPE_CHECKING:
@@ -203,59 +202,32 @@ def encode_prompts_command(argv: list[str]) -> int:
 
 
 # ---- train --------------------------------------------------------------------------------------------
-# Settings come from TrainSettings' defaults, then an optional YAML file (--settings, keys of TrainSettings),
-# then the flags. Every TrainSettings field is a flag (`--lr-warmup` for lr_warmup), declared once, in the
-# dataclass. Several GPUs: `accelerate launch -m mvvdp_core.cli train ...` (accelerate handles the processes).
-
-# Fields whose flag differs from the plain `--name VALUE` form.
-BOOLEAN_FLAGS = ("augment", "include_failed", "progress", "tf32", "gradient_checkpointing")
-SPECIAL_FLAGS = {"prompts", "config_overrides", "workspace_center", *BOOLEAN_FLAGS}
-CHOICES = {"config": ("tiny", "small", "wan22"), "mode": ("auto", "lora", "full"),
-           "lr_schedule": ("constant", "cosine"), "mixed_precision": ("auto", "no", "fp16", "bf16"),
-           "base_dtype": ("auto", "fp32", "bf16"), "optimizer_state": ("latest", "all")}
+# Settings are TrainSettings fields (declared once, in the dataclass: `--lr-warmup` for lr_warmup, help from
+# its comments), parsed by tyro. They come from TrainSettings' defaults, then a resumed run's saved settings
+# (--resume), then an optional YAML file (--settings), then the flags given. Several GPUs: `accelerate launch
+# -m mvvdp_core.cli train ...` (accelerate handles the processes).
+TRAIN_DESCRIPTION = "`mvvdp train`: train the video model and the rotation/gripper head on recorded episodes."
 
 
-def _scalar_type(annotation: Any) -> type:
-    """int / float / str from a field's annotation (also `int | None`)."""
-    hint = eval(annotation, {}, {}) if isinstance(annotation, str) else annotation  # noqa: S307
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
+@dataclass
+class TrainRun:
+    """What `mvvdp train` reads and writes, beside the training settings."""
 
-
-def build_train_parser() -> argparse.ArgumentParser:
-    from mvvdp_core.train.loop import TrainSettings
-
-    parser = argparse.ArgumentParser(
-        prog="mvvdp train",
-        description="`mvvdp train`: train the video model and the rotation/gripper head on recorded "
-        "episodes.",
+    data: list[str] = field(default_factory=list)  # folder(s) of recorded episodes (required)
+    out: str | None = None  # output folder: checkpoints, tensorboard, plots (required)
+    # print the memory plan of these settings on one CUDA process and exit
+    dry_run: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
+    # continue from the latest checkpoint in --out, with the run's saved settings unless given here
+    resume: Annotated[bool, tyro.conf.FlagCreatePairsOff] = False
+    settings: Path | None = None  # YAML file with TrainSettings keys
+    # instruction of a recorded task (with --text-encoder, else random embeddings)
+    prompt: Annotated[list[str], tyro.conf.UseAppendAction, tyro.conf.arg(metavar='NAME="instruction"')] = (
+        field(default_factory=list)
     )
-    parser.add_argument("--data", nargs="+", help="folder(s) of recorded episodes (required)")
-    parser.add_argument("--out", help="output folder: checkpoints, tensorboard, plots (required)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the memory plan of these settings on one CUDA process and exit")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
-    parser.add_argument("--settings", type=Path, default=None, help="YAML file with TrainSettings keys")
-    parser.add_argument(
-        "--prompt", action="append", default=None, metavar='NAME="instruction"',
-        help="instruction of a recorded task (repeatable; with --text-encoder, else random embeddings)",
-    )  # fmt: skip
-    parser.add_argument("--override", action="append", default=None, metavar="FIELD=JSON",
-                        help="model config field, e.g. image_size=128 or transformer='{\"num_layers\": 6}'")
-    parser.add_argument("--workspace-center", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"))
-    for flag in BOOLEAN_FLAGS:
-        name = f"--{flag.replace('_', '-')}"
-        parser.add_argument(name, action=argparse.BooleanOptionalAction, default=None)
-    for item in fields(TrainSettings):
-        if item.name in SPECIAL_FLAGS:
-            continue
-        default = None if item.default is MISSING else item.default
-        parser.add_argument(
-            f"--{item.name.replace('_', '-')}", type=_scalar_type(item.type), default=None,
-            choices=CHOICES.get(item.name), help=f"default: {default}",
-        )  # fmt: skip
-    return parser
+    # model config field, e.g. image_size=128 or transformer='{"num_layers": 6}'
+    override: Annotated[list[str], tyro.conf.UseAppendAction, tyro.conf.arg(metavar="FIELD=JSON")] = field(
+        default_factory=list
+    )
 
 
 def load_settings_file(path: Path) -> dict[str, Any]:
@@ -287,21 +259,44 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def settings_from_args(args: argparse.Namespace, saved: dict[str, Any] | None = None) -> TrainSettings:
-    """TrainSettings from, in rising precedence: the defaults, saved (a resumed run's settings), the
-    --settings file, the flags given."""
-    from mvvdp_core.model.text import parse_task_prompts
+def _unchecked_settings(values: dict[str, Any]) -> TrainSettings:
+    """TrainSettings holding these values over the defaults, not validated yet: the command line's defaults
+    (a settings file may lean on a flag, e.g. wan22 on --base-model; the parsed result is validated)."""
     from mvvdp_core.train.loop import TrainSettings
 
+    settings = object.__new__(TrainSettings)
+    for item in fields(TrainSettings):
+        default = item.default_factory() if item.default is MISSING else item.default  # type: ignore[misc]
+        settings.__dict__[item.name] = values.get(item.name, default)
+    return settings
+
+
+def parse_train_args(
+    argv: list[str], console: bool = True
+) -> tuple[TrainRun, TrainSettings, dict[str, Any] | None]:
+    """The run options, the TrainSettings and, with --resume, the run's saved settings (None without).
+
+    A first look reads the run options alone (where a resumed run's settings and the YAML file are); the full
+    parse then takes them as the defaults the flags given override."""
+    from mvvdp_core.model.text import parse_task_prompts
+    from mvvdp_core.train.loop import TrainSettings, saved_settings
+
+    run, _ = tyro.cli(TrainRun, args=argv, return_unknown_args=True, add_help=False,
+                      console_outputs=console)
+    saved = saved_settings(run.out) if run.resume and run.out else None
     values: dict[str, Any] = dict(saved or {})
-    values.update(load_settings_file(args.settings) if args.settings else {})
-    flags = {f.name: getattr(args, f.name) for f in fields(TrainSettings) if f.name in vars(args)}
-    if args.prompt:
-        flags["prompts"] = parse_task_prompts(args.prompt)
-    if args.override:
-        flags["config_overrides"] = {**values.get("config_overrides", {}), **_overrides(args.override)}
-    values.update({k: v for k, v in flags.items() if v is not None})
-    return TrainSettings(**values)
+    values.update(load_settings_file(run.settings) if run.settings else {})
+    if run.prompt:
+        values["prompts"] = parse_task_prompts(run.prompt)
+    if run.override:
+        values["config_overrides"] = {**values.get("config_overrides", {}), **_overrides(run.override)}
+    command = make_dataclass("TrainCommand", [
+        ("run", Annotated[TrainRun, tyro.conf.OmitArgPrefixes]),
+        ("settings", Annotated[TrainSettings, tyro.conf.OmitArgPrefixes]),
+    ])  # fmt: skip
+    parsed = tyro.cli(command, args=argv, prog="mvvdp train", description=TRAIN_DESCRIPTION,
+                      default=command(TrainRun(), _unchecked_settings(values)), console_outputs=console)
+    return parsed.run, parsed.settings, saved
 
 
 def dry_run(settings: TrainSettings, gpu_gb: float = 80.0) -> int:
@@ -331,30 +326,20 @@ def dry_run(settings: TrainSettings, gpu_gb: float = 80.0) -> int:
     return 0 if plan.fits(gpu_gb) else 1
 
 
-def resumed_settings(args: argparse.Namespace) -> TrainSettings:
-    """A resumed run's settings: those saved in its folder, overridden only by the options given now."""
-    from mvvdp_core.train.loop import SETTINGS_FILE, changed_settings, saved_settings
+def train_command(argv: list[str]) -> int:
+    run, settings, saved = parse_train_args(argv)
+    if run.dry_run:
+        return dry_run(settings)
+    if not run.data or not run.out:
+        print("mvvdp train: --data and --out are required", file=sys.stderr)
+        return 2
+    from mvvdp_core.train.loop import SETTINGS_FILE, changed_settings, train
 
-    saved = saved_settings(args.out)
-    settings = settings_from_args(args, saved)
     if saved is not None:
         changed = changed_settings(saved, settings)
         listed = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in changed.items()) or "none"
-        print(f"resuming with the settings of {Path(args.out) / SETTINGS_FILE}; overridden: {listed}")
-    return settings
-
-
-def train_command(argv: list[str]) -> int:
-    parser = build_train_parser()
-    args = parser.parse_args(argv)
-    if args.dry_run:
-        return dry_run(settings_from_args(args))
-    if not args.data or not args.out:
-        parser.error("--data and --out are required")
-    from mvvdp_core.train.loop import train
-
-    settings = resumed_settings(args) if args.resume else settings_from_args(args)
-    result = train(args.data, args.out, settings, resume=args.resume)
+        print(f"resuming with the settings of {Path(run.out) / SETTINGS_FILE}; overridden: {listed}")
+    result = train(run.data, run.out, settings, resume=run.resume)
     print(
         f"trained steps {result.start_step + 1}..{result.end_step} ({result.mode}); checkpoint "
         f"{result.checkpoint}; {result.parameters / 1e6:.2f} M parameters ({result.trainable / 1e6:.3f} M "
@@ -396,25 +381,27 @@ def memory_plan_command(argv: list[str]) -> int:
 
 
 # ---- evaluate -----------------------------------------------------------------------------------------
+@dataclass
+class EvaluateSettings:
+    """`mvvdp evaluate`: closed-loop pick evaluation of a checkpoint on the simulated FR3."""
+
+    checkpoint: str  # checkpoint folder or training run folder
+    episodes: int = 10  # episodes (one scene seed each)
+    seed: int = 1000  # first scene seed (use seeds not trained on)
+    replan_steps: int | None = None  # steps of each chunk run before re-planning; None: the whole chunk
+    num_steps: int | None = None  # denoising steps; None: the model's
+    time_limit: float = 12.0  # seconds per episode
+    task: str | None = None  # task name of the text embeddings; None: pick
+    num_objects: int | None = None  # cubes on the table (target plus distractors); None: the task's default
+    camera_width: int = 320  # camera image width
+    camera_height: int = 240  # camera image height
+    json: str | None = None  # write the results (and these settings) to this JSON file
+
+
 def evaluate_command(argv: list[str]) -> int:
     from mvvdp_core.sim.pick import PickTask
 
-    parser = argparse.ArgumentParser(
-        prog="mvvdp evaluate", description="closed-loop pick evaluation of a checkpoint on the simulated FR3"
-    )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint folder or training run folder")
-    parser.add_argument("--episodes", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=1000, help="first scene seed (use seeds not trained on)")
-    parser.add_argument("--replan-steps", type=int, default=None, help="steps of each chunk run before "
-                        "re-planning (default: the whole chunk)")
-    parser.add_argument("--num-steps", type=int, default=None, help="denoising steps (default: the model's)")
-    parser.add_argument("--time-limit", type=float, default=12.0, help="seconds per episode")
-    parser.add_argument("--task", default=None, help="task name of the text embeddings (default: pick)")
-    parser.add_argument("--num-objects", type=int, default=PickTask.num_objects)
-    parser.add_argument("--camera-width", type=int, default=320)
-    parser.add_argument("--camera-height", type=int, default=240)
-    parser.add_argument("--json", default=None, help="write the results to this JSON file")
-    args = parser.parse_args(argv)
+    args = tyro.cli(EvaluateSettings, args=argv, prog="mvvdp evaluate")
 
     from mvvdp_core.evaluation.closed_loop import evaluate_policy
     from mvvdp_core.policy import MVVDPPolicy
@@ -422,10 +409,12 @@ def evaluate_command(argv: list[str]) -> int:
     from mvvdp_core.train.predictor import make_chunk_predictor
 
     set_torch_threads()
-    task = PickTask(num_objects=args.num_objects, **({"name": args.task} if args.task else {}))
+    chosen = {"name": args.task, "num_objects": args.num_objects}
+    task = PickTask(**{key: value for key, value in chosen.items() if value is not None})
     policy = MVVDPPolicy.from_checkpoint(args.checkpoint)
     if task.name not in policy.tasks:
-        parser.error(f"the checkpoint has no task {task.name!r} (it knows {policy.tasks}); pass --task")
+        sys.exit(f"mvvdp evaluate: the checkpoint has no task {task.name!r} (it knows {policy.tasks}); "
+                 "pass --task")
     predict = make_chunk_predictor(policy, args.num_steps)
 
     def report(outcome: EpisodeOutcome) -> None:
@@ -442,7 +431,8 @@ def evaluate_command(argv: list[str]) -> int:
     print(f"{chunks} chunks in {seconds:.0f} s of wall time ({chunks / seconds:.2f} chunks/s, observation, "
           f"prediction and simulation included)")
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_json(), indent=1) + "\n")
+        report = {**result.to_json(), "settings": asdict(args)}
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
         print(f"results written to {args.json}")
     return 0
 

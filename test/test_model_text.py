@@ -16,9 +16,8 @@ from tokenizers.pre_tokenizers import Whitespace
 from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-from mvvdp_core.cli import build_train_parser as build_parser
 from mvvdp_core.cli import main as mvvdp
-from mvvdp_core.cli import settings_from_args
+from mvvdp_core.cli import parse_train_args
 from mvvdp_core.cli import tiny_checkpoint_command as tiny_checkpoint
 from mvvdp_core.model import CheckpointError, MVVDPConfig, TextEncoderError, encode_prompts
 from mvvdp_core.model.checkpoint import TEXT_FILE
@@ -201,10 +200,10 @@ def test_training_starts_from_encoded_prompts(text_model: Path, capsys) -> None:
     with pytest.raises(ValueError, match="need --text-encoder"):
         train_settings(prompts={"reach": "reach the cube"})
     # The command line fills the same settings.
-    args = build_parser().parse_args(["--data", "d", "--out", "o", "--text-encoder", str(text_model),
-                                      "--prompt", "reach=reach the cube", "--prompt", "push=push it"])
-    assert settings_from_args(args).prompts == {"reach": "reach the cube", "push": "push it"}
-    assert settings_from_args(args).text_encoder == str(text_model)
+    _, settings, _ = parse_train_args(["--data", "d", "--out", "o", "--text-encoder", str(text_model),
+                                       "--prompt", "reach=reach the cube", "--prompt", "push=push it"])
+    assert settings.prompts == {"reach": "reach the cube", "push": "push it"}
+    assert settings.text_encoder == str(text_model)
     with pytest.raises(ValueError, match="given twice"):
-        settings_from_args(build_parser().parse_args(["--data", "d", "--out", "o", "--text-encoder", "m",
-                                                      "--prompt", "a=x", "--prompt", "a=y"]))
+        parse_train_args(["--data", "d", "--out", "o", "--text-encoder", "m", "--prompt", "a=x",
+                          "--prompt", "a=y"])

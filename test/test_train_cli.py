@@ -9,33 +9,54 @@ import pytest
 import yaml
 from test_train_loop import record_line_episode
 
-from mvvdp_core.cli import build_train_parser as build_parser
 from mvvdp_core.cli import main as mvvdp
-from mvvdp_core.cli import settings_from_args
+from mvvdp_core.cli import parse_train_args
 from mvvdp_core.train.loop import TrainSettings, latest_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
 def test_settings_files_and_flags(tmp_path: Path) -> None:
-    args = build_parser().parse_args(
+    _, settings, _ = parse_train_args(
         ["--data", "d", "--out", "o", "--settings", str(CONFIG_DIR / "train_tiny.yaml"), "--steps", "7"]
     )
-    settings = settings_from_args(args)
     assert settings.config == "tiny" and settings.steps == 7  # the flag wins over the file
     assert settings.lr == 1e-4 and settings.weight_decay == 0.0 and settings.head_weight_decay == 1e-5
-    wan = build_parser().parse_args(
+    _, wan, _ = parse_train_args(
         ["--data", "d", "--out", "o", "--settings", str(CONFIG_DIR / "train_wan22.yaml"), "--base-model", "m"]
     )
-    assert settings_from_args(wan).base_model == "m" and settings_from_args(wan).mixed_precision == "bf16"
+    assert wan.base_model == "m" and wan.mixed_precision == "bf16" and wan.gradient_checkpointing
     bad = tmp_path / "bad.yaml"
     bad.write_text("stepz: 3\n")
     with pytest.raises(ValueError, match="stepz"):
-        settings_from_args(build_parser().parse_args(["--data", "d", "--out", "o", "--settings", str(bad)]))
+        parse_train_args(["--data", "d", "--out", "o", "--settings", str(bad)])
     with pytest.raises(ValueError, match="base-model"):
         TrainSettings(config="wan22")
     with pytest.raises(ValueError, match="config"):
         TrainSettings(config="huge")
+
+
+def test_the_documented_flags_parse() -> None:
+    run, settings, saved = parse_train_args([
+        "--data", "a", "b", "--out", "o", "--config", "small", "--steps", "8000", "--lr", "3e-4",
+        "--head-lr", "3e-4", "--lr-warmup", "200", "--lr-schedule", "cosine", "--vae-steps", "500",
+        "--augment-copies", "2", "--start-stride", "4", "--threads", "2", "--checkpoint-every", "1000",
+        "--keep-checkpoints", "8", "--no-gradient-checkpointing", "--no-tf32", "--no-augment",
+        "--include-failed", "--mixed-precision", "no", "--workspace-center", "0.5", "0", "0.1",
+        "--override", "image_size=64", "--override", "future_frames=4", "--global-batch", "4",
+    ])  # fmt: skip
+    assert run.data == ["a", "b"] and run.out == "o" and not run.resume and saved is None
+    assert settings.config == "small" and settings.lr == 3e-4 and settings.lr_schedule == "cosine"
+    assert settings.vae_steps == 500 and settings.augment_copies == 2 and settings.threads == 2
+    assert settings.gradient_checkpointing is False and not settings.tf32 and not settings.augment
+    assert settings.include_failed and settings.workspace_center == (0.5, 0.0, 0.1)
+    assert settings.config_overrides == {"image_size": 64, "future_frames": 4} and settings.global_batch == 4
+    assert parse_train_args(["--gradient-checkpointing"])[1].gradient_checkpointing is True
+    assert parse_train_args([])[1].gradient_checkpointing is None
+    with pytest.raises(SystemExit):
+        parse_train_args(["--config", "huge"], console=False)
+    with pytest.raises(SystemExit):  # TrainSettings' own checks
+        parse_train_args(["--steps", "0"], console=False)
 
 
 def test_mvvdp_train_runs_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

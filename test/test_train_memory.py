@@ -65,12 +65,10 @@ def test_meta_activation_count_equals_the_real_one_on_cpu():
 def test_the_wan22_training_settings_file_fits_80_gb(capsys: pytest.CaptureFixture[str]):
     from pathlib import Path
 
-    from mvvdp_core.cli import build_train_parser as build_parser
-    from mvvdp_core.cli import dry_run, settings_from_args
+    from mvvdp_core.cli import dry_run, parse_train_args
 
     settings_file = Path(__file__).resolve().parent.parent / "config" / "train_wan22.yaml"
-    args = build_parser().parse_args(["--settings", str(settings_file), "--base-model", "/models/wan"])
-    settings = settings_from_args(args)
+    _, settings, _ = parse_train_args(["--settings", str(settings_file), "--base-model", "/models/wan"])
     assert settings.gradient_checkpointing and settings.global_batch == 64 and settings.batch_size == 1
     assert dry_run(settings, gpu_gb=80) == 0
     printed = capsys.readouterr().out

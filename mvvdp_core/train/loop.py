@@ -25,10 +25,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 import torch
+import tyro
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -75,58 +76,61 @@ VAE_REPORT_FILE = "vae_roundtrip.json"
 class TrainSettings:
     """Everything `mvvdp train` can set; defaults follow the paper's Table 5 where it gives them."""
 
-    config: str = "tiny"  # model preset: tiny | small | wan22
+    config: Literal["tiny", "small", "wan22"] = "tiny"  # model preset
     # lora: LoRA + view attention on a pretrained base (the paper); full: every transformer weight trains
     # (from scratch: adapters on random weights do not learn); auto: lora with --base-model, else full
-    mode: str = "auto"
-    steps: int = 1000
-    batch_size: int = 1
-    lr: float = 1e-4
+    mode: Literal["auto", "lora", "full"] = "auto"
+    steps: int = 1000  # optimiser step to stop after (a resumed run counts from its checkpoint)
+    batch_size: int = 1  # samples per micro-batch and process
+    lr: float = 1e-4  # video model learning rate (AdamW)
     lr_warmup: int = 0  # steps of linear warm-up
-    lr_schedule: str = "constant"  # constant | cosine (to 10 % of lr at the last step)
-    weight_decay: float = 0.0
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: to 10 % of lr at the last step
+    weight_decay: float = 0.0  # video model AdamW weight decay
     grad_clip: float = 1.0  # max gradient norm (0: off)
-    head_lr: float = 1e-4
-    head_weight_decay: float = 1e-5
-    head_latent_noise: float = 0.05
-    rgb_loss_weight: float = 0.5
+    head_lr: float = 1e-4  # rotation/gripper head learning rate
+    head_weight_decay: float = 1e-5  # head AdamW weight decay
+    head_latent_noise: float = 0.05  # noise on the clean latents the head trains on
+    rgb_loss_weight: float = 0.5  # weight of the RGB term of the video loss (heatmaps: 1 - this)
     vae_steps: int | None = None  # fit the VAE first; None: 300 for a model without a pretrained VAE, else 0
-    vae_lr: float = 1e-3
+    vae_lr: float = 1e-3  # VAE fitting learning rate
     # RGB pixels off the view's background (arm, objects) weigh 1 + this in the VAE fit, and the RGB condition
     # frames get a term of their own; 0: an unweighted RGB loss (all capacity left to the heatmaps)
     vae_foreground_weight: float = 20.0
     vae_report_samples: int = 8  # samples for the latent statistics and the VAE round-trip report
     vae_from: str | None = None  # take the fitted VAE of this checkpoint (or run folder) instead of fitting
-    base_model: str | None = None
+    base_model: str | None = None  # local Wan2.2-TI2V-5B diffusers folder (pretrained base)
     text_encoder: str | None = None  # local umT5 (or Wan2.2 diffusers) folder; None: random task embeddings
     tokenizer: str | None = None  # default: found next to text_encoder
-    prompts: dict[str, str] = field(default_factory=dict)  # task -> instruction, used with text_encoder
-    config_overrides: dict[str, Any] = field(default_factory=dict)  # MVVDPConfig fields, e.g. image_size
+    # task -> instruction, used with text_encoder (command line: --prompt NAME="instruction")
+    prompts: Annotated[dict[str, str], tyro.conf.Suppress] = field(default_factory=dict)
+    # MVVDPConfig fields, e.g. image_size (command line: --override FIELD=JSON)
+    config_overrides: Annotated[dict[str, Any], tyro.conf.Suppress] = field(default_factory=dict)
     workspace_center: tuple[float, float, float] | None = None  # None: from the episodes' meta, else default
-    workspace_edge: float | None = None
-    frame_stride: int = 1
+    workspace_edge: float | None = None  # workspace cube edge (m); None: as workspace_center
+    frame_stride: int = 1  # recorded steps between the frames of a chunk
     start_stride: int = 1  # condition frames at every start_stride-th recorded step
-    augment: bool = True
+    augment: bool = True  # SE(3) scene augmentation of clouds and poses
     augment_copies: int = 0  # 0: a fresh scene motion per sample; k: k fixed copies per episode (cached)
-    max_yaw_deg: float = 15.0
-    max_translation: float = 0.05
+    max_yaw_deg: float = 15.0  # largest augmentation yaw
+    max_translation: float = 0.05  # largest augmentation translation (m)
     latent_cache: str | None = None  # folder of cached latents; None: <out>/latent_cache
     include_failed: bool = False  # also train on episodes recorded as failed
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    log_every: int = 10
-    val_episodes: int = 2
-    seed: int = 0
+    checkpoint_every: int = 500  # steps between checkpoints
+    keep_checkpoints: int = 3  # newest checkpoints kept
+    log_every: int = 10  # steps between TensorBoard scalars
+    val_episodes: int = 2  # episodes held out for validation
+    seed: int = 0  # random seed
     threads: int | None = None  # torch CPU threads; None: half the cores
-    mixed_precision: str = "auto"  # auto (bf16 on CUDA, no elsewhere) | no | fp16 | bf16
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16 on CUDA, no elsewhere
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions for what runs in float32
-    base_dtype: str = "auto"  # frozen base weights (lora mode): auto (bf16 on CUDA) | fp32 | bf16
-    gradient_checkpointing: bool | None = None  # None: on with a pretrained base (wan22), off otherwise
+    base_dtype: Literal["auto", "fp32", "bf16"] = "auto"  # frozen base weights (lora); auto: bf16 on CUDA
+    # None: on with a pretrained base (wan22), off otherwise
+    gradient_checkpointing: Annotated[bool | None, tyro.conf.arg(constructor=bool)] = None
     grad_accumulation: int = 1  # micro-batches per optimiser step
     global_batch: int | None = None  # samples per optimiser step over all processes; sets grad_accumulation
-    optimizer_state: str = "latest"  # checkpoints that keep the AdamW state: latest | all
-    num_workers: int = 0
-    progress: bool = True
+    optimizer_state: Literal["latest", "all"] = "latest"  # checkpoints that keep the AdamW state
+    num_workers: int = 0  # DataLoader worker processes
+    progress: bool = True  # progress bars
 
     def __post_init__(self) -> None:
         if self.config not in ("tiny", "small", "wan22"):
