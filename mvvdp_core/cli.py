@@ -73,6 +73,26 @@ def tiny_checkpoint_command(argv: list[str]) -> int:
     return 0
 
 
+def upgrade_checkpoint_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mvvdp upgrade-checkpoint",
+        description="convert a checkpoint folder in the older layout (view_attention.safetensors, "
+        "head.safetensors, base/) into the current one (transformer/, vae/, head/ diffusers folders)",
+    )
+    parser.add_argument("old", type=Path, help="checkpoint folder in the older layout (or a training run)")
+    parser.add_argument("new", type=Path, help="folder to write (may be OLD: converted in place)")
+    args = parser.parse_args(argv)
+    from mvvdp_core.model.checkpoint import CheckpointError, upgrade_checkpoint
+
+    try:
+        out = upgrade_checkpoint(args.old, args.new)
+    except CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (the current checkpoint layout)")
+    return 0
+
+
 # ---- record -------------------------------------------------------------------------------------------
 def record_command(argv: list[str]) -> int:
     from mvvdp_core.sim.pick import PickTask
@@ -486,6 +506,7 @@ SUBCOMMANDS: dict[str, tuple[Command, str]] = {
     "demo": (demo_command, "project a synthetic scene into the three views and write PNGs"),
     "bringup": (_ros_command("mvvdp_ros.bringup"), "start the ROS 2 graph (simulated robot by default)"),
     "tiny-checkpoint": (tiny_checkpoint_command, "build and save a tiny random checkpoint"),
+    "upgrade-checkpoint": (upgrade_checkpoint_command, "convert an older-layout checkpoint folder"),
     "record": (record_command, "record demonstrations from the simulated robot"),
     "check-calibration": (check_calibration_command, "do the cameras' clouds agree? (ICP, Open3D)"),
     "mcap-to-episodes": (mcap_to_episodes_command, "MCAP episodes -> episode folders"),

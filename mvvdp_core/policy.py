@@ -26,7 +26,7 @@ from mvvdp_core.actions import ActionChunk, bins_to_relative_euler, relative_to_
 from mvvdp_core.geometry.backproject import BackProjection, backproject_heatmaps
 from mvvdp_core.geometry.heatmaps import colorize_heatmaps, decolorize_heatmaps, ee_heatmaps
 from mvvdp_core.geometry.workspace import Workspace
-from mvvdp_core.model.checkpoint import ModelParts, load_checkpoint, save_checkpoint
+from mvvdp_core.model.checkpoint import ModelParts, cast_module, load_checkpoint, save_checkpoint
 from mvvdp_core.model.config import MVVDPConfig
 from mvvdp_core.model.flow import check_num_steps, euler_sample
 from mvvdp_core.model.lora import merge_lora
@@ -205,7 +205,7 @@ class MVVDPPolicy:
         )
         self.parts.to(self.device, dtype)
         if options.vae_dtype is not None:
-            self.parts.vae.to(dtype=options.vae_dtype)
+            cast_module(self.parts.vae, options.vae_dtype)
         if on_cuda and options.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

@@ -12,7 +12,7 @@ CONFIG = MVVDPConfig.tiny()
 @pytest.fixture(scope="module")
 def vae():
     torch.manual_seed(0)
-    return VideoVAE.from_config(CONFIG.vae).eval()
+    return VideoVAE(CONFIG.vae).eval()
 
 
 @torch.no_grad()
@@ -46,9 +46,9 @@ def test_normalisation_uses_latent_statistics():
     config = MVVDPConfig.tiny()
     vae_kwargs = dict(config.vae, latents_mean=[0.5] * 8, latents_std=[2.0] * 8)
     torch.manual_seed(0)
-    plain = VideoVAE.from_config(config.vae).eval()
+    plain = VideoVAE(config.vae).eval()
     torch.manual_seed(0)
-    scaled = VideoVAE.from_config(vae_kwargs).eval()
+    scaled = VideoVAE(vae_kwargs).eval()
     frames = torch.rand(1, 1, 1, 3, 64, 64)
     torch.testing.assert_close(
         scaled.encode(frames), (plain.encode(frames) - 0.5) / 2.0, atol=1e-6, rtol=1e-5

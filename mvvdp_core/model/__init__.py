@@ -6,6 +6,7 @@ from mvvdp_core.model.checkpoint import (
     build_model_parts,
     load_checkpoint,
     save_checkpoint,
+    upgrade_checkpoint,
 )
 from mvvdp_core.model.config import HeadConfig, MVVDPConfig
 from mvvdp_core.model.head import RotationGripperHead, head_loss
@@ -27,4 +28,5 @@ __all__ = [
     "head_loss",
     "load_checkpoint",
     "save_checkpoint",
+    "upgrade_checkpoint",
 ]

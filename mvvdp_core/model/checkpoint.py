@@ -1,25 +1,35 @@
-"""Checkpoint folder: build, save and load the model parts.
+"""Checkpoint folder: build, save and load the model parts. It reads like a diffusers pipeline folder:
+one subfolder per model, each a diffusers model folder (config.json + diffusion_pytorch_model.safetensors)
+that its class's `from_pretrained` reads.
 
     config.json                   MVVDPConfig
+    transformer/                  MultiViewWanTransformer: base weights (LoRA stripped) and view attention;
+                                  with config.base_model_path set only config.json and
+                                  view_attention.safetensors (the base loads from that folder)
+    vae/                          VideoVAE with its latent statistics (absent with config.base_model_path set)
+    head/                         RotationGripperHead
     lora/                         peft adapter: adapter_config.json + adapter_model.safetensors (LoRA models)
-    view_attention.safetensors    view-attention weights of every block
-    head.safetensors              rotation/gripper head
     text_embeddings.safetensors   task instruction -> (L, text_dim) embedding
-    base/transformer, base/vae    the base diffusers models (only when config.base_model_path is unset; for
-                                  models trained in full, base/transformer holds the trained weights)
 
 With config.base_model_path set, the base transformer and VAE load from that local diffusers folder
-(transformer/ and vae/ subfolders) with local_files_only.
+(transformer/ and vae/ subfolders) with local_files_only; LoRA and view attention load on top of it.
+A training run adds its trainer and optimiser state files next to these.
+
+Folders in the older layout (view_attention.safetensors, head.safetensors and base/ at the top) convert with
+`upgrade_checkpoint` (`mvvdp upgrade-checkpoint OLD NEW`); load_checkpoint refuses them, naming that command.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from diffusers import AutoencoderKLWan, ModelMixin, WanTransformer3DModel
 from peft import LoraConfig
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -37,16 +47,22 @@ from mvvdp_core.model.transformer import MultiViewWanTransformer, cast_transform
 from mvvdp_core.model.vae import VideoVAE
 
 CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # diffusers' weights file name
+TRANSFORMER_DIR = "transformer"
+VAE_DIR = "vae"
+HEAD_DIR = "head"
 LORA_DIR = "lora"
 LORA_CONFIG_FILE = "adapter_config.json"
 LORA_WEIGHTS_FILE = "adapter_model.safetensors"
-VIEW_ATTENTION_FILE = "view_attention.safetensors"
-HEAD_FILE = "head.safetensors"
+VIEW_ATTENTION_FILE = "view_attention.safetensors"  # in transformer/ when the base lives elsewhere
 TEXT_FILE = "text_embeddings.safetensors"
-BASE_DIR = "base"
-TRANSFORMER_WEIGHTS = "diffusion_pytorch_model.safetensors"
 RUN_CHECKPOINTS_DIR = "checkpoints"  # a training run keeps its checkpoints here ...
 LATEST_POINTER = "latest"  # ... and names the newest one in this file
+UPGRADE_COMMAND = "mvvdp upgrade-checkpoint"
+# The older layout's model files (top level of the folder).
+OLD_VIEW_ATTENTION_FILE = "view_attention.safetensors"
+OLD_HEAD_FILE = "head.safetensors"
+OLD_BASE_DIR = "base"
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -78,21 +94,35 @@ class ModelParts:
         and the text embeddings to dtype. The VAE keeps its own dtype (it takes and gives any float dtype)."""
         cast_transformer(self.transformer.to(device=device), dtype)
         self.vae.to(device=device)
-        self.head.to(device=device, dtype=dtype)
+        cast_module(self.head.to(device=device), dtype)
         self.text_embeddings = {k: v.to(dtype) for k, v in self.text_embeddings.items()}
         return self
 
 
+def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """module.to(dtype) without diffusers' ModelMixin.to warning about float32 modules (the head and the VAE
+    keep none)."""
+    return torch.nn.Module.to(module, dtype=dtype)
+
+
+def head_kwargs(config: MVVDPConfig) -> dict[str, Any]:
+    """RotationGripperHead's constructor arguments for a model config."""
+    return dict(
+        head_config=asdict(config.head), latent_channels=config.latent_channels,
+        num_rgb_views=config.num_rgb_views, future_frames=config.future_frames,
+        latent_size=config.latent_size, spatial_compression=config.spatial_compression,
+        rotation_bins=config.rotation_bins,
+    )  # fmt: skip
+
+
 def build_head(config: MVVDPConfig) -> RotationGripperHead:
-    return RotationGripperHead(
-        config.head,
-        config.latent_channels,
-        config.num_rgb_views,
-        config.future_frames,
-        config.latent_size,
-        config.spatial_compression,
-        config.rotation_bins,
-    )
+    return RotationGripperHead(**head_kwargs(config))
+
+
+def _attach_trainable(model: MultiViewWanTransformer, config: MVVDPConfig) -> MultiViewWanTransformer:
+    if config.uses_lora:
+        return add_lora(model, lora_config(config))
+    return model.requires_grad_(True)
 
 
 def build_transformer(
@@ -102,13 +132,12 @@ def build_transformer(
 
     Trainable set: LoRA + view attention (LoRA), or every transformer weight (config.lora_rank == 0).
     """
-    base = WanTransformer3DModel(**config.transformer) if base is None else base
-    model = MultiViewWanTransformer(
-        base, config.num_views, config.view_attention_heads, config.view_attention_style
-    )
-    if config.uses_lora:
-        return add_lora(model, lora_config(config))
-    return model.requires_grad_(True)
+    views = (config.num_views, config.view_attention_heads, config.view_attention_style)
+    if base is None:
+        model = MultiViewWanTransformer(dict(config.transformer), *views)
+    else:
+        model = MultiViewWanTransformer.from_base(base, *views)
+    return _attach_trainable(model, config)
 
 
 def random_text_embeddings(config: MVVDPConfig, tasks: list[str], seed: int) -> dict[str, torch.Tensor]:
@@ -123,35 +152,49 @@ def build_model_parts(config: MVVDPConfig, seed: int = 0, tasks: list[str] | Non
     """Randomly initialised parts (tests, benchmarks, the start of training from a random base)."""
     torch.manual_seed(seed)
     transformer = build_transformer(config)
-    vae = VideoVAE.from_config(config.vae)
+    vae = VideoVAE(dict(config.vae))
     head = build_head(config)
     return ModelParts(transformer, vae, head, random_text_embeddings(config, tasks or ["default"], seed))
 
 
 # Saving ------------------------------------------------------------------------------------------
+def _prefixed(prefix: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{name}": tensor for name, tensor in state.items()}
+
+
+def transformer_state_dict(model: MultiViewWanTransformer) -> dict[str, torch.Tensor]:
+    """The transformer's weights under MultiViewWanTransformer's own names, LoRA layers stripped."""
+    return {
+        **_prefixed("base", base_state_dict(model)),
+        **_prefixed("view_attention", model.view_attention.state_dict()),
+    }
+
+
 def save_checkpoint(parts: ModelParts, config: MVVDPConfig, path: str | Path) -> Path:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     config.save(path / CONFIG_FILE)
+    transformer_dir = path / TRANSFORMER_DIR
+    transformer_dir.mkdir(exist_ok=True)
+    parts.transformer.save_config(str(transformer_dir))
+    if config.base_model_path is None:
+        _save(transformer_state_dict(parts.transformer), transformer_dir / WEIGHTS_FILE)
+        parts.vae.save_pretrained(str(path / VAE_DIR))
+    else:
+        _save(parts.transformer.view_attention.state_dict(), transformer_dir / VIEW_ATTENTION_FILE)
+    parts.head.save_pretrained(str(path / HEAD_DIR))
     if config.uses_lora:
         lora_dir = path / LORA_DIR
         lora_dir.mkdir(exist_ok=True)
         lora_config(config).save_pretrained(str(lora_dir))
         _save(lora_state_dict(parts.transformer), lora_dir / LORA_WEIGHTS_FILE)
-    _save(parts.transformer.view_attention.state_dict(), path / VIEW_ATTENTION_FILE)
-    _save(parts.head.state_dict(), path / HEAD_FILE)
     _save(parts.text_embeddings, path / TEXT_FILE)
-    if config.base_model_path is None:
-        transformer_dir = path / BASE_DIR / "transformer"
-        transformer_dir.mkdir(parents=True, exist_ok=True)
-        parts.transformer.base.save_config(str(transformer_dir))
-        _save(base_state_dict(parts.transformer), transformer_dir / TRANSFORMER_WEIGHTS)
-        parts.vae.vae.save_pretrained(str(path / BASE_DIR / "vae"))
     return path
 
 
 def _save(state: dict[str, torch.Tensor], file: Path) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(file))
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    save_file(tensors, str(file), metadata={"format": "pt"})
 
 
 # Loading -----------------------------------------------------------------------------------------
@@ -185,16 +228,48 @@ def load_config(path: str | Path) -> MVVDPConfig:
 
 
 def _plain(value: object) -> object:
-    return list(value) if isinstance(value, tuple | list) else value
+    """JSON-equal form (tuples become lists) for comparing configs."""
+    return json.loads(json.dumps(value))
+
+
+def _differences(wanted: dict[str, Any], found: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Entries of wanted that found holds with another value: key -> (wanted, found)."""
+    return {
+        key: (value, found[key])
+        for key, value in wanted.items()
+        if key in found and _plain(value) != _plain(found[key])
+    }
+
+
+def _from_pretrained(cls: type[ModelMixin], folder: Path, dtype: torch.dtype) -> Any:
+    """cls.from_pretrained(folder) from local files; every weight must be there and fit (CheckpointError
+    naming the file otherwise)."""
+    _require(folder / CONFIG_FILE)
+    weights = _require(folder / WEIGHTS_FILE)
+    try:
+        cls.load_config(str(folder))
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise CheckpointError(f"invalid {folder / CONFIG_FILE}: {error}") from error
+    try:
+        model, info = cls.from_pretrained(
+            str(folder), local_files_only=True, torch_dtype=dtype, output_loading_info=True
+        )
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError, SafetensorError) as error:
+        raise CheckpointError(f"cannot load {weights}: {error}") from error
+    keys = ("missing_keys", "unexpected_keys", "mismatched_keys")
+    wrong = {key: info[key] for key in keys if info.get(key)}
+    if wrong:
+        raise CheckpointError(f"{weights} does not match {cls.__name__}: {wrong}")
+    return model
 
 
 def load_base_model(
-    config: MVVDPConfig, path: Path, dtype: torch.dtype
+    config: MVVDPConfig, root: Path, dtype: torch.dtype
 ) -> tuple[WanTransformer3DModel, AutoencoderKLWan]:
-    """The base Wan transformer (in dtype, Wan's float32 parts kept) and the VAE (float32) from
-    config.base_model_path (a local diffusers folder), else from the checkpoint's own base/ folder; local
-    files only, checked against the config."""
-    root = Path(config.base_model_path) if config.base_model_path is not None else path / BASE_DIR
+    """The base Wan transformer (in dtype, Wan's float32 parts kept) and the VAE (float32) from a local
+    diffusers folder (transformer/ and vae/ subfolders, e.g. config.base_model_path), checked against the
+    config."""
+    root = Path(root)
     for sub in ("transformer", "vae"):
         _require(root / sub / CONFIG_FILE)
     try:
@@ -206,20 +281,59 @@ def load_base_model(
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise CheckpointError(f"cannot load the base diffusers model from {root}: {error}") from error
-    mismatched = {
-        key: (wanted, base.config[key])
-        for key, wanted in config.transformer.items()
-        if key in base.config and _plain(wanted) != _plain(base.config[key])
-    }
+    mismatched = _differences(config.transformer, dict(base.config))
     if mismatched:
         raise CheckpointError(
             f"base transformer in {root} differs from config.json (config, found): {mismatched}"
         )
-    if vae.config.z_dim != config.latent_channels:
-        raise CheckpointError(
-            f"base VAE in {root} has z_dim {vae.config.z_dim}, config says {config.latent_channels}"
-        )
+    _check_vae(vae.config.z_dim, config, root)
     return base, vae
+
+
+def _check_vae(z_dim: int, config: MVVDPConfig, where: Path) -> None:
+    if z_dim != config.latent_channels:
+        raise CheckpointError(f"VAE in {where} has z_dim {z_dim}, config says {config.latent_channels}")
+
+
+def load_vae(config: MVVDPConfig, path: Path) -> VideoVAE:
+    """The VAE (float32) of the checkpoint folder path, or of config.base_model_path when set."""
+    if config.base_model_path is not None:
+        _, vae = load_base_model(config, Path(config.base_model_path), torch.float32)
+        return VideoVAE.from_autoencoder(vae)
+    _refuse_old_layout(path)
+    vae = _from_pretrained(VideoVAE, path / VAE_DIR, torch.float32)
+    _check_vae(int(vae.config.vae_config["z_dim"]), config, path / VAE_DIR)
+    return vae
+
+
+def _check_transformer_config(saved: dict[str, Any], config: MVVDPConfig, folder: Path) -> None:
+    wanted = {
+        "num_views": config.num_views,
+        "view_attention_heads": config.view_attention_heads,
+        "view_attention_style": config.view_attention_style,
+    }
+    mismatched = _differences(wanted, saved)
+    mismatched.update(_differences(config.transformer, saved.get("base_config", {})))
+    if mismatched:
+        raise CheckpointError(f"{folder / CONFIG_FILE} differs from the checkpoint's config: {mismatched}")
+
+
+def load_transformer(config: MVVDPConfig, path: Path, dtype: torch.dtype) -> MultiViewWanTransformer:
+    """The transformer of the checkpoint folder path (without LoRA; trainable set as build_transformer)."""
+    folder = path / TRANSFORMER_DIR
+    try:
+        saved = MultiViewWanTransformer.load_config(str(_require(folder / CONFIG_FILE)))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"invalid {folder / CONFIG_FILE}: {error}") from error
+    _check_transformer_config(saved, config, folder)
+    if config.base_model_path is None:
+        model = _from_pretrained(MultiViewWanTransformer, folder, dtype)
+    else:
+        base, _ = load_base_model(config, Path(config.base_model_path), dtype)
+        views = (config.num_views, config.view_attention_heads, config.view_attention_style)
+        model = MultiViewWanTransformer.from_base(base, *views)
+        _load_module(model.view_attention, folder / VIEW_ATTENTION_FILE)
+    return _attach_trainable(model, config)
 
 
 def _load_lora(transformer: MultiViewWanTransformer, config: MVVDPConfig, lora_dir: Path) -> None:
@@ -237,28 +351,131 @@ def _load_lora(transformer: MultiViewWanTransformer, config: MVVDPConfig, lora_d
         raise CheckpointError(f"{lora_dir / LORA_WEIGHTS_FILE} does not match the model: {error}") from error
 
 
+def load_head(config: MVVDPConfig, path: Path) -> RotationGripperHead:
+    head = _from_pretrained(RotationGripperHead, path / HEAD_DIR, torch.float32)
+    mismatched = _differences(head_kwargs(config), dict(head.config))
+    if mismatched:
+        raise CheckpointError(f"{path / HEAD_DIR / CONFIG_FILE} differs from config.json: {mismatched}")
+    return head
+
+
+def is_old_layout(path: Path) -> bool:
+    """Whether path is a checkpoint folder in the older layout (model files at the top)."""
+    return (path / OLD_HEAD_FILE).is_file() or (path / OLD_VIEW_ATTENTION_FILE).is_file()
+
+
+def _refuse_old_layout(path: Path) -> None:
+    if is_old_layout(path):
+        raise CheckpointError(
+            f"{path} is a checkpoint in the older layout; convert it with `{UPGRADE_COMMAND} {path} NEW`"
+        )
+
+
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> tuple[ModelParts, MVVDPConfig]:
     path = resolve_checkpoint(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {path}")
+    _refuse_old_layout(path)
     config = load_config(path)
-    base, vae = load_base_model(config, path, dtype)
-    transformer = build_transformer(config, base)
+    transformer = load_transformer(config, path, dtype)
     if config.uses_lora:
         _load_lora(transformer, config, path / LORA_DIR)
-    _load_module(transformer.view_attention, path / VIEW_ATTENTION_FILE)
-    head = build_head(config)
-    _load_module(head, path / HEAD_FILE)
+    head = load_head(config, path)
+    vae = load_vae(config, path)
     text = load_tensors(path / TEXT_FILE)
     for task, embedding in text.items():
         if embedding.ndim != 2 or embedding.shape[1] != config.text_dim:
             raise CheckpointError(
                 f"{path / TEXT_FILE}: embedding for {task!r} has shape {tuple(embedding.shape)}"
             )
-    parts = ModelParts(transformer, VideoVAE(vae), head, text)
+    parts = ModelParts(transformer, vae, head, text)
     return parts.to(device, dtype), config
+
+
+# Older layout ------------------------------------------------------------------------------------
+def _diffusers_kwargs(config_file: Path) -> dict[str, Any]:
+    """A diffusers config.json's constructor arguments (private entries dropped)."""
+    try:
+        data = json.loads(_require(config_file).read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"invalid {config_file}: {error}") from error
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def _save_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], file: Path, source: Path) -> None:
+    """Write state to file after checking that its names and shapes are model's (a meta-device model)."""
+    wanted = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if wanted != found:
+        differing = sorted(set(wanted) ^ set(found)) or sorted(k for k in wanted if wanted[k] != found[k])
+        raise CheckpointError(f"{source} does not match {type(model).__name__}: {differing[:5]}")
+    _save(state, file)
+
+
+def upgrade_checkpoint(old_dir: str | Path, new_dir: str | Path) -> Path:
+    """Convert a checkpoint folder in the older layout into the current one (new_dir may be old_dir: the
+    folder is then replaced). Tensors are copied unchanged; other files (trainer state, reports) come
+    along."""
+    old, new = resolve_checkpoint(old_dir), Path(new_dir).expanduser()
+    if not old.is_dir() or not is_old_layout(old):
+        raise CheckpointError(f"{old} is not a checkpoint folder in the older layout")
+    in_place = new.resolve() == old.resolve()
+    if not in_place and new.exists() and any(new.iterdir()):
+        raise CheckpointError(f"{new} exists and is not empty")
+    config = load_config(old)
+    tmp = new.parent / f".{new.name}.upgrade_{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    base_dir = old / OLD_BASE_DIR
+    views = (config.num_views, config.view_attention_heads, config.view_attention_style)
+    with torch.device("meta"):  # the models give the subfolder configs and the expected tensor names
+        if config.base_model_path is None:
+            base = WanTransformer3DModel(**_diffusers_kwargs(base_dir / "transformer" / CONFIG_FILE))
+            transformer = MultiViewWanTransformer.from_base(base, *views)
+            vae = VideoVAE(_diffusers_kwargs(base_dir / "vae" / CONFIG_FILE))
+        else:
+            transformer = MultiViewWanTransformer(dict(config.transformer), *views)
+        head = build_head(config)
+    shutil.copy2(old / CONFIG_FILE, tmp / CONFIG_FILE)
+    view_attention = load_tensors(old / OLD_VIEW_ATTENTION_FILE)
+    (tmp / TRANSFORMER_DIR).mkdir()
+    transformer.save_config(str(tmp / TRANSFORMER_DIR))
+    if config.base_model_path is None:
+        state = {
+            **_prefixed("base", load_tensors(base_dir / "transformer" / WEIGHTS_FILE)),
+            **_prefixed("view_attention", view_attention),
+        }
+        _save_checked(transformer, state, tmp / TRANSFORMER_DIR / WEIGHTS_FILE, base_dir / "transformer")
+        (tmp / VAE_DIR).mkdir()
+        vae.save_config(str(tmp / VAE_DIR))
+        vae_state = _prefixed("vae", load_tensors(base_dir / "vae" / WEIGHTS_FILE))
+        for name in ("latents_mean", "latents_std"):  # the older wrapper built these from the VAE's config
+            vae_state[name] = torch.tensor(vae.config.vae_config[name]).view(1, -1, 1, 1, 1)
+        _save_checked(vae, vae_state, tmp / VAE_DIR / WEIGHTS_FILE, base_dir / "vae")
+    else:
+        _save_checked(
+            transformer.view_attention, view_attention, tmp / TRANSFORMER_DIR / VIEW_ATTENTION_FILE,
+            old / OLD_VIEW_ATTENTION_FILE,
+        )  # fmt: skip
+    (tmp / HEAD_DIR).mkdir()
+    head.save_config(str(tmp / HEAD_DIR))
+    _save_checked(head, load_tensors(old / OLD_HEAD_FILE), tmp / HEAD_DIR / WEIGHTS_FILE, old / OLD_HEAD_FILE)
+    converted = {CONFIG_FILE, OLD_VIEW_ATTENTION_FILE, OLD_HEAD_FILE, OLD_BASE_DIR}
+    for entry in sorted(old.iterdir()):
+        if entry.name in converted:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, tmp / entry.name)
+        else:
+            shutil.copy2(entry, tmp / entry.name)
+    if in_place:
+        shutil.rmtree(old)
+    elif new.exists():
+        new.rmdir()
+    os.replace(tmp, new)
+    return new
 
 
 # Command line ------------------------------------------------------------------------------------

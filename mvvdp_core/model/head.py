@@ -7,12 +7,17 @@ whole latent (RGB and heatmap latents of that view stacked on channels) and a lo
 patch around the peak; the two are fused and averaged over views. The T frame tokens cross-attend to the
 condition latent's tokens, pass a transformer encoder, and two MLPs give per-frame
 logits: 3 x bins rotation changes relative to the condition frame and 2 gripper classes (0 closed, 1 open).
+A diffusers model: save_pretrained / from_pretrained (config.json holds the constructor arguments).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
 from torch import nn
 
 from mvvdp_core.model.config import HeadConfig
@@ -46,10 +51,10 @@ class _CrossAttentionBlock(nn.Module):
         return x + self.ffn(self.norm_ffn(x))
 
 
-class RotationGripperHead(nn.Module):
+class RotationGripperHead(ModelMixin, ConfigMixin):
     def __init__(
         self,
-        cfg: HeadConfig,
+        head_config: HeadConfig | dict[str, Any],
         latent_channels: int,
         num_rgb_views: int,
         future_frames: int,
@@ -58,6 +63,13 @@ class RotationGripperHead(nn.Module):
         rotation_bins: int = 72,
     ) -> None:
         super().__init__()
+        cfg = HeadConfig(**head_config) if isinstance(head_config, dict) else head_config
+        # Registered by hand: the HeadConfig is stored as a plain dict.
+        self.register_to_config(
+            head_config=asdict(cfg), latent_channels=latent_channels, num_rgb_views=num_rgb_views,
+            future_frames=future_frames, latent_size=latent_size, spatial_compression=spatial_compression,
+            rotation_bins=rotation_bins,
+        )  # fmt: skip
         self.cfg = cfg
         self.num_rgb_views = num_rgb_views
         self.future_frames = future_frames

@@ -4,6 +4,8 @@ The V views of each sample run through the base model as B*V videos. Each Wan bl
 form one `MultiViewBlock`, called by this module's own pass over the base model's layers (the base model's
 forward is not used), so activation checkpointing and torch.compile see the block and its view attention
 as one unit. Weights keep their places: `base.*` (diffusers names, LoRA inside) and `view_attention.N.*`.
+The model is a diffusers model: `save_pretrained` / `from_pretrained` write and read a folder (config.json
+holds the base model's constructor arguments and the view-attention settings).
 The condition latent frame is kept clean with Wan2.2-TI2V's per-token timesteps (0 on the first frame).
 """
 
@@ -12,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import WanTransformer3DModel
+from diffusers import ConfigMixin, ModelMixin, WanTransformer3DModel
+from diffusers.configuration_utils import register_to_config
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -47,16 +50,32 @@ def keep_in_fp32(base: WanTransformer3DModel) -> list[str]:
     return list(getattr(base, "_keep_in_fp32_modules", None) or [])
 
 
-class MultiViewWanTransformer(nn.Module):
+def init_kwargs(model: ConfigMixin) -> dict[str, Any]:
+    """A diffusers model's constructor arguments from its config (private entries dropped)."""
+    return {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+
+
+class MultiViewWanTransformer(ModelMixin, ConfigMixin):
+    """Wan base model (`base_config`: WanTransformer3DModel's constructor arguments) plus view attention.
+
+    `base` takes an already built (e.g. pretrained) Wan model instead of a random one from base_config.
+    """
+
+    ignore_for_config = ["base"]
+    _keep_in_fp32_modules = WanTransformer3DModel._keep_in_fp32_modules
+
+    @register_to_config
     def __init__(
         self,
-        base: WanTransformer3DModel,
+        base_config: dict[str, Any],
         num_views: int,
         view_attention_heads: int,
         view_attention_style: str = "plain",
+        base: WanTransformer3DModel | None = None,
     ) -> None:
         super().__init__()
-        self.base = base
+        self.base = WanTransformer3DModel(**base_config) if base is None else base
+        base = self.base
         self.num_views = num_views
         self.view_attention_style = view_attention_style
         cfg = base.config
@@ -82,14 +101,15 @@ class MultiViewWanTransformer(nn.Module):
         ]
 
     @classmethod
-    def from_config(
+    def from_base(
         cls,
-        transformer_kwargs: dict[str, Any],
+        base: WanTransformer3DModel,
         num_views: int,
         view_attention_heads: int,
-        style: str = "plain",
+        view_attention_style: str = "plain",
     ) -> MultiViewWanTransformer:
-        return cls(WanTransformer3DModel(**transformer_kwargs), num_views, view_attention_heads, style)
+        """View attention around a built Wan model (its config becomes base_config)."""
+        return cls(init_kwargs(base), num_views, view_attention_heads, view_attention_style, base=base)
 
     @property
     def blocks(self) -> list[MultiViewBlock]:

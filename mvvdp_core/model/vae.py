@@ -3,28 +3,33 @@
 Frames are float in [0, 1] with layout (B, V, F, 3, H, W); latents are (B, V, C, f, h, w) with
 f = 1 + (F - 1) / 4. The VAE is causal in time, so the first latent frame depends on frame 0 only and
 `encode_condition` of that frame equals the first latent frame of the whole video.
+A diffusers model: save_pretrained / from_pretrained write and read a folder whose config.json holds the
+Wan VAE's constructor arguments (`vae_config`) and whose weights include the latent statistics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from diffusers import AutoencoderKLWan
-from torch import nn
+from diffusers import AutoencoderKLWan, ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
 
 
-class VideoVAE(nn.Module):
-    def __init__(self, vae: AutoencoderKLWan) -> None:
+class VideoVAE(ModelMixin, ConfigMixin):
+    """Wan VAE (`vae_config`: AutoencoderKLWan's constructor arguments, a random one when `vae` is not given)
+    with the latent statistics as buffers, saved with the weights."""
+
+    ignore_for_config = ["vae"]
+
+    @register_to_config
+    def __init__(self, vae_config: dict[str, Any], vae: AutoencoderKLWan | None = None) -> None:
         super().__init__()
-        self.vae = vae
-        cfg = vae.config
-        self.register_buffer(
-            "latents_mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "latents_std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1), persistent=False
-        )
+        self.vae = AutoencoderKLWan(**vae_config) if vae is None else vae
+        cfg = self.vae.config
+        self.register_buffer("latents_mean", torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1))
+        self.register_buffer("latents_std", torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1))
         self.temporal_compression = int(cfg.scale_factor_temporal)
         self.spatial_compression = int(cfg.scale_factor_spatial)
 
@@ -40,10 +45,13 @@ class VideoVAE(nn.Module):
         self.latents_mean.copy_(mean_t.view_as(self.latents_mean))
         self.latents_std.copy_(std_t.view_as(self.latents_std))
         self.vae.register_to_config(latents_mean=mean_t.tolist(), latents_std=std_t.tolist())
+        stats = {"latents_mean": mean_t.tolist(), "latents_std": std_t.tolist()}
+        self.register_to_config(vae_config={**self.config.vae_config, **stats})
 
     @classmethod
-    def from_config(cls, vae_kwargs: dict) -> VideoVAE:
-        return cls(AutoencoderKLWan(**vae_kwargs))
+    def from_autoencoder(cls, vae: AutoencoderKLWan) -> VideoVAE:
+        """Wrap a built (e.g. pretrained) Wan VAE; its config becomes vae_config."""
+        return cls({k: v for k, v in dict(vae.config).items() if not k.startswith("_")}, vae=vae)
 
     @property
     def dtype(self) -> torch.dtype:

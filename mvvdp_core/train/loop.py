@@ -41,9 +41,9 @@ from mvvdp_core.model.checkpoint import (
     RUN_CHECKPOINTS_DIR,
     ModelParts,
     build_model_parts,
-    load_base_model,
     load_checkpoint,
     load_config,
+    load_vae,
     random_text_embeddings,
     resolve_checkpoint,
     save_checkpoint,
@@ -340,7 +340,7 @@ def build_parts(
     torch.manual_seed(settings.seed)
     base, vae = load_base_model(config, Path(config.base_model_path), torch.float32)
     transformer = build_transformer(config, base)
-    return ModelParts(transformer, VideoVAE(vae), build_head(config), text)
+    return ModelParts(transformer, VideoVAE.from_autoencoder(vae), build_head(config), text)
 
 
 def prepare_frozen_base(transformer: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -470,7 +470,7 @@ def load_fitted_vae(path: str | Path, config: MVVDPConfig) -> VideoVAE:
     theirs = {k: v for k, v in source.vae.items() if not k.startswith("latents_")}
     if sizes != theirs:
         raise ValueError(f"the VAE of {path} differs from this model's: {theirs} vs {sizes}")
-    return VideoVAE(load_base_model(source, resolve_checkpoint(path), torch.float32)[1])
+    return load_vae(source, resolve_checkpoint(path))
 
 
 def build_data(settings: TrainSettings, config: MVVDPConfig, episodes: list[Episode], rank: int) -> TrainData:
