@@ -146,3 +146,32 @@ def test_global_batch_sets_the_accumulation() -> None:
     assert TrainSettings().precision(cpu) == "no" and TrainSettings().precision(cuda) == "bf16"
     assert TrainSettings().frozen_base_dtype(cuda) == torch.bfloat16
     assert TrainSettings().frozen_base_dtype(cpu) == torch.float32
+
+
+def test_init_from_starts_a_new_run_from_the_weights_and_fine_tunes_the_vae(
+    line_data: Path, tmp_path: Path
+) -> None:
+    first = train(line_data, tmp_path / "a", settings(steps=2, checkpoint_every=2, lr=1e-3))
+    source, _ = load_checkpoint(first.checkpoint)
+    # Vanishing learning rates: after one step the weights are still the source's (VAE: bit for bit).
+    kept = train(line_data, tmp_path / "b", settings(steps=1, checkpoint_every=1, lr=1e-12, head_lr=1e-12,
+                                                     init_from=str(tmp_path / "a")))
+    assert kept.start_step == 0 and kept.end_step == 1
+    copy, _ = load_checkpoint(kept.checkpoint)
+    for a, b in zip([*source.transformer.parameters(), *source.head.parameters()],
+                    [*copy.transformer.parameters(), *copy.head.parameters()], strict=True):
+        assert torch.allclose(a, b, rtol=0.0, atol=1e-9)
+    for a, b in zip(source.vae.parameters(), copy.vae.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(source.text_embeddings["reach"], copy.text_embeddings["reach"])
+    # With VAE steps, the given VAE is fine-tuned (it moves) and its latent statistics measured again.
+    tuned = train(line_data, tmp_path / "c", settings(steps=1, checkpoint_every=1, vae_steps=2, vae_lr=1e-3,
+                                                      init_from=str(tmp_path / "a"), vae_report_samples=1))
+    moved, _ = load_checkpoint(tuned.checkpoint)
+    assert any(not torch.equal(a, b) for a, b in zip(source.vae.parameters(), moved.vae.parameters(),
+                                                      strict=True))
+    # Other model sizes cannot start from these weights.
+    with pytest.raises(ValueError, match="cannot initialise"):
+        train(line_data, tmp_path / "d", settings(steps=1, init_from=str(tmp_path / "a"),
+                                                  config_overrides={"future_frames": FUTURE, "sigma": SIGMA,
+                                                                    "image_size": 32}))

@@ -1,8 +1,15 @@
 """VAE fitting loss: which pixels weigh more (heatmap blobs, RGB foreground) and the frame balance."""
 
+import pytest
 import torch
 
-from mvvdp_core.train.vae import JET_BACKGROUND, blob_weights, foreground_weights, reconstruction_loss
+from mvvdp_core.train.vae import (
+    JET_BACKGROUND,
+    blob_weights,
+    foreground_weights,
+    reconstruction_loss,
+    scene_background,
+)
 
 
 def _table_with_cube(frames: int = 5) -> torch.Tensor:
@@ -50,3 +57,24 @@ def test_losing_the_cube_costs_more_with_foreground_weights():
     first = reconstruction_loss(only_condition, video, 0, 50.0)
     rest = reconstruction_loss(only_future, video, 0, 50.0)
     assert torch.isclose(first, rest, rtol=1e-5)
+
+
+def test_scene_background_leaves_what_all_scenes_share_and_marks_the_object():
+    # Three scenes: the same table and "arm" (a white bar), the cube somewhere else in each.
+    scenes = _table_with_cube(1).expand(3, 1, 1, 3, 16, 16).clone()[:, :, 0]  # (N, V, 3, H, W)
+    scenes[:, 0, :, :] = torch.tensor([0.6, 0.45, 0.3]).view(3, 1, 1)
+    scenes[:, 0, :, 10:12, 2:14] = 1.0  # the arm at its start pose, in every scene
+    cubes = [(2, 2), (6, 9), (12, 4)]
+    for n, (r, c) in enumerate(cubes):
+        scenes[n, 0, :, r : r + 2, c : c + 2] = torch.tensor([0.9, 0.05, 0.05]).view(3, 1, 1)
+    background = scene_background(scenes)
+    assert background.shape == (1, 3, 16, 16)
+    weights = foreground_weights(scenes[:, :, None], 20.0, background)[:, 0, 0, 0]  # (N, H, W)
+    for n, (r, c) in enumerate(cubes):
+        cube = torch.zeros(16, 16, dtype=torch.bool)
+        cube[r : r + 2, c : c + 2] = True
+        assert torch.all(weights[n][cube] == 21.0) and torch.all(weights[n][~cube] == 1.0)
+    # The per-frame median colour (no background given) marks the arm as well.
+    assert foreground_weights(scenes[:, :, None], 20.0)[0, 0, 0, 0, 10, 5] == 21.0
+    with pytest.raises(ValueError, match="background"):
+        foreground_weights(scenes[:, :, None], 20.0, background[0])

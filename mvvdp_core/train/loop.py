@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from mvvdp_core.data.augment import AugmentConfig
-from mvvdp_core.data.dataset import EpisodeDataset, SampleConfig
+from mvvdp_core.data.dataset import EpisodeDataset, SampleConfig, render_step_views
 from mvvdp_core.data.episode import Episode, atomic_write_bytes, fsync_dir, list_episodes
 from mvvdp_core.model.checkpoint import (
     LATEST_POINTER,
@@ -57,7 +57,14 @@ from mvvdp_core.train.head import HeadLoss, head_objective
 from mvvdp_core.train.latents import LatentStore
 from mvvdp_core.train.plots import plot_trajectories
 from mvvdp_core.train.predictor import observation_from_step
-from mvvdp_core.train.vae import fit_vae, heatmap_roundtrip_errors, latent_statistics, roundtrip_summary
+from mvvdp_core.train.vae import (
+    fit_vae,
+    heatmap_roundtrip_errors,
+    latent_statistics,
+    roundtrip_summary,
+    scene_background,
+    scene_roundtrip_summary,
+)
 from mvvdp_core.train.video import VideoLoss, encode_latents, video_loss
 
 if TYPE_CHECKING:
@@ -91,13 +98,19 @@ class TrainSettings:
     head_weight_decay: float = 1e-5  # head AdamW weight decay
     head_latent_noise: float = 0.05  # noise on the clean latents the head trains on
     rgb_loss_weight: float = 0.5  # weight of the RGB term of the video loss (heatmaps: 1 - this)
-    vae_steps: int | None = None  # fit the VAE first; None: 300 for a model without a pretrained VAE, else 0
+    # fit the VAE first; None: 300 for a model without a pretrained or given VAE (vae_from, init_from),
+    # else 0; with a given VAE, steps > 0 fine-tune it
+    vae_steps: int | None = None
     vae_lr: float = 1e-3  # VAE fitting learning rate
-    # RGB pixels off the view's background (arm, objects) weigh 1 + this in the VAE fit, and the RGB condition
-    # frames get a term of their own; 0: an unweighted RGB loss (all capacity left to the heatmaps)
+    # RGB pixels off the scene background (objects, the moved arm: what the episodes' first frames do not
+    # share) weigh 1 + this in the VAE fit, and the RGB condition frames get a term of their own; 0: an
+    # unweighted RGB loss (all capacity left to the heatmaps)
     vae_foreground_weight: float = 20.0
     vae_report_samples: int = 8  # samples for the latent statistics and the VAE round-trip report
     vae_from: str | None = None  # take the fitted VAE of this checkpoint (or run folder) instead of fitting
+    # start a new run (step 0, fresh optimisers) from this checkpoint's weights: transformer, head, text
+    # embeddings and VAE (the model sizes must match the preset's)
+    init_from: str | None = None
     base_model: str | None = None  # local Wan2.2-TI2V-5B diffusers folder (pretrained base)
     text_encoder: str | None = None  # local umT5 (or Wan2.2 diffusers) folder; None: random task embeddings
     tokenizer: str | None = None  # default: found next to text_encoder
@@ -502,8 +515,9 @@ def _prepare_vae(
 ) -> tuple[list[float], list[float] | None]:
     """Fit the VAE (models without a pretrained one), measure its latent statistics and its heatmap round
     trip. Returns the fitting losses and the mean round-trip error per frame in cm."""
+    given = settings.vae_from is not None or settings.init_from is not None  # a fitted VAE to start from
     vae_steps = settings.vae_steps if settings.vae_steps is not None else (
-        300 if config.base_model_path is None else 0
+        300 if config.base_model_path is None and not given else 0
     )
     losses: list[float] = []
     report = settings.vae_report_samples
@@ -513,17 +527,24 @@ def _prepare_vae(
         mean, std = fitted.latents_mean.flatten().tolist(), fitted.latents_std.flatten().tolist()
         parts.vae.set_latent_statistics(mean, std)
         config.vae.update(latents_mean=mean, latents_std=std)
-        log(f"VAE: the fitted VAE of {settings.vae_from}")
-    elif fit and vae_steps > 0:
+    if fit and given:
+        log(f"VAE: the fitted VAE of {settings.vae_from or settings.init_from}"
+            + (f", fine-tuned for {vae_steps} steps" if vae_steps > 0 else ""))
+    if fit and vae_steps > 0:
+        background = scene_background(torch.stack([
+            render_step_views(e.step(0), config.workspace()) for e in data.episodes
+        ])) if settings.vae_foreground_weight > 0 else None
         losses = fit_vae(parts.vae, _cycle(_loader(data.train, settings)), vae_steps, settings.vae_lr,
                          foreground_weight=settings.vae_foreground_weight,
-                         generator=generator, progress=settings.progress)
+                         generator=generator, progress=settings.progress, background=background)
         if report > 0:
             mean, std = latent_statistics(parts.vae, _cycle(_loader(data.plain, settings)), report)
             parts.vae.set_latent_statistics(mean, std)
             config.vae.update(latents_mean=mean, latents_std=std)
             log(f"VAE fitted in {vae_steps} steps (final loss {losses[-1]:.5f}); latent std per channel "
                 f"{min(std):.2f}..{max(std):.2f}, stored as the normalisation")
+        if background is not None:
+            log(scene_roundtrip_summary(parts.vae, data.episodes, config.workspace(), background))
     parts.vae.requires_grad_(False).eval()
     if report <= 0:
         return losses, None
@@ -615,6 +636,10 @@ def _model(run: _Run, episodes: list[Episode], tasks: list[str], resume: bool) -
                              f"{settings.config!r}: a run keeps its model config; drop --config or start a "
                              "new --out")
         log(f"text embeddings: from the resumed checkpoint {previous}")
+    elif settings.init_from is not None:
+        parts, config = _initial_weights(settings, model_config(settings, episodes), tasks)
+        state = None
+        log(f"weights: from {settings.init_from} (a new run: step 0, fresh optimisers)")
     else:
         config = model_config(settings, episodes)
         parts = build_parts(settings, config, tasks, log=log)
@@ -638,6 +663,30 @@ def _model(run: _Run, episodes: list[Episode], tasks: list[str], resume: bool) -
         f"{num_trainable / 1e6:.3f} M trained; {len(episodes)} episodes"
         + (f"; {run.threads} CPU threads" if run.threads else ""))
     return _Model(parts, config, previous, state, mode, total, num_trainable)
+
+
+def _sizes(config: MVVDPConfig) -> dict[str, Any]:
+    """What fixes the shapes of a model's weights (not its latent statistics or data settings)."""
+    vae = {k: v for k, v in config.vae.items() if not k.startswith("latents_")}
+    return {"transformer": config.transformer, "vae": vae, "head": asdict(config.head),
+            "image_size": config.image_size, "future_frames": config.future_frames,
+            "num_rgb_views": config.num_rgb_views, "text_len": config.text_len, "lora_rank": config.lora_rank}
+
+
+def _initial_weights(
+    settings: TrainSettings, config: MVVDPConfig, tasks: list[str]
+) -> tuple[ModelParts, MVVDPConfig]:
+    """The parts of settings.init_from, checked against the run's model config (its sizes and tasks)."""
+    source = resolve_checkpoint(settings.init_from)
+    parts, theirs = load_checkpoint(source)
+    if _sizes(theirs) != _sizes(config):
+        raise ValueError(f"{source} is not a {settings.config} model of these sizes: it cannot initialise "
+                         f"this run (compare its config.json with --config / --override)")
+    missing = sorted(set(tasks) - set(parts.text_embeddings))
+    if missing:
+        raise ValueError(f"{source} has no text embedding for tasks {missing}")
+    workspace = {"workspace_center": config.workspace_center, "workspace_edge": config.workspace_edge}
+    return parts, replace(theirs, **workspace)
 
 
 def _datasets(run: _Run, config: MVVDPConfig, episodes: list[Episode]) -> tuple[TrainData, torch.Generator]:

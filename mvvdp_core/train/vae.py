@@ -41,25 +41,50 @@ def blob_weights(videos: torch.Tensor, num_heat_views: int, blob_weight: float) 
 
 
 def foreground_weights(
-    frames: torch.Tensor, foreground_weight: float, threshold: float = 0.15
+    frames: torch.Tensor, foreground_weight: float, background: torch.Tensor | None = None,
+    threshold: float = 0.15,
 ) -> torch.Tensor:
-    """Per-pixel weights (B, V, F, 1, H, W) of RGB frames: foreground_weight + 1 on pixels whose colour is
-    off the view's background colour (the per-channel median of the view's condition frame)."""
-    background = frames[:, :, :1].flatten(-2).median(dim=-1).values[..., None, None]  # (B, V, 1, 3, 1, 1)
+    """Per-pixel weights (B, V, F, 1, H, W) of RGB frames (B, V, F, 3, H, W): foreground_weight + 1 on pixels
+    whose colour is off the background, 1 elsewhere.
+
+    background: the scene background of each view, (V, 3, H, W), as `scene_background` measures it (what every
+    scene shows at that pixel: objects and a moved arm stand out, the arm at its usual start pose does not);
+    None: the per-channel median colour of each view's condition frame.
+    """
+    if background is None:
+        background = frames[:, :, :1].flatten(-2).median(dim=-1).values[..., None, None]  # (B, V, 1, 3, 1, 1)
+    else:
+        if background.shape != (frames.shape[1], *frames.shape[3:]):
+            raise ValueError(f"background {tuple(background.shape)} does not match frames "
+                             f"{tuple(frames.shape)}: expected (V, 3, H, W)")
+        background = background.to(frames)[None, :, None]
     foreground = ((frames - background).abs().sum(3, keepdim=True) > threshold).to(frames.dtype)
     return 1 + foreground_weight * foreground
 
 
+@torch.no_grad()
+def scene_background(frames: torch.Tensor) -> torch.Tensor:
+    """RGB frames (N, V, 3, H, W) of many scenes -> the per-view, per-pixel median colour (V, 3, H, W).
+
+    What is the same in most scenes (table, walls, the arm at its start pose) is background; what tells one
+    scene from another (where the objects are, how the arm moved) is not, so it weighs more in the fitting.
+    """
+    if frames.ndim != 5 or frames.shape[0] < 1:
+        raise ValueError(f"frames must be (N, V, 3, H, W) with N >= 1, got {tuple(frames.shape)}")
+    return frames.float().median(dim=0).values
+
+
 def reconstruction_loss(
     decoded: torch.Tensor, videos: torch.Tensor, num_heat_views: int, blob_weight: float,
-    foreground_weight: float = 0.0,
+    foreground_weight: float = 0.0, background: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weighted squared error (blob and foreground weights); the condition frame and the mean of the future
-    frames weigh equally."""
+    """Weighted squared error (blob and foreground weights; background as in `foreground_weights`, for the
+    RGB views of videos); the condition frame and the mean of the future frames weigh equally."""
     weights = blob_weights(videos, num_heat_views, blob_weight)
     if foreground_weight > 0 and videos.shape[1] > num_heat_views:
         rgb = videos[:, : videos.shape[1] - num_heat_views]
-        weights = torch.cat([foreground_weights(rgb, foreground_weight), weights[:, rgb.shape[1]:]], dim=1)
+        rgb_weights = foreground_weights(rgb, foreground_weight, background)
+        weights = torch.cat([rgb_weights, weights[:, rgb.shape[1]:]], dim=1)
     per_frame = (weights * (decoded - videos).square()).mean(dim=(0, 1, 3, 4, 5))  # (F,)
     if per_frame.numel() == 1:
         return per_frame[0]
@@ -76,6 +101,7 @@ def fit_vae(
     generator: torch.Generator | None = None,
     progress: bool = True,
     heat_views: int = 2,
+    background: torch.Tensor | None = None,
 ) -> list[float]:
     """Fit the VAE on whole samples of the batches' videos; returns the loss per step. Leaves it frozen.
 
@@ -83,7 +109,9 @@ def fit_vae(
     treats views independently, so this only thins the batch), from the condition frame on: the whole sample
     every third step, else its first 1 + 4 or 1 + 8 frames (cheaper, and the same causal paths: the first
     frame alone, a chunk after it, a chunk after a chunk), plus (foreground_weight > 0) the condition
-    frames of all RGB views alone. The learning rate decays on a cosine.
+    frames of all RGB views alone. background: the RGB views' scene background (R, 3, H, W) for the
+    foreground weights (`scene_background`; None: each view's median colour). The learning rate decays on a
+    cosine.
     """
     if steps < 0:
         raise ValueError(f"VAE steps must be >= 0, got {steps}")
@@ -107,11 +135,12 @@ def fit_vae(
         rgb_pick = int(torch.randint(0, num_rgb, (1,), generator=generator))
         heat_pick = (num_rgb + torch.randperm(num_rgb, generator=generator)[:heat]).tolist()
         videos = videos[:, [rgb_pick, *heat_pick]]
+        picked = None if background is None else background[rgb_pick : rgb_pick + 1]
         loss = reconstruction_loss(vae.decode(vae.encode(videos)), videos, heat, blob_weight,
-                                   foreground_weight)
+                                   foreground_weight, picked)
         if foreground_weight > 0:
             loss = loss + reconstruction_loss(vae.decode(vae.encode(conditions)), conditions, 0, blob_weight,
-                                              foreground_weight)
+                                              foreground_weight, background)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -180,3 +209,29 @@ def roundtrip_summary(errors: np.ndarray) -> str:
         f"{per_frame[1:].mean():.2f}, worst frame {per_frame[1:].max():.2f} (frame "
         f"{int(per_frame[1:].argmax()) + 1}); per frame " + " ".join(f"{e:.1f}" for e in per_frame)
     )
+
+
+@torch.no_grad()
+def scene_roundtrip_summary(
+    vae: VideoVAE, episodes: list, workspace: Workspace, background: torch.Tensor, threshold: float = 0.15
+) -> str:
+    """One log line: how well the VAE keeps what tells scenes apart. The episodes' first frames (each view)
+    -> VAE -> decoded; the mean colour error (sum over RGB, 0..3) on their foreground pixels (off the scene
+    background: the objects) and on the rest, and the share of foreground pixels decoded off the background
+    as well (1: every object pixel still stands out; 0: the VAE paints an empty scene)."""
+    from mvvdp_core.data.dataset import render_step_views
+
+    device = next(vae.parameters()).device
+    frames = torch.stack([render_step_views(e.step(0), workspace) for e in episodes]).float()
+    latents = vae.encode_condition(frames.to(device=device, dtype=vae.dtype))
+    decoded = vae.decode(latents)[:, :, 0].float().cpu()
+    background = background.float()[None]
+    foreground = (frames - background).abs().sum(2) > threshold  # (N, V, H, W)
+    error = (decoded - frames).abs().sum(2)
+    kept = (decoded - background).abs().sum(2) > threshold
+    if not foreground.any():
+        return "VAE scene round trip: the episodes' first frames show no foreground (all scenes alike)"
+    return (f"VAE scene round trip (first frames, {int(foreground.sum())} foreground pixels): colour error "
+            f"{float(error[foreground].mean()):.3f} on the foreground, "
+            f"{float(error[~foreground].mean()):.3f} elsewhere; foreground kept "
+            f"{float(kept[foreground].float().mean()):.2f}")
