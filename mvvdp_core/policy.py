@@ -105,13 +105,33 @@ def decode_heatmap_video(heatmap_video: torch.Tensor, workspace: Workspace) -> H
     return HeatmapDecoding(projection.positions, heatmaps, projection, confidence)
 
 
+# Steps over which the gripper head's probabilities are averaged: a demonstrated gripper state lasts far
+# longer (closing, holding), so a state predicted for one or two steps only is noise, not a grasp.
+GRIPPER_WINDOW = 5
+
+
+def smooth_gripper(gripper_logits: torch.Tensor, window: int = GRIPPER_WINDOW) -> np.ndarray:
+    """Gripper logits (T, 2) -> states (T,) in {0, 1}: the argmax of the class probabilities averaged over a
+    centred window of `window` steps (odd; edges repeat the first/last step). window 1: the plain argmax."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"gripper window must be an odd number >= 1, got {window}")
+    probabilities = gripper_logits.float().softmax(-1)  # (T, 2)
+    half = window // 2
+    first, last = probabilities[:1].expand(half, -1), probabilities[-1:].expand(half, -1)
+    padded = torch.cat([first, probabilities, last])
+    averaged = padded.unfold(0, window, 1).mean(-1)  # (T, 2)
+    return averaged.argmax(-1).cpu().numpy()
+
+
 def head_to_actions(
-    rotation_logits: torch.Tensor, gripper_logits: torch.Tensor, cond_rotation: np.ndarray, num_bins: int
+    rotation_logits: torch.Tensor, gripper_logits: torch.Tensor, cond_rotation: np.ndarray, num_bins: int,
+    gripper_window: int = GRIPPER_WINDOW,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Head logits (T, 3, bins), (T, 2) -> absolute Euler angles (T, 3) and gripper states (T,) in {0, 1}."""
+    """Head logits (T, 3, bins), (T, 2) -> absolute Euler angles (T, 3) and gripper states (T,) in {0, 1}
+    (`smooth_gripper`)."""
     bins = rotation_logits.argmax(-1).cpu().numpy()
     relative = bins_to_relative_euler(bins, num_bins)
-    return relative_to_absolute(cond_rotation, relative), gripper_logits.argmax(-1).cpu().numpy()
+    return relative_to_absolute(cond_rotation, relative), smooth_gripper(gripper_logits, gripper_window)
 
 
 @dataclass(frozen=True)

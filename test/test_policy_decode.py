@@ -7,7 +7,7 @@ import torch
 from mvvdp_core.actions import euler_to_bins
 from mvvdp_core.geometry.heatmaps import colorize_heatmaps, ee_heatmaps
 from mvvdp_core.geometry.workspace import Workspace
-from mvvdp_core.policy import decode_heatmap_video, head_to_actions
+from mvvdp_core.policy import decode_heatmap_video, head_to_actions, smooth_gripper
 from mvvdp_core.rotations import euler_to_matrix, matrix_to_euler
 
 
@@ -68,7 +68,28 @@ def test_known_bins_give_absolute_orientation_and_gripper():
     rotation_logits = torch.full((3, 3, 72), -5.0)
     rotation_logits.scatter_(-1, torch.as_tensor(bins)[..., None], 5.0)
     gripper_logits = torch.tensor([[0.0, 3.0], [2.0, -1.0], [-1.0, 0.5]])
-    euler, gripper = head_to_actions(rotation_logits, gripper_logits, cond, 72)
+    euler, gripper = head_to_actions(rotation_logits, gripper_logits, cond, 72, gripper_window=1)
     np.testing.assert_allclose(euler_to_matrix(euler), cond @ euler_to_matrix(rel), atol=1e-9)
     np.testing.assert_allclose(euler[0], matrix_to_euler(cond), atol=1e-9)
     np.testing.assert_array_equal(gripper, [1, 0, 1])
+
+
+def _gripper_logits(states: str, margin: float = 2.0) -> torch.Tensor:
+    """'1100...' -> (T, 2) logits whose argmax is each state."""
+    closed = torch.tensor([float(c) for c in states])
+    return torch.stack([margin * (1 - closed) - margin * closed, margin * closed - margin * (1 - closed)], -1)
+
+
+def test_gripper_smoothing_drops_flips_of_a_step_or_two_and_keeps_real_changes():
+    # One- and two-step flips vanish (one next to the chunk's end too); a lasting change stays where it is,
+    # and so does one in the chunk's last two steps (it may be the start of a lasting one).
+    assert "".join(map(str, smooth_gripper(_gripper_logits("111111101111111111111101")))) == "1" * 24
+    assert "".join(map(str, smooth_gripper(_gripper_logits("111111001111111111111100")))) == "1" * 22 + "00"
+    change = "111111111111000000000000"
+    assert "".join(map(str, smooth_gripper(_gripper_logits(change)))) == change
+    # Probabilities, not votes, are averaged: one confident step outweighs several unsure ones.
+    logits = _gripper_logits("0001000", margin=0.1)
+    logits[3] = torch.tensor([-8.0, 8.0])
+    assert smooth_gripper(logits)[3] == 1 and smooth_gripper(logits, 1).tolist() == [0, 0, 0, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="odd"):
+        smooth_gripper(logits, 4)
