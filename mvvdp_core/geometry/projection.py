@@ -177,22 +177,21 @@ def unpack_keys(keys: torch.Tensor, colors: torch.Tensor, scratch: Scratch | Non
     is always new).
     """
     num_views, height, width = keys.shape
-    channels = colors.shape[1]
+    channels, num_pixels = colors.shape[1], height * width
     halves = key_halves(keys)
     depth = halves[..., HIGH].clamp(max=INF_BITS).view(torch.float32)
     low = halves[..., LOW]
-    index = scratch_buffer(scratch, "unpack_index", (num_views, height, width), torch.int32, keys)
-    torch.clamp(low, min=0, out=index)
-    features = scratch_buffer(scratch, "features", (index.numel(), channels), colors.dtype, keys)
-    torch.index_select(colors, 0, index.view(-1), out=features)
-    keep = scratch_buffer(scratch, "keep", (num_views, height, width), torch.int32, keys)
-    torch.bitwise_right_shift(low, 31, out=keep).bitwise_not_()  # 0 on empty pixels, else all ones
+    index = scratch_buffer(scratch, "unpack_index", (num_views, num_pixels), torch.int32, keys)
+    torch.clamp(low, min=0, out=index.view(num_views, height, width))
+    keep = scratch_buffer(scratch, "keep", (num_views, 1, num_pixels), torch.int32, keys)
+    torch.bitwise_right_shift(low, 31, out=keep.view(num_views, height, width)).bitwise_not_()  # 0 if empty
+    # Colours go channel by channel from a column of `colors`, so that every write is contiguous.
     rgb = torch.empty(num_views, channels, height, width, dtype=colors.dtype, device=keys.device)
-    torch.bitwise_and(
-        features.view(torch.int32).view(num_views, height, width, channels),
-        keep.unsqueeze(-1),
-        out=rgb.view(torch.int32).permute(0, 2, 3, 1),
-    )
+    planes = rgb.view(num_views, channels, num_pixels)
+    for v in range(num_views):
+        for c in range(channels):
+            torch.index_select(colors[:, c], 0, index[v], out=planes[v, c])
+    planes.view(torch.int32).bitwise_and_(keep)
     return ProjectedViews(rgb=rgb, depth=depth)
 
 
