@@ -10,8 +10,10 @@ Keys are finally unpacked into feature and depth images.
 The CUDA kernel (cuda/, loaded by cuda_ext) implements the same three steps on the same keys; this module is
 the reference and the CPU path, and `project_views` is the one place that picks a backend. Pixels and depths
 come from pixels.view_terms (shared by both backends). On the CPU points are z-ordered in cache-sized chunks
-(a scatter-min of the keys), so the cost is linear in the number of points, and the call runs on its own
-thread budget (one thread by default): torch threads that wait for busy cores make it many times slower.
+(a scatter-min of the keys), so the cost is linear in the number of points, its temporaries live in
+buffers each calling thread reuses from call to call, and the call runs on its own thread budget (one
+thread by default, set for the calling thread only): torch threads that wait for busy cores make it many
+times slower.
 """
 
 from __future__ import annotations
