@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -25,22 +28,66 @@ def set_torch_threads(threads: int | None = None) -> int:
     return count
 
 
+@functools.cache
+def _thread_local_setter() -> Callable[[int], None] | None:
+    """omp_set_num_threads of the OpenMP runtime torch's CPU library links, or None when torch does not run
+    its intra-op work on OpenMP (or the library cannot be opened).
+
+    With OpenMP, torch.get_num_threads() is omp_get_max_threads(): a per-thread setting, which a thread takes
+    from torch's process-wide count on its first torch call. torch.set_num_threads changes both the calling
+    thread's setting and the process-wide count; omp_set_num_threads changes the calling thread's only."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    library = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:  # already loaded with torch; dlsym on its handle searches its dependencies, libgomp among them
+        setter = ctypes.CDLL(library, mode=os.RTLD_NOLOAD | os.RTLD_LAZY).omp_set_num_threads
+    except (OSError, AttributeError):
+        return None
+    setter.argtypes, setter.restype = [ctypes.c_int], None
+    return setter
+
+
+_shared_lock = threading.Lock()
+_shared_users = 0
+_shared_saved = 0
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the body with `threads` torch intra-op threads (None: leave the setting), then restore the count.
+    """Run the body with `threads` torch intra-op threads in the calling thread (None: leave the setting),
+    then restore the calling thread's count.
 
-    The count is process-wide: torch work of other threads during the body runs with it too."""
+    With torch's OpenMP backend the change is local to the calling thread: other threads (a policy, another
+    projection) and threads started meanwhile keep their counts, and concurrent bodies do not interfere.
+    Other backends only have a process-wide count: there, overlapping bodies share it, and the count from
+    before the first of them is restored when the last one ends."""
     if threads is None:
         yield
         return
     if threads < 1:
         raise ValueError(f"thread count must be >= 1, got {threads!r}")
-    before = torch.get_num_threads()
+    before = torch.get_num_threads()  # also initialises this thread's setting from the process-wide one
     if before == threads:
         yield
         return
-    torch.set_num_threads(threads)
+    setter = _thread_local_setter()
+    if setter is not None:
+        setter(threads)
+        try:
+            yield
+        finally:
+            setter(before)
+        return
+    global _shared_users, _shared_saved
+    with _shared_lock:
+        if _shared_users == 0:
+            _shared_saved = before
+        _shared_users += 1
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        with _shared_lock:
+            _shared_users -= 1
+            if _shared_users == 0:
+                torch.set_num_threads(_shared_saved)

@@ -2,11 +2,13 @@
 
 import itertools
 import math
+import threading
 
 import numpy as np
 import pytest
 import torch
 
+from mvvdp_core import threads as threads_module
 from mvvdp_core.geometry import Workspace, pixels, project_views, project_views_torch, projection
 
 WS = Workspace()  # centre (0.5, 0, 0.4), edge 1 m, 256 px
@@ -303,6 +305,104 @@ def test_projection_runs_on_its_thread_budget_and_restores_torch_setting(monkeyp
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="thread count"):
         project_views(points, colors, WS, threads=0)
+
+
+@pytest.mark.skipif(
+    threads_module._thread_local_setter() is None,
+    reason="torch's parallel backend has one process-wide thread count",
+)
+def test_thread_budget_stays_in_the_calling_thread(monkeypatch):
+    # Two threads project at once on budgets 1 and 2 while a third (a policy, say) keeps its own count of 3,
+    # and a thread started meanwhile gets the process-wide 3: the budget never leaks out of the caller.
+    points = awkward_cloud(3_000, WS, seed=7)
+    colors = torch.rand(len(points), 3, generator=torch.Generator().manual_seed(2))
+    reference = project_views(points, colors, WS)
+    seen: dict[int, set[int]] = {1: set(), 2: set()}
+    zorder = projection.zorder_keys
+
+    def spying_zorder(*args):
+        seen[budget.value].add(torch.get_num_threads())
+        return zorder(*args)
+
+    monkeypatch.setattr(projection, "zorder_keys", spying_zorder)
+    budget = threading.local()
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        done = threading.Event()
+        policy_counts: set[int] = set()
+        failures: list[str] = []
+
+        def policy() -> None:
+            while not done.is_set():
+                policy_counts.add(torch.get_num_threads())
+
+        def project(threads: int) -> None:
+            budget.value = threads
+            for _ in range(5):
+                views = project_views(points, colors, WS, threads=threads)
+                if not (torch.equal(views.rgb, reference.rgb) and torch.equal(views.depth, reference.depth)):
+                    failures.append(f"threads={threads}: result differs")
+                if torch.get_num_threads() != 3:
+                    failures.append(f"threads={threads}: count {torch.get_num_threads()} after the call")
+
+        watcher = threading.Thread(target=policy)
+        watcher.start()
+        workers = [threading.Thread(target=project, args=(t,)) for t in (1, 2)]
+        for worker in workers:
+            worker.start()
+        late: list[int] = []
+        newcomer = threading.Thread(target=lambda: late.append(torch.get_num_threads()))
+        newcomer.start()
+        for thread in (*workers, newcomer):
+            thread.join()
+        done.set()
+        watcher.join()
+        assert failures == []
+        assert seen == {1: {1}, 2: {2}}
+        assert policy_counts == {3} and late == [3] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_process_wide_thread_count_is_restored_after_overlapping_budgets(monkeypatch):
+    # Without a per-thread count (a non-OpenMP torch), overlapping bodies share the process-wide count and
+    # the last one to end restores the count from before the first.
+    monkeypatch.setattr(threads_module, "_thread_local_setter", lambda: None)
+    before = torch.get_num_threads()
+    inside, leave_first = threading.Barrier(2), threading.Event()
+    errors: list[BaseException] = []
+
+    def body(count: int, first: bool) -> None:
+        try:
+            with threads_module.torch_threads(count):
+                inside.wait(timeout=10)
+                if first:
+                    leave_first.set()  # the first leaves while the second is still inside
+                else:
+                    leave_first.wait(timeout=10)
+        except BaseException as error:  # noqa: BLE001 (re-raised in the test's thread)
+            errors.append(error)
+
+    target = before + 1
+    workers = [threading.Thread(target=body, args=(target, first)) for first in (True, False)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    assert torch.get_num_threads() == before
+
+
+def test_reused_buffers_never_show_in_results():
+    # A second call (other points, same shapes) leaves the first call's result as it was.
+    points = awkward_cloud(2_000, WS, seed=8)
+    colors = torch.rand(len(points), 3, generator=torch.Generator().manual_seed(3))
+    first = project_views(points, colors, WS)
+    kept = (first.rgb.clone(), first.depth.clone())
+    second = project_views(points.flip(0) * 0.9 + 0.05, colors.flip(0), WS)
+    assert torch.equal(first.rgb, kept[0]) and torch.equal(first.depth, kept[1])
+    assert first.rgb.data_ptr() != second.rgb.data_ptr() and first.depth.data_ptr() != second.depth.data_ptr()
 
 
 def test_project_observation_passes_its_thread_budget(monkeypatch):

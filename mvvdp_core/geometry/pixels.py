@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,28 +133,50 @@ def depth_rows(workspace: Workspace) -> int:
     return len({forward for _, _, forward in _signed_axes(tuple(workspace.views))})
 
 
-def _scratch(
-    scratch: dict[str, torch.Tensor] | None,
-    name: str,
-    shape: tuple[int, int],
-    dtype: torch.dtype,
-    like: torch.Tensor,
+class Scratch:
+    """Named buffers reused from call to call: each a flat tensor, grown when a larger one is asked for,
+    handed out as a contiguous view of its leading elements (contents undefined). Fresh buffers of a few MB
+    cost a page fault per 4 KiB touched on every call; reused ones are mapped already, often still cached.
+    Not thread-safe: keep one per thread (`thread_scratch`)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.dtype != dtype or buffer.device != device or buffer.numel() < size:
+            buffer = self._buffers[name] = torch.empty(size, dtype=dtype, device=device)
+        return buffer[:size].view(shape)
+
+
+_local = threading.local()
+
+
+def thread_scratch() -> Scratch:
+    """The calling thread's Scratch (made on first use): concurrent calls never share buffers."""
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None:
+        scratch = _local.scratch = Scratch()
+    return scratch
+
+
+def scratch_buffer(
+    scratch: Scratch | None, name: str, shape: tuple[int, ...], dtype: torch.dtype, like: torch.Tensor
 ) -> torch.Tensor:
-    """A (rows, count) tensor: the leading columns of scratch[name] (made or grown as needed), or a new tensor
-    without scratch. Reusing buffers spares the page faults of fresh allocations on every chunk."""
+    """scratch's buffer `name`, or a new tensor without scratch."""
     if scratch is None:
         return torch.empty(shape, dtype=dtype, device=like.device)
-    buffer = scratch.get(name)
-    if buffer is None or buffer.shape[0] != shape[0] or buffer.shape[1] < shape[1]:
-        buffer = scratch[name] = torch.empty(shape, dtype=dtype, device=like.device)
-    return buffer[:, : shape[1]]
+    return scratch.get(name, shape, dtype, like.device)
 
 
 def view_terms(
     points: torch.Tensor,
     workspace: Workspace,
     depth_out: torch.Tensor | None = None,
-    scratch: dict[str, torch.Tensor] | None = None,
+    scratch: Scratch | None = None,
 ) -> ViewTerms:
     """Pixel and depth of each float32 point (N, 3) in each view: Workspace.to_view's column, row and depth
     (column and row floored and clamped to the image, depth clamped to [+0.0, edge]) and Workspace.contains.
@@ -163,12 +186,12 @@ def view_terms(
     float32 value as -unit + 0.5), pixel = int(clamp(cam * resolution, 0, resolution - 1)) (truncating a
     value >= 0 is its floor) and depth = clamp(cam * edge, 0, edge) + 0.0 (turns -0.0 into +0.0).
     depth_out: a float32 (D, N) tensor, of any strides, that receives the depths (else a new one). scratch:
-    buffers kept between calls on chunks of one cloud (the result's pixels live there too).
+    buffers for the temporaries (the result's pixels live there too), else new tensors.
     """
     res, edge = workspace.resolution, float(workspace.edge)
     plan = _plan(tuple(workspace.center), edge, tuple(workspace.views))
     count = points.shape[0]
-    coords = _scratch(scratch, "coords", (3, count), torch.float32, points)  # rows of x, y and z
+    coords = scratch_buffer(scratch, "coords", (3, count), torch.float32, points)  # rows of x, y and z
     if points.device.type == "cpu":  # numpy's transposing copy is several times faster than torch's
         np.copyto(coords.numpy(), points.detach().numpy().T)
     else:
@@ -178,28 +201,28 @@ def view_terms(
         raise ValueError("points contain NaN or infinite coordinates")
     outside = None  # the mask is built only when some point lies outside (clouds come cropped)
     if any(low[axis] < plan.lower[axis] or high[axis] > plan.upper[axis] for axis in range(3)):
-        outside = torch.zeros(count, dtype=torch.bool, device=points.device)
+        outside = scratch_buffer(scratch, "outside", (count,), torch.bool, points).zero_()
         for axis in range(3):
             outside |= coords[axis] < plan.lower[axis]
             outside |= coords[axis] > plan.upper[axis]
     center = torch.tensor(plan.center, device=points.device)[:, None]
     unit = coords.sub_(center).div_(edge)  # the cube -> [-0.5, 0.5]^3
-    cam = _scratch(scratch, "cam", (len(plan.axes), count), torch.float32, points)
+    cam = scratch_buffer(scratch, "cam", (len(plan.axes), count), torch.float32, points)
     for row, (axis, sign) in enumerate(plan.axes):
         if sign < 0:
             torch.sub(0.5, unit[axis], out=cam[row])
         else:
             torch.add(unit[axis], 0.5, out=cam[row])
-    scaled = _scratch(scratch, "scaled", (plan.pixel_stop, count), torch.float32, points)
+    scaled = scratch_buffer(scratch, "scaled", (plan.pixel_stop, count), torch.float32, points)
     torch.mul(cam[: plan.pixel_stop], float(res), out=scaled).clamp_(0, res - 1)
-    pixel_rows = _scratch(scratch, "pixel_rows", (plan.pixel_stop, count), torch.int32, points)
+    pixel_rows = scratch_buffer(scratch, "pixel_rows", (plan.pixel_stop, count), torch.int32, points)
     pixel_rows.copy_(scaled)  # truncates
     depth = cam[plan.depth_start :].mul_(edge).clamp_(0.0, edge)
     depth = torch.add(depth, 0.0, out=depth if depth_out is None else depth_out)
-    pixel32 = _scratch(scratch, "pixel32", (len(plan.views), count), torch.int32, points)
+    pixel32 = scratch_buffer(scratch, "pixel32", (len(plan.views), count), torch.int32, points)
     for v, (right, down, _) in enumerate(plan.views):
         torch.add(pixel_rows[right], pixel_rows[down], alpha=res, out=pixel32[v])
-    pixel = _scratch(scratch, "pixel", (len(plan.views), count), torch.int64, points)
+    pixel = scratch_buffer(scratch, "pixel", (len(plan.views), count), torch.int64, points)
     pixel.copy_(pixel32)  # (one int32 -> int64 conversion: an int64 output of the addition is slower)
     return ViewTerms(
         pixel=pixel,

@@ -10,8 +10,10 @@ Keys are finally unpacked into feature and depth images.
 The CUDA kernel (cuda/, loaded by cuda_ext) implements the same three steps on the same keys; this module is
 the reference and the CPU path, and `project_views` is the one place that picks a backend. Pixels and depths
 come from pixels.view_terms (shared by both backends). On the CPU points are z-ordered in cache-sized chunks
-(a scatter-min of the keys), so the cost is linear in the number of points, and the call runs on its own
-thread budget (one thread by default): torch threads that wait for busy cores make it many times slower.
+(a scatter-min of the keys), so the cost is linear in the number of points, its temporaries live in
+buffers each calling thread reuses from call to call, and the call runs on its own thread budget (one
+thread by default, set for the calling thread only): torch threads that wait for busy cores make it many
+times slower.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from mvvdp_core.geometry import cuda_ext
 from mvvdp_core.geometry.pixels import (
     POINT_CHUNK,
     ProjectedViews,
+    Scratch,
     depth_rows,
     prepare_inputs,
+    scratch_buffer,
     splat_extent,
+    thread_scratch,
     view_terms,
 )
 from mvvdp_core.geometry.workspace import Workspace
@@ -48,24 +53,26 @@ def key_halves(keys: torch.Tensor) -> torch.Tensor:
     return keys.view(torch.int32).view(*keys.shape, 2)
 
 
-def zorder_keys(points: torch.Tensor, workspace: Workspace) -> torch.Tensor:
+def zorder_keys(points: torch.Tensor, workspace: Workspace, scratch: Scratch | None = None) -> torch.Tensor:
     """Minimum key per pixel of the points landing on it, EMPTY_KEY where none does; shape (V, H, W).
 
     Points go through view_terms in chunks of POINT_CHUNK on the CPU (the temporaries stay in cache), in one
     pass elsewhere. Each chunk's keys are built in place: view_terms writes the depths into their high
     halves, the point indices go into the low halves, and a scatter-min per view takes them into the view's
-    image. Points outside the cube land on a discarded extra pixel of each view.
+    image. Points outside the cube land on a discarded extra pixel of each view. scratch: buffers for the
+    temporaries and the result (then a view of scratch's "image"; else everything is new).
     """
     num_views, res = len(workspace.views), workspace.resolution
     num_pixels = res * res
-    image = torch.full((num_views, num_pixels + 1), EMPTY_KEY, dtype=torch.int64, device=points.device)
-    step = POINT_CHUNK if points.device.type == "cpu" else max(1, points.shape[0])
-    keys = torch.empty(
-        depth_rows(workspace), min(step, points.shape[0]), dtype=torch.int64, device=points.device
-    )
+    device = points.device
+    image = scratch_buffer(scratch, "image", (num_views, num_pixels + 1), torch.int64, points)
+    image.fill_(EMPTY_KEY)
+    step = POINT_CHUNK if device.type == "cpu" else max(1, points.shape[0])
+    width = min(step, points.shape[0])
+    keys = scratch_buffer(scratch, "keys", (depth_rows(workspace), width), torch.int64, points)
     halves = key_halves(keys)
-    scratch: dict[str, torch.Tensor] = {}
-    halves[..., LOW] = torch.arange(keys.shape[1], dtype=torch.int32, device=points.device)
+    index = scratch_buffer(scratch, "index", (width,), torch.int32, points)
+    halves[..., LOW] = torch.arange(width, dtype=torch.int32, device=device, out=index)
     for start in range(0, points.shape[0], step):
         if start > 0:  # moves each point index on by one chunk; the indices stay below 2^32, so this never
             keys += step  # carries into the high halves, which view_terms overwrites
@@ -93,31 +100,45 @@ def splat_offsets(reach: int, max_d2: int) -> list[tuple[int, list[tuple[int, in
     return sorted(groups.items())
 
 
-def splat_keys(keys: torch.Tensor, reach: int, max_d2: int) -> torch.Tensor:
-    """Screen-space splatting on a (V, H, W) key image; returns a new key image.
+def splat_keys(
+    keys: torch.Tensor,
+    reach: int,
+    max_d2: int,
+    scratch: Scratch | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Screen-space splatting on a (V, H, W) key image; returns the splatted key image (`out` when given,
+    which may be `keys` itself, else a new tensor; `keys` is returned unchanged when max_d2 is 0).
 
     Per ring of equal distance the smallest neighbouring key is taken when its depth is strictly smaller:
     the smallest key of a ring is below `own depth << 32` exactly when some key of the ring is, so one
     minimum per offset and one test per ring suffice. Rings go from the farthest to the nearest, each
-    overwriting where it qualifies, so the nearest qualifying ring is what remains. On the CPU the image goes
-    through blocks of rows of about SPLAT_BLOCK pixels, whose temporaries stay in cache; elsewhere through
-    whole views.
+    overwriting where it qualifies, so the nearest qualifying ring is what remains. Neighbours are read from
+    a padded copy of `keys`, so the result may overwrite them. On the CPU the image goes through blocks of
+    rows of about SPLAT_BLOCK pixels, whose temporaries stay in cache; elsewhere through whole views.
+    scratch: buffers for the padded copy and the temporaries (else new ones).
     """
     if max_d2 == 0:
         return keys
     num_views, height, width = keys.shape
-    padded = torch.full(
-        (num_views, height + 2 * reach, width + 2 * reach), EMPTY_KEY, dtype=torch.int64, device=keys.device
-    )
+    shape = (num_views, height + 2 * reach, width + 2 * reach)
+    padded = scratch_buffer(scratch, "padded", shape, torch.int64, keys)
+    padded[:, :reach].fill_(EMPTY_KEY)  # the border; the inside is a copy of keys
+    padded[:, reach + height :].fill_(EMPTY_KEY)
+    padded[:, reach : reach + height, :reach].fill_(EMPTY_KEY)
+    padded[:, reach : reach + height, reach + width :].fill_(EMPTY_KEY)
     padded[:, reach : reach + height, reach : reach + width] = keys
-    result = keys.clone(memory_format=torch.contiguous_format)
+    if out is None:
+        result = keys.clone(memory_format=torch.contiguous_format)
+    else:
+        result = out if out is keys else out.copy_(keys)
     rows = max(1, SPLAT_BLOCK // width) if keys.device.type == "cpu" else height
-    scratch = torch.empty(3, min(rows, height), width, dtype=torch.int64, device=keys.device)
+    block = scratch_buffer(scratch, "splat_block", (3, min(rows, height), width), torch.int64, keys)
     rings = [offsets for _, offsets in reversed(splat_offsets(reach, max_d2))]
     for v in range(num_views):
         for top in range(0, height, rows):
             bottom = min(top + rows, height)
-            _splat_block(result[v, top:bottom], padded[v, top : bottom + 2 * reach], rings, reach, scratch)
+            _splat_block(result[v, top:bottom], padded[v, top : bottom + 2 * reach], rings, reach, block)
     return result
 
 
@@ -149,21 +170,30 @@ def _splat_block(
         block.bitwise_xor_(best.bitwise_xor_(block).bitwise_and_(take))  # block = best where take
 
 
-def unpack_keys(keys: torch.Tensor, colors: torch.Tensor) -> ProjectedViews:
+def unpack_keys(keys: torch.Tensor, colors: torch.Tensor, scratch: Scratch | None = None) -> ProjectedViews:
     """Key image (V, H, W) -> ProjectedViews with float32 colours (N, C) looked up by point index.
 
     Branch-free on the halves of the keys: an empty pixel's depth bits 0x7FFFFFFF exceed those of every depth
     (finite, at most the edge) and clamp to +inf's, and its index half -1 is the only negative one, so it
-    clamps to index 0 and its sign clears the colour bits.
+    clamps to index 0 and its sign clears the colour bits. scratch: buffers for the temporaries (the result
+    is always new).
     """
     num_views, height, width = keys.shape
+    channels, num_pixels = colors.shape[1], height * width
     halves = key_halves(keys)
     depth = halves[..., HIGH].clamp(max=INF_BITS).view(torch.float32)
-    index = halves[..., LOW].clamp(min=0)
-    features = colors.index_select(0, index.view(-1)).view(num_views, height, width, -1)
-    keep = torch.bitwise_not(halves[..., LOW] >> 31).unsqueeze(-1)  # 0 on empty pixels, else all ones
-    rgb = torch.empty(num_views, colors.shape[1], height, width, dtype=colors.dtype, device=keys.device)
-    torch.bitwise_and(features.view(torch.int32), keep, out=rgb.view(torch.int32).permute(0, 2, 3, 1))
+    low = halves[..., LOW]
+    index = scratch_buffer(scratch, "unpack_index", (num_views, num_pixels), torch.int32, keys)
+    torch.clamp(low, min=0, out=index.view(num_views, height, width))
+    keep = scratch_buffer(scratch, "keep", (num_views, 1, num_pixels), torch.int32, keys)
+    torch.bitwise_right_shift(low, 31, out=keep.view(num_views, height, width)).bitwise_not_()  # 0 if empty
+    # Colours go channel by channel from a column of `colors`, so that every write is contiguous.
+    rgb = torch.empty(num_views, channels, height, width, dtype=colors.dtype, device=keys.device)
+    planes = rgb.view(num_views, channels, num_pixels)
+    for v in range(num_views):
+        for c in range(channels):
+            torch.index_select(colors[:, c], 0, index[v], out=planes[v, c])
+    planes.view(torch.int32).bitwise_and_(keep)
     return ProjectedViews(rgb=rgb, depth=depth)
 
 
@@ -176,13 +206,17 @@ def project_views_torch(
 ) -> ProjectedViews:
     """Reference projection in vectorised torch (CPU or CUDA tensors). Points outside the cube are ignored.
 
-    threads: torch intra-op threads for a call on the CPU, restored afterwards (None: torch's setting).
+    threads: torch intra-op threads of the calling thread for a call on the CPU, restored afterwards (None:
+    torch's setting; see threads.torch_threads). On the CPU the temporaries live in the calling thread's
+    reused buffers (pixels.thread_scratch); the result never shares memory with them.
     """
     on_gpu = isinstance(points, torch.Tensor) and points.device.type != "cpu"
     with torch_threads(None if on_gpu else threads):
         points, colors = prepare_inputs(points, colors)
         reach, max_d2 = splat_extent(splat_radius, workspace)
-        return unpack_keys(splat_keys(zorder_keys(points, workspace), reach, max_d2), colors)
+        scratch = None if points.device.type != "cpu" else thread_scratch()
+        keys = zorder_keys(points, workspace, scratch)  # scratch's image, splatted in place
+        return unpack_keys(splat_keys(keys, reach, max_d2, scratch, out=keys), colors, scratch)
 
 
 def project_views(
