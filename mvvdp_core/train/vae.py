@@ -217,8 +217,9 @@ def scene_roundtrip_summary(
 ) -> str:
     """One log line: how well the VAE keeps what tells scenes apart. The episodes' first frames (each view)
     -> VAE -> decoded; the mean colour error (sum over RGB, 0..3) on their foreground pixels (off the scene
-    background: the objects) and on the rest, and the share of foreground pixels decoded off the background
-    as well (1: every object pixel still stands out; 0: the VAE paints an empty scene)."""
+    background: the objects) and on the rest; the share of foreground pixels decoded off the background as
+    well, and of the other pixels decoded off it (a VAE that paints a smear where objects usually are keeps
+    the foreground without knowing where it is: the second share tells)."""
     from mvvdp_core.data.dataset import render_step_views
 
     device = next(vae.parameters()).device
@@ -233,5 +234,6 @@ def scene_roundtrip_summary(
         return "VAE scene round trip: the episodes' first frames show no foreground (all scenes alike)"
     return (f"VAE scene round trip (first frames, {int(foreground.sum())} foreground pixels): colour error "
             f"{float(error[foreground].mean()):.3f} on the foreground, "
-            f"{float(error[~foreground].mean()):.3f} elsewhere; foreground kept "
-            f"{float(kept[foreground].float().mean()):.2f}")
+            f"{float(error[~foreground].mean()):.3f} elsewhere; decoded off the background: "
+            f"{float(kept[foreground].float().mean()):.2f} of the foreground, "
+            f"{float(kept[~foreground].float().mean()):.3f} of the rest")
