@@ -71,6 +71,8 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
     from torch.utils.tensorboard import SummaryWriter
 
+    from mvvdp_core.geometry.workspace import Workspace
+
 CHECKPOINTS_DIR = RUN_CHECKPOINTS_DIR
 LATEST_FILE = LATEST_POINTER
 TRAINER_STATE = "trainer_state.pt"
@@ -102,6 +104,7 @@ class TrainSettings:
     # else 0; with a given VAE, steps > 0 fine-tune it
     vae_steps: int | None = None
     vae_lr: float = 1e-3  # VAE fitting learning rate
+    vae_condition_batch: int = 8  # RGB condition frames (of many scenes) reconstructed per VAE fitting step
     # RGB pixels off the scene background (objects, the moved arm: what the episodes' first frames do not
     # share) weigh 1 + this in the VAE fit, and the RGB condition frames get a term of their own; 0: an
     # unweighted RGB loss (all capacity left to the heatmaps)
@@ -169,6 +172,8 @@ class TrainSettings:
             raise ValueError("steps, batch_size, checkpoint_every and keep_checkpoints must be >= 1")
         if self.vae_foreground_weight < 0:
             raise ValueError(f"vae_foreground_weight must be >= 0, got {self.vae_foreground_weight}")
+        if self.vae_condition_batch < 1:
+            raise ValueError(f"vae_condition_batch must be >= 1, got {self.vae_condition_batch}")
         if self.lr_warmup < 0 or self.augment_copies < 0 or self.start_stride < 1 or self.grad_clip < 0:
             raise ValueError("lr_warmup, augment_copies, grad_clip must be >= 0 and start_stride >= 1")
         for name in ("lr", "head_lr"):
@@ -509,6 +514,16 @@ def _loader(dataset: EpisodeDataset, settings: TrainSettings) -> DataLoader:
     )  # fmt: skip
 
 
+def condition_pool(episodes: list[Episode], workspace: Workspace, per_episode: int = 6) -> torch.Tensor:
+    """RGB views (N, R, 3, H, W) of `per_episode` evenly spaced steps of every episode, unaugmented: the
+    condition frames the VAE fit reconstructs on their own."""
+    frames = []
+    for episode in episodes:
+        for k in np.unique(np.linspace(0, len(episode) - 1, per_episode).round().astype(int)):
+            frames.append(render_step_views(episode.step(int(k)), workspace))
+    return torch.stack(frames)
+
+
 def _prepare_vae(
     parts: ModelParts, config: MVVDPConfig, data: TrainData, settings: TrainSettings, fit: bool,
     generator: torch.Generator, log: Callable[[str], None],
@@ -531,12 +546,16 @@ def _prepare_vae(
         log(f"VAE: the fitted VAE of {settings.vae_from or settings.init_from}"
             + (f", fine-tuned for {vae_steps} steps" if vae_steps > 0 else ""))
     if fit and vae_steps > 0:
-        background = scene_background(torch.stack([
-            render_step_views(e.step(0), config.workspace()) for e in data.episodes
-        ])) if settings.vae_foreground_weight > 0 else None
+        background = pool = None
+        if settings.vae_foreground_weight > 0:
+            background = scene_background(torch.stack([
+                render_step_views(e.step(0), config.workspace()) for e in data.episodes
+            ]))  # fmt: skip
+            pool = condition_pool(data.episodes, config.workspace())
         losses = fit_vae(parts.vae, _cycle(_loader(data.train, settings)), vae_steps, settings.vae_lr,
-                         foreground_weight=settings.vae_foreground_weight,
-                         generator=generator, progress=settings.progress, background=background)
+                         foreground_weight=settings.vae_foreground_weight, generator=generator,
+                         progress=settings.progress, background=background, condition_pool=pool,
+                         condition_batch=settings.vae_condition_batch)
         if report > 0:
             mean, std = latent_statistics(parts.vae, _cycle(_loader(data.plain, settings)), report)
             parts.vae.set_latent_statistics(mean, std)

@@ -102,6 +102,8 @@ def fit_vae(
     progress: bool = True,
     heat_views: int = 2,
     background: torch.Tensor | None = None,
+    condition_pool: torch.Tensor | None = None,
+    condition_batch: int = 8,
 ) -> list[float]:
     """Fit the VAE on whole samples of the batches' videos; returns the loss per step. Leaves it frozen.
 
@@ -110,11 +112,15 @@ def fit_vae(
     every third step, else its first 1 + 4 or 1 + 8 frames (cheaper, and the same causal paths: the first
     frame alone, a chunk after it, a chunk after a chunk), plus (foreground_weight > 0) the condition
     frames of all RGB views alone. background: the RGB views' scene background (R, 3, H, W) for the
-    foreground weights (`scene_background`; None: each view's median colour). The learning rate decays on a
-    cosine.
+    foreground weights (`scene_background`; None: each view's median colour). condition_pool: RGB condition
+    frames (N, R, 3, H, W) of many scenes; the condition term then reconstructs `condition_batch` of them per
+    step instead of the batch's own (a small object is a few pixels of one frame: the VAE learns to keep it
+    from many scenes per step, not one). The learning rate decays on a cosine.
     """
     if steps < 0:
         raise ValueError(f"VAE steps must be >= 0, got {steps}")
+    if condition_batch < 1:
+        raise ValueError(f"condition_batch must be >= 1, got {condition_batch}")
     device = next(vae.parameters()).device
     vae.train()
     vae.requires_grad_(True)
@@ -125,7 +131,11 @@ def fit_vae(
     losses = []
     for _ in tqdm(range(steps), desc="fit VAE", disable=not progress):
         videos = sample_videos(next(batches)).to(device=device, dtype=vae.dtype)  # (B, 2R, 1 + F, 3, H, W)
-        conditions = videos[:, : videos.shape[1] // 2, :1]  # RGB condition frames (B, R, 1, 3, H, W)
+        if condition_pool is None:
+            conditions = videos[:, : videos.shape[1] // 2, :1]  # RGB condition frames (B, R, 1, 3, H, W)
+        else:
+            picks = torch.randint(0, condition_pool.shape[0], (condition_batch,), generator=generator)
+            conditions = condition_pool[picks][:, :, None].to(device=device, dtype=vae.dtype)
         chunks = (videos.shape[2] - 1) // vae.temporal_compression
         lengths = sorted({min(1, chunks), min(2, chunks), chunks})
         length = lengths[int(torch.randint(0, len(lengths), (1,), generator=generator))]
