@@ -65,6 +65,10 @@ class Robot(Node):
             beat_qos = QoSProfile(depth=1, liveliness=LivelinessPolicy.AUTOMATIC,
                                   liveliness_lease_duration=Duration(seconds=0.25))
             self.beat_pub = self.create_publisher(Header, "/mvvdp/heartbeat", beat_qos)
+        else:  # watch the policy's heartbeat: it starts when the policy node is active
+            self.beats: list[float] = []
+            self.create_subscription(Header, "/mvvdp/heartbeat",
+                                     lambda _msg: self.beats.append(time.monotonic()), 10)
         self.chunk_pub = self.create_publisher(ActionChunk, "/mvvdp/chunk", 10)
         self.cloud_pubs = {
             name: self.create_publisher(PointCloud2, f"/{name}/zed_node/point_cloud/cloud_registered",
@@ -249,6 +253,8 @@ def preview_graph(tmp_path_factory, checkpoint):
     try:
         assert wait_until(lambda: robot.preview.service_is_ready(), 120), "policy did not start"
         assert wait_until(lambda: robot.triggers["stop"].service_is_ready(), 60), "executor did not start"
+        # Configured is not active: on a busy machine activation (and DDS matching) can lag the services.
+        assert wait_until(lambda: len(robot.beats) >= 5, 60), "the policy never published a heartbeat"
         yield robot, procs
     finally:
         close()
