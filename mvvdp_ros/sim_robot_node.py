@@ -1,9 +1,10 @@
 """`sim_robot`: the simulated FR3 (mvvdp_core.sim.franka.FrankaSim) behind the real robot's ROS interface.
 
 The scene is the pick task's (`mvvdp_core.sim.pick.PickTask`), the one recorded and evaluated. Publishes
-the three ZED-style registered clouds, the end-effector pose, the gripper joint states and the target cube's
-pose (ground truth, for scoring); takes a target pose (as a Cartesian impedance controller would) and a
-gripper width. With tf2_msgs installed it also publishes the cameras' extrinsics on /tf_static (base frame ->
+the three ZED-style registered clouds, the end-effector pose, the gripper joint states, the contact wrench
+on the arm (as the FR3 publishes its external wrench estimate) and the target cube's pose (ground truth, for
+scoring); takes a target pose (as a Cartesian impedance controller would) and a gripper width. With
+tf2_msgs installed it also publishes the cameras' extrinsics on /tf_static (base frame ->
 `<camera>_left_camera_frame`, from the simulator, as in config/cameras_sim.yaml) and the end effector on /tf.
 Physics runs in a timer, kept in step with the ROS clock times a real-time factor; every
 message is stamped with the ROS time that corresponds to the simulated instant it shows.
@@ -16,7 +17,7 @@ import sys
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseStamped, WrenchStamped
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.time import Time as RosTime
 from sensor_msgs.msg import JointState, PointCloud2
@@ -49,6 +50,8 @@ PARAMETERS = {
     "cloud_frame_id": ("{name}_left_camera_frame", "Cloud frame id; {name} = camera"),
     "pose_topic": ("/franka_robot_state_broadcaster/current_pose", "EE pose out"),
     "gripper_state_topic": ("/fr3_gripper/joint_states", "Fingers out"),
+    "external_wrench_topic": ("/franka_robot_state_broadcaster/external_wrench_in_base_frame",
+                              "Contact wrench on the arm out (base frame; torque about the fingertips)"),
     "target_pose_topic": ("/cartesian_impedance_controller/target_pose", "Target pose in"),
     "gripper_command_topic": ("mvvdp/gripper_command", "Gripper width in"),
     "target_object_topic": ("sim/target_object_pose", "Pose of the task's target cube out (ground truth)"),
@@ -77,6 +80,7 @@ class SimRobotNode(GuardedNode):
         self._pose_pub = self.create_publisher(PoseStamped, pose_topic, 10)
         self._gripper_pub = self.create_publisher(JointState, gripper_state_topic, 10)
         self._object_pub = self.create_publisher(PoseStamped, p["target_object_topic"], 10)
+        self._wrench_pub = self.create_publisher(WrenchStamped, p["external_wrench_topic"], 10)
         self.create_subscription(PoseStamped, target_topic, self._on_target_pose, 10)
         self.create_subscription(Float64, gripper_cmd_topic, self._on_gripper_command, 10)
 
@@ -168,6 +172,13 @@ class SimRobotNode(GuardedNode):
         joints.name = ["fr3_finger_joint1", "fr3_finger_joint2"]
         joints.position = [float(v) for v in self.sim.gripper_finger_positions()]
         self._gripper_pub.publish(joints)
+
+        wrench = WrenchStamped()
+        wrench.header = pose.header
+        w = self.sim.contact_wrench()
+        wrench.wrench.force.x, wrench.wrench.force.y, wrench.wrench.force.z = (float(v) for v in w[:3])
+        wrench.wrench.torque.x, wrench.wrench.torque.y, wrench.wrench.torque.z = (float(v) for v in w[3:])
+        self._wrench_pub.publish(wrench)
 
         cube, cube_quat = self._task.target_pose(self.sim)
         target = PoseStamped()

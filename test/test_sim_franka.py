@@ -160,6 +160,26 @@ def test_gripper_opens_closes_and_grasps_a_cube(sim: FrankaSim) -> None:
     lifted = sim.object_poses()["object0"][0]
     assert lifted[2] > cube_pos[2] + 0.15
     assert np.linalg.norm(lifted - sim.ee_pose()[0]) < 0.02
+    # Held still in the air, the only net external force on the hand is the cube's weight.
+    sim.step(int(0.5 / sim.timestep))
+    weight = sim.model.body("object0").mass[0] * 9.81
+    np.testing.assert_allclose(sim.contact_wrench()[:3], [0.0, 0.0, -weight], atol=0.1)
+
+
+def test_contact_force_is_zero_in_free_space_and_pushes_back_from_the_table(sim: FrankaSim) -> None:
+    sim.reset(5)
+    start, quat = sim.ee_pose()
+    assert np.all(sim.contact_wrench() == 0.0)
+    cube = sim.object_poses()["object0"][0]
+    away = np.array([cube[0], cube[1] + (0.25 if cube[1] < 0 else -0.25), TABLE_TOP_Z - 0.03])
+    sim.set_target_pose(away + [0, 0, 0.15], quat)
+    sim.step(int(2.0 / sim.timestep))
+    assert np.all(sim.contact_wrench() == 0.0)
+    sim.set_target_pose(away, quat)  # 3 cm into the table
+    sim.step(int(2.0 / sim.timestep))
+    force, reached = sim.contact_wrench()[:3], sim.ee_pose()[0]
+    assert reached[2] > TABLE_TOP_Z - 0.005  # the table stops the fingertips
+    assert force[2] > 5.0 and abs(force[2]) > 3 * np.linalg.norm(force[:2])  # and pushes straight up
 
 
 def test_reset_is_reproducible_per_seed(sim: FrankaSim) -> None:

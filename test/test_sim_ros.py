@@ -17,7 +17,7 @@ import pytest
 os.environ["ROS_DOMAIN_ID"] = str(random.SystemRandom().randint(1, 100))
 
 import rclpy  # noqa: E402
-from geometry_msgs.msg import PoseStamped  # noqa: E402
+from geometry_msgs.msg import PoseStamped, WrenchStamped  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import JointState, PointCloud2  # noqa: E402
@@ -76,6 +76,9 @@ def test_sim_robot_follows_commands_and_publishes_clouds(sim_process: subprocess
     clouds: dict[str, PointCloud2] = {}
     node.create_subscription(PoseStamped, "/franka_robot_state_broadcaster/current_pose", poses.append, 10)
     node.create_subscription(JointState, "/fr3_gripper/joint_states", fingers.append, 10)
+    wrenches: list[WrenchStamped] = []
+    node.create_subscription(WrenchStamped, "/franka_robot_state_broadcaster/external_wrench_in_base_frame",
+                             wrenches.append, 10)
     for name in CAMERAS:
         node.create_subscription(
             PointCloud2,
@@ -121,3 +124,7 @@ def test_sim_robot_follows_commands_and_publishes_clouds(sim_process: subprocess
 
     assert _spin_until(node, gripper_at_target, 10.0, sim_process), f"fingers at {fingers[-1].position}"
     assert list(fingers[-1].name) == ["fr3_finger_joint1", "fr3_finger_joint2"]
+    # Nothing touches the arm in the air: the published contact wrench is zero, in the base frame.
+    assert wrenches and wrenches[-1].header.frame_id == "fr3_link0"
+    force = wrenches[-1].wrench.force
+    assert (force.x, force.y, force.z) == (0.0, 0.0, 0.0)

@@ -215,6 +215,8 @@ class FrankaSim:
         self._arm_act = np.array([m.actuator(f"act_joint{i}").id for i in range(1, 8)])
         self._finger_act = np.array([m.actuator(f"act_finger{j}").id for j in (1, 2)])
         self._tcp = m.site("tcp").id
+        robot_root = m.body("fr3_link0").id
+        self._robot_body = np.array([m.body_rootid[b] == robot_root for b in range(m.nbody)])
         self._limits = np.array(FR3_JOINT_LIMITS)
         self._objects = [m.body(f"object{k}").id for k in range(config.num_objects)]
         self._object_qpos = [m.jnt_qposadr[m.joint(f"object{k}_free").id] for k in range(config.num_objects)]
@@ -298,6 +300,26 @@ class FrankaSim:
             self.model.body(b).name: (self.data.xpos[b].copy(), wxyz_to_xyzw(self.data.xquat[b]))
             for b in self._objects
         }
+
+    def contact_wrench(self) -> np.ndarray:
+        """(6,) net force (N) and torque about the fingertip centre (N m) that the table and the objects apply
+        on the arm and hand, base frame: what a torque-sensing arm estimates as its external wrench (zero in
+        free space)."""
+        wrench = np.zeros(6)
+        contact_wrench = np.zeros(6)
+        tcp = self.data.site_xpos[self._tcp]
+        for i in range(self.data.ncon):
+            contact = self.data.contact[i]
+            on_robot = self._robot_body[self.model.geom_bodyid[[contact.geom1, contact.geom2]]]
+            if on_robot[0] == on_robot[1]:
+                continue  # inside the robot (fingers on each other) or between other bodies
+            mujoco.mj_contactForce(self.model, self.data, i, contact_wrench)
+            # Contact frame rows: normal (geom1 -> geom2) and tangents; the force acts on geom2.
+            force = contact.frame.reshape(3, 3).T @ contact_wrench[:3]
+            force = force if on_robot[1] else -force
+            wrench[:3] += force
+            wrench[3:] += np.cross(contact.pos - tcp, force)
+        return wrench
 
     # ---- control -------------------------------------------------------------------------------------------
     def set_target_pose(self, position: np.ndarray, quat_xyzw: np.ndarray) -> None:
