@@ -12,6 +12,8 @@ import pytest
 from mvvdp_core.data.episode import list_episodes
 from mvvdp_core.data.record import record_pick_demos
 from mvvdp_core.evaluation.closed_loop import (
+    EpisodeOutcome,
+    Evaluation,
     LoopConfig,
     SimLoop,
     episode_chunks,
@@ -80,6 +82,30 @@ def test_oracle_closed_loop_succeeds_with_whole_chunks_and_with_replanning() -> 
     report = json.loads(json.dumps(whole.to_json()))
     assert report["success_rate"] == 1.0 and len(report["episodes"]) == 2
     assert "success 2/2" in whole.table()
+    # The scripted plan's first chunk ends over the cube (it is lowering onto it), in each scene.
+    following = report["cube_following"]
+    assert following["episodes"] == 2 and following["mean_goal_to_cube_m"] < 0.03
+    for outcome in whole.episodes:
+        assert np.isfinite(outcome.cube_xy).all() and np.isfinite(outcome.first_goal_xy).all()
+
+
+def test_cube_following_measures_where_first_chunks_go() -> None:
+    rng = np.random.default_rng(0)
+    cubes = rng.uniform([0.4, -0.2], [0.6, 0.2], size=(8, 2))
+
+    def evaluation(goals: np.ndarray) -> Evaluation:
+        return Evaluation([EpisodeOutcome(k, False, 0.0, 0.1, 1, 0, cube_xy=tuple(c), first_goal_xy=tuple(g))
+                           for k, (c, g) in enumerate(zip(cubes, goals, strict=True))])
+
+    follows = evaluation(cubes + [0.0, 0.05]).cube_following()  # 5 cm beside each cube
+    assert follows["corr_x"] == pytest.approx(1.0) and follows["corr_y"] == pytest.approx(1.0)
+    assert follows["mean_goal_to_cube_m"] == pytest.approx(0.05)
+    assert follows["goal_std_y_m"] == pytest.approx(cubes[:, 1].std())
+    blind = evaluation(np.tile([0.5, 0.0], (8, 1))).cube_following()  # one place for every scene
+    assert blind["goal_std_x_m"] == 0.0 and np.isnan(blind["corr_x"]) and np.isnan(blind["corr_y"])
+    assert blind["mean_goal_to_cube_m"] == pytest.approx(np.linalg.norm(cubes - [0.5, 0.0], axis=1).mean())
+    assert "correlation with the cube x nan" in evaluation(np.tile([0.5, 0.0], (8, 1))).table()
+    assert Evaluation([]).cube_following() == {"episodes": 0}
 
 
 def test_loop_runs_at_the_executor_rate_and_rejects_bad_input() -> None:

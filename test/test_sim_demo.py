@@ -26,7 +26,6 @@ def test_sim_demo_previews_approves_and_tracks(tmp_path) -> None:
     assert 1 <= len(summary["chunks"]) <= 3 and isinstance(summary["success"], bool)
     # Away from contact the arm came to rest within 1 cm of the last target (the first chunk ends in the air).
     assert summary["tracking_checks"] >= 1 and summary["tracking_error_m"] <= 0.01
-    assert all(c["settled"]["at_rest"] for c in summary["chunks"])
     assert summary["initial_distance_m"] > 0.05 and np.isfinite(summary["final_distance_m"])
     assert any(p.endswith(".gif") for p in summary["preview_files"])
     assert (out / "trajectory.png").stat().st_size > 0

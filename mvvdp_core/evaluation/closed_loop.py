@@ -191,6 +191,8 @@ class EpisodeOutcome:
     chunks: int  # chunks offered
     refused: int  # chunks the executor did not run
     tracking_error: float = math.nan  # replay: largest distance between the arm and the recorded step (m)
+    cube_xy: tuple[float, float] = (math.nan, math.nan)  # the target cube's resting position (m)
+    first_goal_xy: tuple[float, float] = (math.nan, math.nan)  # where the first chunk ends (m)
 
 
 @dataclass(frozen=True)
@@ -211,9 +213,30 @@ class Evaluation:
     def mean_distance(self) -> float:
         return float(np.mean([e.distance for e in self.episodes])) if self.episodes else math.nan
 
+    def cube_following(self) -> dict[str, float]:
+        """Does the first chunk go where the cube is? Across episodes: the mean xy distance between the first
+        chunk's end and the cube, the spread (std) of each, and their correlation per axis (NaN with fewer
+        than 3 episodes or no spread). A policy blind to the cube ends its first chunks in one place."""
+        cubes = np.array([e.cube_xy for e in self.episodes], dtype=float).reshape(-1, 2)
+        goals = np.array([e.first_goal_xy for e in self.episodes], dtype=float).reshape(-1, 2)
+        keep = np.isfinite(cubes).all(axis=1) & np.isfinite(goals).all(axis=1)
+        cubes, goals = cubes[keep], goals[keep]
+        if not len(cubes):
+            return {"episodes": 0}
+        distance = float(np.linalg.norm(goals - cubes, axis=1).mean())
+        figures: dict[str, float] = {"episodes": len(cubes), "mean_goal_to_cube_m": distance}
+        for axis, name in enumerate("xy"):
+            goal_std, cube_std = float(goals[:, axis].std()), float(cubes[:, axis].std())
+            varied = len(cubes) >= 3 and goal_std > 1e-9 and cube_std > 1e-9
+            corr = float(np.corrcoef(goals[:, axis], cubes[:, axis])[0, 1]) if varied else math.nan
+            figures[f"goal_std_{name}_m"], figures[f"cube_std_{name}_m"] = goal_std, cube_std
+            figures[f"corr_{name}"] = corr
+        return figures
+
     def to_json(self) -> dict[str, object]:
         return {"success_rate": self.success_rate, "mean_lift": self.mean_lift,
-                "mean_distance": self.mean_distance, "episodes": [asdict(e) for e in self.episodes]}
+                "mean_distance": self.mean_distance, "cube_following": self.cube_following(),
+                "episodes": [asdict(e) for e in self.episodes]}
 
     def table(self) -> str:
         lines = [f"{'episode':>7} {'seed':>10} {'success':>7} {'lift_m':>7} {'dist_m':>7} {'chunks':>6}"]
@@ -223,15 +246,25 @@ class Evaluation:
         lines.append(f"success {sum(e.success for e in self.episodes)}/{len(self.episodes)} "
                      f"({100 * self.success_rate:.0f} %), mean final distance {self.mean_distance:.3f} m, "
                      f"mean lift {self.mean_lift:.3f} m")
+        f = self.cube_following()
+        if f["episodes"]:
+            lines.append(f"first chunks end {100 * f['mean_goal_to_cube_m']:.1f} cm from the cube on "
+                         "average; "
+                         f"spread x/y {100 * f['goal_std_x_m']:.1f}/{100 * f['goal_std_y_m']:.1f} cm against "
+                         f"the cubes' {100 * f['cube_std_x_m']:.1f}/{100 * f['cube_std_y_m']:.1f} cm; "
+                         f"correlation with the cube x {f['corr_x']:.2f}, y {f['corr_y']:.2f}")
         return "\n".join(lines)
 
 
-def _outcome(loop: SimLoop, task: PickTask, seed: int, rest_height: float, chunks: int) -> EpisodeOutcome:
+def _outcome(loop: SimLoop, task: PickTask, seed: int, start_cube: np.ndarray, chunks: int,
+             first_goal: np.ndarray) -> EpisodeOutcome:
     heights = loop.hold(task.hold_time, task)
     cube = task.target_pose(loop.sim)[0]
     distance = float(np.linalg.norm(loop.sim.ee_pose()[0] - cube))
+    rest_height = float(start_cube[2])
     return EpisodeOutcome(seed, task.pick_success(rest_height, heights), heights[-1] - rest_height, distance,
-                          chunks, len(loop.refused))
+                          chunks, len(loop.refused), cube_xy=(float(start_cube[0]), float(start_cube[1])),
+                          first_goal_xy=(float(first_goal[0]), float(first_goal[1])))
 
 
 def episode_chunks(episode: Episode, chunk_steps: int = CHUNK_STEPS) -> list[TimedChunk]:
@@ -276,14 +309,15 @@ def replay_episode(
         loop = SimLoop(sim, config)
         seed = int(episode.meta["seed"])
         loop.reset(seed)
-        rest_height = float(task.target_pose(sim)[0][2])
+        start_cube = task.target_pose(sim)[0]
         for c, chunk in enumerate(chunks):  # run each chunk up to the episode's last step
             loop.execute(chunk, steps=min(chunk_steps, len(episode) - 1 - c * chunk_steps))
         period = float(chunks[0].time_from_start[0])
         recorded = episode.ee_positions()
         error = max(float(np.linalg.norm(loop.position_at(k * period) - recorded[k]))
                     for k in range(len(episode)))
-        return replace(_outcome(loop, task, seed, rest_height, len(chunks)), tracking_error=error)
+        outcome = _outcome(loop, task, seed, start_cube, len(chunks), chunks[0].positions[-1])
+        return replace(outcome, tracking_error=error)
     finally:
         if own:
             sim.close()
@@ -322,14 +356,16 @@ def evaluate_policy(
         loop = SimLoop(sim, config)
         for k in range(episodes):
             loop.reset(seed + k)
-            rest_height = float(task.target_pose(sim)[0][2])
-            chunks = 0
+            start_cube = task.target_pose(sim)[0]
+            chunks, first_goal = 0, np.full(3, math.nan)
             while loop.now < time_limit - 1e-9:
                 chunk = predict(loop.observe(), task.name)
+                if chunks == 0:
+                    first_goal = np.asarray(chunk.positions[-1], dtype=float)
                 chunks += 1
                 steps = len(chunk) if replan_steps is None else min(replan_steps, len(chunk))
                 loop.execute(chunk, steps=steps)
-            outcome = _outcome(loop, task, seed + k, rest_height, chunks)
+            outcome = _outcome(loop, task, seed + k, start_cube, chunks, first_goal)
             outcomes.append(outcome)
             if progress is not None:
                 progress(outcome)
