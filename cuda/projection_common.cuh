@@ -1,4 +1,5 @@
-// Per-element logic of the multi-view projection, shared by the CUDA kernels and the CPU harness.
+// Per-element logic of the multi-view projection, shared by the CUDA kernels, the CPU harness and the
+// compiled CPU backend (projection_cpu.cpp).
 //
 // A key packs (depth, point index) into 64 bits: the high 32 bits are the float32 bit pattern of the
 // non-negative depth (ordered like the depth), the low 32 bits the point index. The smallest key per pixel is
@@ -40,6 +41,30 @@ MVVDP_HD float bits_to_float(uint32_t bits) {
   return value;
 #endif
 }
+
+// A point's coordinates in a view, the same float32 operations as pixels.view_terms (the reference): per base
+// axis unit = (coordinate - centre) / edge, in [-0.5, 0.5] inside the cube; along a signed base axis of the
+// view camera = sign * unit + 0.5 (sign +-1: the product is exact, so this is unit + 0.5 or 0.5 - unit).
+MVVDP_HD float unit_coordinate(float coordinate, float center, float edge) {
+  return (coordinate - center) / edge;
+}
+
+MVVDP_HD float camera_coordinate(float unit, float sign) { return sign * unit + 0.5f; }
+
+MVVDP_HD float clamp_float(float value, float low, float high) {
+  const float above_low = value < low ? low : value;  // (one select each: compilers vectorise them)
+  return above_low > high ? high : above_low;
+}
+
+// Column or row of a camera coordinate: floor(camera * resolution) clamped to the image (truncating a value
+// >= 0 is its floor).
+MVVDP_HD int pixel_coordinate(float camera, int resolution) {
+  const float last = static_cast<float>(resolution - 1);
+  return static_cast<int>(clamp_float(camera * static_cast<float>(resolution), 0.0f, last));
+}
+
+// Depth from the camera face, clamped to [0, edge]; adding +0.0 turns -0.0 into +0.0.
+MVVDP_HD float pixel_depth(float camera, float edge) { return clamp_float(camera * edge, 0.0f, edge) + 0.0f; }
 
 MVVDP_HD Key pack_key(float depth, uint32_t point_index) {
   return (static_cast<Key>(float_to_bits(depth)) << 32) | static_cast<Key>(point_index);

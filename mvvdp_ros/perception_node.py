@@ -54,7 +54,7 @@ PARAMETERS = {
     "workspace_edge": (1.0, "workspace cube edge (m)"),
     "resolution": (256, "view resolution (pixels)"),
     "splat_radius": (0.008, "splatting radius of each point (m)"),
-    "backend": ("auto", "projection backend: auto, torch or cuda"),
+    "backend": ("auto", "projection backend: auto, cpu (compiled), torch or cuda"),
     "voxel_size": (0.0, "voxel downsampling of the merged workspace cloud, one averaged point per voxel of "
                         "this edge (m); 0 = off; needs open3d", (0.0, 0.1)),
     "outlier_neighbors": (0, "statistical outlier removal on the merged workspace cloud: neighbours "
