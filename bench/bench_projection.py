@@ -1,10 +1,11 @@
 """Projection speed: ms per call and points/s for three clouds of N points each.
 
-On the CPU the project's path (`torch`) against a plain numpy implementation of the same projection (same
-pixels, z-ordering keys and splatting; checked equal here) with their ratio; on a GPU also the torch
-reference and the CUDA kernel. Timings are medians of --repeats calls after a warm-up call; numpy and the
-CPU path take turns, so a busy machine slows both alike. The CPU projection runs on --threads torch threads
-(project_views' thread budget, 1 by default); numpy uses one.
+On the CPU the compiled library (`cpu`, cuda/projection_cpu.cpp) and the torch reference (`torch`) against
+a plain numpy implementation of the same projection (same pixels, z-ordering keys and splatting; all checked
+equal here), each with its speed-up over numpy; on a GPU also the torch reference and the CUDA kernel.
+Timings are medians of --repeats calls after a warm-up call; numpy and the CPU paths take turns, so a busy
+machine slows them alike. The CPU projections run on --threads threads (project_views' thread budget, 1 by
+default); numpy uses one.
 Usage: python bench/bench_projection.py [--sizes 100000 1000000] [--repeats 5] [--splat-radius 0.008]
                                         [--threads N]
 """
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mvvdp_core.geometry import VIEW_ROTATIONS, ProjectedViews, Workspace, cuda_ext, project_views
+from mvvdp_core.geometry import VIEW_ROTATIONS, ProjectedViews, Workspace, cpu_ext, cuda_ext, project_views
 from mvvdp_core.geometry.pixels import splat_extent
 from mvvdp_core.geometry.projection import EMPTY_KEY, splat_offsets
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads if args.threads > 0 else None
     workspace = Workspace()
     lower = torch.tensor(workspace.lower, dtype=torch.float32)
+    cpu_backends = ["torch"] if cpu_ext.load_library() is None else ["cpu", "torch"]
     runs = [("torch", torch.device("cpu"))]
     if torch.cuda.is_available():
         runs.append(("torch", torch.device("cuda")))
@@ -107,17 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         colors = torch.rand(3 * size, 3, generator=generator)
         points_np, colors_np = points.numpy(), colors.numpy()
         reference = project_numpy(points_np, colors_np, workspace, args.splat_radius)
-        ours = project_views(points, colors, workspace, args.splat_radius, backend="torch", threads=threads)
-        if not (torch.equal(ours.depth, reference.depth) and torch.equal(ours.rgb, reference.rgb)):
-            raise SystemExit("the numpy implementation and project_views disagree")
         calls = [lambda p=points_np, c=colors_np: project_numpy(p, c, workspace, args.splat_radius)]
-        calls.append(
-            lambda p=points, c=colors: project_views(
-                p, c, workspace, args.splat_radius, backend="torch", threads=threads
+        for backend in cpu_backends:
+            ours = project_views(
+                points, colors, workspace, args.splat_radius, backend=backend, threads=threads
             )
-        )
-        numpy_s, torch_s = time_calls(calls, args.repeats, torch.device("cpu"))
-        rows += [(size, "numpy", "cpu", numpy_s), (size, "torch", "cpu", torch_s)]
+            if not (torch.equal(ours.depth, reference.depth) and torch.equal(ours.rgb, reference.rgb)):
+                raise SystemExit(f"the numpy implementation and project_views(backend={backend!r}) disagree")
+            calls.append(
+                lambda b=backend, p=points, c=colors: project_views(
+                    p, c, workspace, args.splat_radius, backend=b, threads=threads
+                )
+            )
+        seconds = time_calls(calls, args.repeats, torch.device("cpu"))
+        rows += [(size, name, "cpu", s) for name, s in zip(["numpy", *cpu_backends], seconds, strict=True)]
         for backend, device in runs[1:]:
             pts, cols = points.to(device), colors.to(device)
             (seconds,) = time_calls(
@@ -138,17 +143,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'N per camera':>12} {'backend':>8} {'device':>6} {'ms/call':>10} {'Mpoints/s':>10} {'speed-up':>9}"
-        "  (CPU torch: numpy / torch; cuda: GPU torch / cuda)"
+        "  (speed-up: CPU paths over numpy, cuda over GPU torch)"
     )
     for size, backend, device, seconds in rows:
         ratio = ""
         if backend == "cuda":
             ratio = next(s for n, b, d, s in rows if n == size and b == "torch" and d == device) / seconds
-        elif backend == "torch" and device == "cpu":
+        elif backend in ("cpu", "torch") and device == "cpu":
             ratio = next(s for n, b, d, s in rows if n == size and b == "numpy") / seconds
         ratio = f"{ratio:8.2f}x" if ratio else ""
         rate = 3 * size / seconds / 1e6
         print(f"{size:>12} {backend:>8} {device:>6} {seconds * 1e3:>10.2f} {rate:>10.2f} {ratio:>9}")
+    if "cpu" not in cpu_backends:
+        print(f"compiled CPU projection not measured: {cpu_ext.unavailable_reason()}")
     if note is not None:
         print(f"CUDA kernel not measured: {note}")
     return 0

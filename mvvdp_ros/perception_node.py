@@ -17,7 +17,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.time import Time
 from sensor_msgs.msg import Image, PointCloud2
 
-from mvvdp_core.geometry import Workspace
+from mvvdp_core.geometry import Workspace, cpu_ext
 from mvvdp_core.geometry.cloud_filter import CloudFilter, import_open3d
 from mvvdp_core.perception import (
     CloudFrame,
@@ -54,7 +54,7 @@ PARAMETERS = {
     "workspace_edge": (1.0, "workspace cube edge (m)"),
     "resolution": (256, "view resolution (pixels)"),
     "splat_radius": (0.008, "splatting radius of each point (m)"),
-    "backend": ("auto", "projection backend: auto, torch or cuda"),
+    "backend": ("auto", "projection backend: auto, cpu (compiled), torch or cuda"),
     "voxel_size": (0.0, "voxel downsampling of the merged workspace cloud, one averaged point per voxel of "
                         "this edge (m); 0 = off; needs open3d", (0.0, 0.1)),
     "outlier_neighbors": (0, "statistical outlier removal on the merged workspace cloud: neighbours "
@@ -90,6 +90,11 @@ class PerceptionNode(ManagedNode):
         self.cloud_filter = CloudFilter(p["voxel_size"], p["outlier_neighbors"], p["outlier_std_ratio"])
         if self.cloud_filter.enabled:
             import_open3d()  # refuse to configure where open3d is missing, with the reason
+        if p["backend"] in ("auto", "cpu"):  # build the compiled projection now, not in the first callback
+            reason = cpu_ext.unavailable_reason()
+            if reason is not None and p["backend"] == "cpu":
+                raise RuntimeError(reason)
+            self.get_logger().info(f"CPU projection: {f'torch ({reason})' if reason else 'compiled library'}")
         self.tf_buffer = self._make_tf_buffer() if p["use_tf"] else None
         self._min_period = 1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0
         self._last_publish = -np.inf

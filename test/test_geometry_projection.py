@@ -139,7 +139,7 @@ def test_arbitrary_channels_and_uint8_colours():
     assert math.isinf(views.depth[1, 0, 0].item())
 
 
-def test_auto_backend_on_cpu_is_the_reference():
+def test_auto_backend_on_cpu_equals_the_reference():
     torch.manual_seed(1)
     points = torch.tensor(WS.lower, dtype=torch.float32) + torch.rand(500, 3)
     colors = torch.rand(500, 3)
@@ -297,14 +297,14 @@ def test_projection_runs_on_its_thread_budget_and_restores_torch_setting(monkeyp
     before = torch.get_num_threads()
     points = awkward_cloud(500, WS, seed=3)
     colors = torch.rand(len(points), 3)
-    reference = project_views(points, colors, WS, threads=None)
+    reference = project_views(points, colors, WS, backend="torch", threads=None)
     for threads in (1, 2):
-        views = project_views(points, colors, WS, threads=threads)
+        views = project_views(points, colors, WS, backend="torch", threads=threads)
         assert torch.equal(views.rgb, reference.rgb) and torch.equal(views.depth, reference.depth)
     assert seen == [before, 1, 2]
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="thread count"):
-        project_views(points, colors, WS, threads=0)
+        project_views(points, colors, WS, backend="torch", threads=0)
 
 
 @pytest.mark.skipif(
@@ -316,7 +316,7 @@ def test_thread_budget_stays_in_the_calling_thread(monkeypatch):
     # and a thread started meanwhile gets the process-wide 3: the budget never leaks out of the caller.
     points = awkward_cloud(3_000, WS, seed=7)
     colors = torch.rand(len(points), 3, generator=torch.Generator().manual_seed(2))
-    reference = project_views(points, colors, WS)
+    reference = project_views(points, colors, WS, backend="torch")
     seen: dict[int, set[int]] = {1: set(), 2: set()}
     zorder = projection.zorder_keys
 
@@ -340,7 +340,7 @@ def test_thread_budget_stays_in_the_calling_thread(monkeypatch):
         def project(threads: int) -> None:
             budget.value = threads
             for _ in range(5):
-                views = project_views(points, colors, WS, threads=threads)
+                views = project_views(points, colors, WS, backend="torch", threads=threads)
                 if not (torch.equal(views.rgb, reference.rgb) and torch.equal(views.depth, reference.depth)):
                     failures.append(f"threads={threads}: result differs")
                 if torch.get_num_threads() != 3:
@@ -398,9 +398,9 @@ def test_reused_buffers_never_show_in_results():
     # A second call (other points, same shapes) leaves the first call's result as it was.
     points = awkward_cloud(2_000, WS, seed=8)
     colors = torch.rand(len(points), 3, generator=torch.Generator().manual_seed(3))
-    first = project_views(points, colors, WS)
+    first = project_views(points, colors, WS, backend="torch")
     kept = (first.rgb.clone(), first.depth.clone())
-    second = project_views(points.flip(0) * 0.9 + 0.05, colors.flip(0), WS)
+    second = project_views(points.flip(0) * 0.9 + 0.05, colors.flip(0), WS, backend="torch")
     assert torch.equal(first.rgb, kept[0]) and torch.equal(first.depth, kept[1])
     assert first.rgb.data_ptr() != second.rgb.data_ptr() and first.depth.data_ptr() != second.depth.data_ptr()
 

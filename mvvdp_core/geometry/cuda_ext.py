@@ -1,5 +1,5 @@
-"""The CUDA projection kernel (cuda/): lazy build, its backend for projection.project_views, and a CPU
-harness of the same per-element code.
+"""The CUDA projection kernel (cuda/): lazy build, its backend for projection.project_views, a CPU harness of
+the same per-element code, and the g++ build of such C++ libraries (`compile_library`, also used by cpu_ext).
 
 Sources are looked up in $MVVDP_CUDA_SRC, then the repository's cuda/, then <prefix>/share/mvvdp_ros/cuda
 (Python prefix, AMENT_PREFIX_PATH entries, the prefix this package is installed in).
@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -32,8 +35,12 @@ EXTENSION_NAME = "mvvdp_projection_cuda"
 _unavailable: list[str] = []
 
 
-def cuda_source_dir() -> Path | None:
-    """Folder holding the kernel sources, or None."""
+class BuildError(RuntimeError):
+    """A C++ library of cuda/ could not be built; the message says why."""
+
+
+def cuda_source_dir(required: tuple[str, ...] = (*KERNEL_SOURCES, HEADER)) -> Path | None:
+    """The first folder holding the `required` sources (by default the kernel's), or None."""
     candidates = []
     if os.environ.get("MVVDP_CUDA_SRC"):
         candidates.append(Path(os.environ["MVVDP_CUDA_SRC"]))
@@ -46,7 +53,7 @@ def cuda_source_dir() -> Path | None:
         prefixes.append(here.parents[5])  # <prefix>/lib/pythonX.Y/site-packages/mvvdp_core/geometry/
     candidates += [prefix / "share" / "mvvdp_ros" / "cuda" for prefix in prefixes]
     for folder in candidates:
-        if all((folder / name).is_file() for name in (*KERNEL_SOURCES, HEADER)):
+        if all((folder / name).is_file() for name in required):
             return folder
     return None
 
@@ -114,24 +121,46 @@ def project_views_cuda(
     return ProjectedViews(rgb=rgb, depth=depth_image)
 
 
-def build_cpu_harness(build_dir: Path) -> ctypes.CDLL:
-    """Compile the CPU harness of the kernel's per-element code with g++ into build_dir; reused if current."""
-    src = cuda_source_dir()
+def compile_library(source: str, flags: list[str], build_dir: Path) -> Path:
+    """Compile cuda/<source> (which includes HEADER) with the C++ compiler ($CXX, else g++ or c++) into a
+    shared library in build_dir and return its path; raises BuildError with the reason when it cannot.
+
+    The file name hashes the compiler, the flags and the contents of both sources, so a current build is
+    reused and a changed one never is. The compiler writes a temporary file that is renamed into place:
+    processes building at once each make a whole library, and the last rename wins."""
+    src = cuda_source_dir((source, HEADER))
     if src is None:
-        raise RuntimeError("kernel sources not found (set MVVDP_CUDA_SRC to the cuda/ folder)")
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise RuntimeError("no C++ compiler (g++) found")
-    build_dir.mkdir(parents=True, exist_ok=True)
-    library = build_dir / "libmvvdp_projection_harness.so"
-    sources = [src / HARNESS_SOURCE, src / HEADER]
-    if not library.exists() or library.stat().st_mtime < max(s.stat().st_mtime for s in sources):
-        command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", f"-I{src}", str(sources[0])]
-        command += ["-o", str(library)]
-        result = subprocess.run(command, capture_output=True, text=True)
+        raise BuildError(f"sources {source} and {HEADER} not found (set MVVDP_CUDA_SRC to the cuda/ folder)")
+    compiler = shlex.split(os.environ.get("CXX", "")) or [shutil.which("g++") or shutil.which("c++") or "g++"]
+    if shutil.which(compiler[0]) is None:
+        raise BuildError(f"no C++ compiler: {compiler[0]!r} not found (install g++ or set CXX)")
+    command = [*compiler, *flags, "-shared", "-fPIC", f"-I{src}", str(src / source)]
+    digest = hashlib.sha256("\0".join(command[:-2]).encode())  # the compiler and its flags
+    for name in (source, HEADER):
+        digest.update((src / name).read_bytes())
+    library = build_dir / f"lib{Path(source).stem}-{digest.hexdigest()[:16]}.so"
+    if library.is_file():
+        return library
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=f".{library.stem}.", suffix=".so", dir=build_dir)
+        os.close(handle)
+    except OSError as error:
+        raise BuildError(f"cannot write the build folder {build_dir}: {error}") from error
+    try:
+        result = subprocess.run([*command, "-o", partial], capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"compiling the CPU harness failed:\n{result.stderr}")
-    lib = ctypes.CDLL(str(library))
+            raise BuildError(f"compiling {source} failed ({shlex.join(command)}):\n{result.stderr.strip()}")
+        os.replace(partial, library)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return library
+
+
+def build_cpu_harness(build_dir: Path) -> ctypes.CDLL:
+    """Compile the CPU harness of the kernel's per-element code into build_dir (compile_library), load it."""
+    lib = ctypes.CDLL(str(compile_library(HARNESS_SOURCE, ["-O2", "-std=c++17"], build_dir)))
     lib.mvvdp_harness_project.restype = ctypes.c_int
     ptr, i64, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.mvvdp_harness_project.argtypes = [ptr, ptr, i64, i64, ptr, i64, i64, i64, cint, cint, ptr, ptr]

@@ -128,6 +128,17 @@ def _signed_axes(views: tuple[str, ...]) -> tuple[tuple[tuple[int, float], ...],
     return tuple(result)
 
 
+def signed_view_axes(workspace: Workspace) -> tuple[tuple[tuple[int, float], ...], ...]:
+    """Per view the (base axis, sign) of its image right, image down and viewing direction."""
+    return _signed_axes(tuple(workspace.views))
+
+
+def float32_cube(workspace: Workspace) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """The cube's centre, lower and upper bounds as the float32 values view_terms computes with."""
+    plan = _plan(tuple(workspace.center), float(workspace.edge), tuple(workspace.views))
+    return plan.center, plan.lower, plan.upper
+
+
 def depth_rows(workspace: Workspace) -> int:
     """D, the rows of view_terms' depth: how many distinct viewing directions the workspace's views have."""
     return len({forward for _, _, forward in _signed_axes(tuple(workspace.views))})

@@ -7,9 +7,11 @@ pixel k within the splat radius whose depth is strictly smaller (ties: smaller k
 smaller point index). It reads only the z-ordered key image, so a farther surface never covers a nearer one.
 Keys are finally unpacked into feature and depth images.
 
-The CUDA kernel (cuda/, loaded by cuda_ext) implements the same three steps on the same keys; this module is
-the reference and the CPU path, and `project_views` is the one place that picks a backend. Pixels and depths
-come from pixels.view_terms (shared by both backends). On the CPU points are z-ordered in cache-sized chunks
+The CUDA kernel (cuda/, loaded by cuda_ext) and the compiled CPU library (cuda/projection_cpu.cpp, loaded by
+cpu_ext) implement the same three steps on the same keys with the same per-element functions; this module is
+the reference, and the CPU path where that library cannot be built. `project_views` is the one place that
+picks a backend. Pixels and depths come from pixels.view_terms (on the GPU too; the compiled CPU library
+computes them with the same float32 operations). Here, on the CPU, points are z-ordered in cache-sized chunks
 (a scatter-min of the keys), so the cost is linear in the number of points, its temporaries live in
 buffers each calling thread reuses from call to call, and the call runs on its own thread budget (one
 thread by default, set for the calling thread only): torch threads that wait for busy cores make it many
@@ -23,7 +25,7 @@ import sys
 import numpy as np
 import torch
 
-from mvvdp_core.geometry import cuda_ext
+from mvvdp_core.geometry import cpu_ext, cuda_ext
 from mvvdp_core.geometry.pixels import (
     POINT_CHUNK,
     ProjectedViews,
@@ -229,15 +231,24 @@ def project_views(
 ) -> ProjectedViews:
     """Project a base-frame cloud into the workspace views.
 
-    backend: "torch" (reference), "cuda" (kernel; error if unavailable) or "auto" (the kernel when the points
-    are on a GPU and it builds, else torch). threads: torch intra-op threads of a projection on the CPU
-    (default 1: the call never waits for a busy core; None: torch's setting).
+    backend: "torch" (reference), "cpu" (compiled CPU library; error if it cannot be built), "cuda" (kernel;
+    error if unavailable) or "auto": the kernel for points on a GPU, the compiled library for points on the
+    CPU, each when it builds, else torch (cpu_ext / cuda_ext.unavailable_reason say why). threads: CPU threads
+    of a projection on the CPU (default 1: the call never waits for a busy core; None: torch's setting).
     """
-    if backend not in ("auto", "torch", "cuda"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'cuda', got {backend!r}")
+    if backend not in ("auto", "cpu", "torch", "cuda"):
+        raise ValueError(f"backend must be 'auto', 'cpu', 'torch' or 'cuda', got {backend!r}")
+    on_cpu = not isinstance(points, torch.Tensor) or points.device.type == "cpu"
     on_gpu = isinstance(points, torch.Tensor) and points.is_cuda
-    if backend == "torch" or (backend == "auto" and not on_gpu):
-        return project_views_torch(points, colors, workspace, splat_radius, threads)
-    if backend == "auto" and cuda_ext.load_extension() is None:
-        return project_views_torch(points, colors, workspace, splat_radius, threads)
-    return cuda_ext.project_views_cuda(points, colors, workspace, splat_radius)
+    if backend == "auto":
+        if on_cpu and cpu_ext.load_library() is not None:
+            backend = "cpu"
+        elif on_gpu and cuda_ext.load_extension() is not None:
+            backend = "cuda"
+        else:
+            backend = "torch"
+    if backend == "cpu":
+        return cpu_ext.project_views_cpu(points, colors, workspace, splat_radius, threads)
+    if backend == "cuda":
+        return cuda_ext.project_views_cuda(points, colors, workspace, splat_radius)
+    return project_views_torch(points, colors, workspace, splat_radius, threads)
