@@ -270,6 +270,7 @@ def test_bringup_runner_exits_cleanly_on_sigint(graph) -> None:
     assert all_active(), "the bringup nodes did not all report active within 180 s"
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=30)[0]
-    assert proc.returncode == 0, output
+    node_logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs_dir.glob("*.log")))
+    assert proc.returncode == 0, f"{output}\n{node_logs}"
     logs = sorted(os.listdir(f"{tmp}/bringup/logs"))
     assert logs == ["executor.log", "perception.log", "policy.log"]
