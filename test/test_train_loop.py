@@ -175,3 +175,35 @@ def test_init_from_starts_a_new_run_from_the_weights_and_fine_tunes_the_vae(
         train(line_data, tmp_path / "d", settings(steps=1, init_from=str(tmp_path / "a"),
                                                   config_overrides={"future_frames": FUTURE, "sigma": SIGMA,
                                                                     "image_size": 32}))
+
+
+def test_ema_checkpoints_hold_the_average_and_a_resumed_run_matches_an_uninterrupted_one(
+    line_data: Path, tmp_path: Path
+) -> None:
+    run = dict(lr=1e-3, head_lr=1e-3, ema_decay=0.9, val_episodes=0, checkpoint_every=3)
+    whole = train(line_data, tmp_path / "whole", settings(steps=6, **run))
+    train(line_data, tmp_path / "split", settings(steps=3, **run))
+    split = train(line_data, tmp_path / "split", settings(steps=6, **run), resume=True)
+    assert split.start_step == 3
+
+    state = torch.load(whole.checkpoint / "optimizer.pt", weights_only=True)
+    shadow, raw = state["ema"]["shadow_params"], state["training_weights"]
+    parts, _ = load_checkpoint(whole.checkpoint)
+    saved = [*parts.transformer.parameters(), *parts.head.parameters()]
+    assert len(shadow) == len(raw) == len(saved)
+    # The model files hold the average; the optimiser file the weights as trained, which differ from it.
+    assert all(torch.equal(s, a) for s, a in zip(saved, shadow, strict=True))
+    assert sum(float((s - r).abs().max()) > 1e-6 for s, r in zip(shadow, raw, strict=True)) > len(raw) // 2
+    # Stopping and resuming changes nothing: the average and the trained weights carry over.
+    resumed, _ = load_checkpoint(split.checkpoint)
+    for a, b in zip(saved, [*resumed.transformer.parameters(), *resumed.head.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    resumed_raw = torch.load(split.checkpoint / "optimizer.pt", weights_only=True)["training_weights"]
+    for a, b in zip(raw, resumed_raw, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_ema_decay_outside_zero_one_is_refused() -> None:
+    for decay in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="ema_decay"):
+            settings(ema_decay=decay)

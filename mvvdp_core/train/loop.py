@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import numpy as np
 import torch
 import tyro
+from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -96,6 +97,9 @@ class TrainSettings:
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: to 10 % of lr at the last step
     weight_decay: float = 0.0  # video model AdamW weight decay
     grad_clip: float = 1.0  # max gradient norm (0: off)
+    # checkpoints hold an exponential moving average of the trained weights (transformer and head) with
+    # this decay, warmed up from 0 (diffusers' EMAModel); validation measures those; 0: the weights as trained
+    ema_decay: float = 0.0
     head_lr: float = 1e-4  # rotation/gripper head learning rate
     head_weight_decay: float = 1e-5  # head AdamW weight decay
     head_latent_noise: float = 0.05  # noise on the clean latents the head trains on
@@ -174,6 +178,8 @@ class TrainSettings:
             raise ValueError(f"vae_foreground_weight must be >= 0, got {self.vae_foreground_weight}")
         if self.vae_condition_batch < 1:
             raise ValueError(f"vae_condition_batch must be >= 1, got {self.vae_condition_batch}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr_warmup < 0 or self.augment_copies < 0 or self.start_stride < 1 or self.grad_clip < 0:
             raise ValueError("lr_warmup, augment_copies, grad_clip must be >= 0 and start_stride >= 1")
         for name in ("lr", "head_lr"):
@@ -619,6 +625,30 @@ class _Optimisers:
     head: torch.optim.Optimizer
     schedules: list[torch.optim.lr_scheduler.LambdaLR]
     start_step: int
+    ema: EMAModel | None = None  # the average of ema_params (settings.ema_decay > 0)
+    ema_params: list[torch.nn.Parameter] = field(default_factory=list)
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs: the AdamW states and, with EMA, the average and the raw weights (the
+        checkpoint's model files hold the average)."""
+        state = {"video_optimizer": self.video.state_dict(), "head_optimizer": self.head.state_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+            state["training_weights"] = [p.detach().clone() for p in self.ema_params]
+        return state
+
+    @contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """The EMA weights in the model for the block (saving, validating); the trained ones after it."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.ema_params)
+        self.ema.copy_to(self.ema_params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.ema_params)
 
 
 def _start_run(out: str | Path, settings: TrainSettings) -> _Run:
@@ -764,6 +794,8 @@ def _optimisers(run: _Run, model: _Model, generator: torch.Generator) -> _Optimi
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(settings))
                  for o in (video_optimizer, head_optimizer)]  # fmt: skip
     start_step = 0
+    ema_params = [*trainable, *parts.head.parameters()] if settings.ema_decay > 0 else []
+    ema = EMAModel(ema_params, decay=settings.ema_decay, use_ema_warmup=True) if ema_params else None
     if state is not None and previous is not None:
         saved = state if "video_optimizer" in state else None
         if saved is None and (previous / OPTIMIZER_STATE).is_file():
@@ -773,11 +805,18 @@ def _optimisers(run: _Run, model: _Model, generator: torch.Generator) -> _Optimi
             head_optimizer.load_state_dict(saved["head_optimizer"])
         else:
             run.log(f"{previous} keeps no optimiser state: AdamW moments start afresh")
+        if ema is not None and saved is not None and "ema" in saved:
+            ema.load_state_dict(saved["ema"])
+            with torch.no_grad():  # the checkpoint's model files hold the average: back to the raw weights
+                for param, weights in zip(ema_params, saved["training_weights"], strict=True):
+                    param.copy_(weights)
+        elif ema is not None:
+            run.log(f"{previous} keeps no weight average: EMA starts from its weights")
         for schedule, saved in zip(schedules, state.get("schedules", []), strict=False):
             schedule.load_state_dict(saved)
         generator.set_state(state["generator"])
         start_step = int(state["step"])
-    return _Optimisers(trainable, video_optimizer, head_optimizer, schedules, start_step)
+    return _Optimisers(trainable, video_optimizer, head_optimizer, schedules, start_step, ema, ema_params)
 
 
 def _open_writer(
@@ -861,6 +900,8 @@ class _Loop:
         optimisers.head.zero_grad(set_to_none=True)
         for schedule in optimisers.schedules:
             schedule.step()
+        if optimisers.ema is not None:
+            optimisers.ema.step(optimisers.ema_params)
         return step_video, step_head, vloss, hloss
 
     def _log_scalars(self, step: int, vloss: VideoLoss, hloss: HeadLoss) -> None:
@@ -882,10 +923,7 @@ class _Loop:
             accelerator.unwrap_model(self.transformer), parts.vae, accelerator.unwrap_model(self.head),
             parts.text_embeddings,
         )  # fmt: skip
-        optimizers = {
-            "video_optimizer": optimisers.video.state_dict(),
-            "head_optimizer": optimisers.head.state_dict(),
-        }
+        optimizers = optimisers.state()
         trainer_state = {
             "step": step,
             "schedules": [schedule.state_dict() for schedule in optimisers.schedules],
@@ -893,13 +931,14 @@ class _Loop:
             "vae_losses": self.vae_losses,
             "settings": asdict(settings),
         }
-        checkpoint = _save_checkpoint(
-            self.run.out, step, unwrapped, config, trainer_state, settings.keep_checkpoints, optimizers,
-            settings.optimizer_state == "all",
-        )
-        if self.roundtrip is not None:
-            (checkpoint / VAE_REPORT_FILE).write_text(json.dumps({"roundtrip_cm": self.roundtrip}))
-        errors = validation_errors(unwrapped, config, self.data.plain, self.val_indices, checkpoint)
+        with optimisers.averaged_weights():
+            checkpoint = _save_checkpoint(
+                self.run.out, step, unwrapped, config, trainer_state, settings.keep_checkpoints, optimizers,
+                settings.optimizer_state == "all",
+            )
+            if self.roundtrip is not None:
+                (checkpoint / VAE_REPORT_FILE).write_text(json.dumps({"roundtrip_cm": self.roundtrip}))
+            errors = validation_errors(unwrapped, config, self.data.plain, self.val_indices, checkpoint)
         val_error = float(np.mean(errors)) if errors else None
         if val_error is not None:
             self.run.log(f"step {step}: validation position error {100 * val_error:.1f} cm")
