@@ -796,6 +796,8 @@ def _optimisers(run: _Run, model: _Model, generator: torch.Generator) -> _Optimi
     start_step = 0
     ema_params = [*trainable, *parts.head.parameters()] if settings.ema_decay > 0 else []
     ema = EMAModel(ema_params, decay=settings.ema_decay, use_ema_warmup=True) if ema_params else None
+    if ema is not None:
+        run.log(f"weights: checkpoints hold their moving average (EMA decay {settings.ema_decay})")
     if state is not None and previous is not None:
         saved = state if "video_optimizer" in state else None
         if saved is None and (previous / OPTIMIZER_STATE).is_file():
