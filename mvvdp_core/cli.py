@@ -110,12 +110,14 @@ def record_command(argv: list[str]) -> int:
     parser.add_argument("--camera-height", type=int, default=240)
     parser.add_argument("--num-objects", type=int, default=PickTask.num_objects,
                         help="cubes on the table: the red target cube plus distractors")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: half the cores)")
     args = parser.parse_args(argv)
     from mvvdp_core.data.episode import Episode
     from mvvdp_core.data.record import record_pick_demos
     from mvvdp_core.threads import set_torch_threads
 
-    set_torch_threads()
+    set_torch_threads(args.threads)
     paths = record_pick_demos(
         args.out, args.episodes, args.seed, args.control_period, (args.camera_width, args.camera_height),
         task=PickTask(num_objects=args.num_objects),
@@ -416,6 +418,7 @@ class EvaluateSettings:
     camera_width: int = 320  # camera image width
     camera_height: int = 240  # camera image height
     json: str | None = None  # write the results (and these settings) to this JSON file
+    threads: int | None = None  # torch CPU threads; None: half the cores
 
 
 def evaluate_command(argv: list[str]) -> int:
@@ -428,7 +431,7 @@ def evaluate_command(argv: list[str]) -> int:
     from mvvdp_core.threads import set_torch_threads
     from mvvdp_core.train.predictor import make_chunk_predictor
 
-    set_torch_threads()
+    set_torch_threads(args.threads)
     chosen = {"name": args.task, "num_objects": args.num_objects}
     task = PickTask(**{key: value for key, value in chosen.items() if value is not None})
     policy = MVVDPPolicy.from_checkpoint(args.checkpoint)
