@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import rclpy  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from ros_probe import stop_process  # noqa: E402
 from sensor_msgs.msg import JointState, PointCloud2  # noqa: E402
 from std_msgs.msg import Float64  # noqa: E402
 from std_srvs.srv import SetBool, Trigger  # noqa: E402
@@ -55,13 +55,7 @@ def recorder(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[s
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     yield proc, out
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc)
 
 
 def call(node: Node, client, request, done_before: str, timeout: float = 60.0, attempt: float = 5.0):

@@ -13,7 +13,7 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 wheels) not installed"
 pytest.importorskip("mvvdp_msgs.msg", reason="mvvdp_msgs not built (scripts/build_msgs.sh)")
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from rclpy.node import Node  # noqa: E402
+from ros_probe import ProbeNode  # noqa: E402
 
 from mvvdp_core.graph import build_graph  # noqa: E402
 from mvvdp_msgs.msg import ActionChunk  # noqa: E402
@@ -24,7 +24,7 @@ from mvvdp_ros.diagnostics import UPDATER_PERIOD_PARAMETER, updater_installed  #
 NODES = ("perception", "policy", "executor")
 
 
-class Monitor(Node):
+class Monitor(ProbeNode):
     def __init__(self) -> None:
         super().__init__("diagnostics_monitor")
         self.seen: list[tuple[float, DiagnosticStatus]] = []
@@ -38,15 +38,6 @@ class Monitor(Node):
 
     def named(self, name: str, since: float = 0.0) -> list[tuple[float, DiagnosticStatus]]:
         return [(t, s) for t, s in self.seen if s.name == name and t >= since]
-
-    def spin_until(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self, timeout_sec=0.05)
-            if predicate():
-                return True
-        return False
-
 
 @pytest.fixture(scope="module")
 def monitor():

@@ -22,8 +22,8 @@ pytest.importorskip("mujoco", reason="mujoco not installed")
 from conftest import cpu_load  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseStamped  # noqa: E402
-from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from ros_probe import ProbeNode  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -57,7 +57,7 @@ def overrides(tmp: str) -> dict:
     }
 
 
-class Operator(Node):
+class Operator(ProbeNode):
     def __init__(self) -> None:
         super().__init__("operator")
         self.ee: list[tuple[float, np.ndarray]] = []
@@ -89,20 +89,6 @@ class Operator(Node):
     def _on_target(self, msg: PoseStamped) -> None:
         p = msg.pose.position
         self.targets.append((time.monotonic(), np.array([p.x, p.y, p.z])))
-
-    def spin_for(self, seconds: float, until=None) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self, timeout_sec=0.02)
-            if until is not None and until():
-                return True
-        return False
-
-    def call(self, client, request, timeout: float = 60.0):
-        assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
-        future = client.call_async(request)
-        assert self.spin_for(timeout, future.done), f"no response from {client.srv_name}"
-        return future.result()
 
     def ee_now(self) -> np.ndarray:
         self.spin_for(0.1)

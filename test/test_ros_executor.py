@@ -12,7 +12,7 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 wheels) not installed"
 mvvdp_msgs = pytest.importorskip("mvvdp_msgs.msg", reason="mvvdp_msgs not built (scripts/build_msgs.sh)")
 
 from geometry_msgs.msg import PoseStamped  # noqa: E402
-from rclpy.node import Node  # noqa: E402
+from ros_probe import ProbeNode  # noqa: E402
 from std_msgs.msg import Float64, Header, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from stream_checks import largest_step_per_period  # noqa: E402
@@ -28,7 +28,7 @@ PERIOD = 0.05  # executor control period (20 Hz)
 MAX_STEP = 0.5 * PERIOD  # max_linear_velocity 0.5 m/s binds before the 4 cm step limit
 
 
-class Robot(Node):
+class Robot(ProbeNode):
     """The test's side: publishes a fixed ee pose and the policy heartbeat, records the executor's outputs."""
 
     def __init__(self) -> None:
@@ -66,20 +66,6 @@ class Robot(Node):
 
     def _on_state(self, msg: String) -> None:
         self.states.append((time.monotonic(), msg.data))
-
-    def spin_until(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self, timeout_sec=0.02)
-            if predicate():
-                return True
-        return False
-
-    def call(self, client, request, timeout: float = 10.0):
-        assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
-        future = client.call_async(request)
-        assert self.spin_until(future.done, timeout), f"no response from {client.srv_name}"
-        return future.result()
 
     def send_chunk(self, chunk_id: int, status: str = "pending", dx: float = 0.01, steps: int = 4,
                    stamp_offset: float = 0.0) -> None:

@@ -16,7 +16,7 @@ from geometry_msgs.msg import PoseStamped  # noqa: E402
 from lifecycle_msgs.msg import State, Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
-from rclpy.node import Node  # noqa: E402
+from ros_probe import ProbeNode  # noqa: E402
 from std_msgs.msg import Header, String  # noqa: E402
 from stream_checks import largest_step_per_period  # noqa: E402
 
@@ -32,7 +32,7 @@ PERIOD = 0.05  # the executor's control period
 MAX_STEP = 0.5 * PERIOD  # max_linear_velocity x control period
 
 
-class Operator(Node):
+class Operator(ProbeNode):
     """The robot's and the operator's side: ee pose and heartbeat out; targets and states in; lifecycle
     services and the Execute action and service of the executor."""
 
@@ -63,22 +63,6 @@ class Operator(Node):
     def _on_target(self, msg: PoseStamped) -> None:
         p, stamp = msg.pose.position, msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
         self.targets.append((time.monotonic(), np.array([p.x, p.y, p.z]), stamp))
-
-    def spin_until(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self, timeout_sec=0.02)
-            if predicate():
-                return True
-        return False
-
-    def wait(self, future, timeout: float = 30.0):
-        assert self.spin_until(future.done, timeout), "no answer"
-        return future.result()
-
-    def call(self, client, request, timeout: float = 30.0):
-        assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
-        return self.wait(client.call_async(request), timeout)
 
     def state(self) -> int:
         return self.call(self.get, GetState.Request()).current_state.id

@@ -15,8 +15,8 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 wheels) not installed"
 pytest.importorskip("mvvdp_msgs.msg", reason="mvvdp_msgs not built (scripts/build_msgs.sh)")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from ros_probe import ProbeNode  # noqa: E402
 from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 
 from mvvdp_core.geometry import VIEW_NAMES, Workspace  # noqa: E402
@@ -53,7 +53,7 @@ def patch_cloud(camera: str, nan: bool = False) -> tuple[np.ndarray, np.ndarray]
     return points.astype(np.float32), np.broadcast_to(np.array(color, np.uint8), (9, 9, 3)).copy()
 
 
-class Feeder(Node):
+class Feeder(ProbeNode):
     def __init__(self) -> None:
         super().__init__("cloud_feeder")
         self.pubs = {c: self.create_publisher(PointCloud2, f"/test/{c}/cloud", qos_profile_sensor_data)
@@ -79,15 +79,6 @@ class Feeder(Node):
             points, colors = patch_cloud(camera, nan=camera == nan)
             frame_id = (frame or {}).get(camera, f"{camera}_frame")
             self.pubs[camera].publish(cloud_to_msg(points, colors, frame_id, stamp))
-
-    def spin_for(self, seconds: float, until=None) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self, timeout_sec=0.02)
-            if until is not None and until():
-                return True
-        return False
-
 
 @pytest.fixture(scope="module")
 def feeder(tmp_path_factory):

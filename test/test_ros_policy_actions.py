@@ -17,7 +17,7 @@ from geometry_msgs.msg import PoseStamped  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState  # noqa: E402
 from rclpy.action import ActionClient  # noqa: E402
-from rclpy.node import Node  # noqa: E402
+from ros_probe import ProbeNode  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from mvvdp_core.cli import tiny_checkpoint_command as build_tiny_checkpoint  # noqa: E402
@@ -32,7 +32,7 @@ from mvvdp_ros.conversions import pose_to_msg, views_to_msg  # noqa: E402
 SIZE = 64  # the tiny model's views
 
 
-class Viewer(Node):
+class Viewer(ProbeNode):
     def __init__(self) -> None:
         super().__init__("preview_viewer")
         self.views_pub = self.create_publisher(ProjectedViews, "/mvvdp/views", 1)
@@ -58,18 +58,6 @@ class Viewer(Node):
         pose = PoseStamped(pose=pose_to_msg([0.5, 0.0, 0.4], [1.0, 0.0, 0.0, 0.0]))
         pose.header.frame_id, pose.header.stamp = "fr3_link0", now.to_msg()
         self.pose_pub.publish(pose)
-
-    def spin_until(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self, timeout_sec=0.02)
-            if predicate():
-                return True
-        return False
-
-    def wait(self, future, timeout: float = 120.0):
-        assert self.spin_until(future.done, timeout), "no answer"
-        return future.result()
 
     def transition(self, transition: int) -> bool:
         assert self.change.wait_for_service(timeout_sec=30.0)

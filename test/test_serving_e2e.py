@@ -18,8 +18,8 @@ pytest.importorskip("mvvdp_msgs.msg", reason="mvvdp_msgs not built (scripts/buil
 pytest.importorskip("mujoco", reason="mujoco not installed")
 
 from geometry_msgs.msg import PoseStamped  # noqa: E402
-from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from ros_probe import ProbeNode  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from stream_checks import steps_and_periods  # noqa: E402
 
@@ -52,7 +52,7 @@ def _stamped_position(msg: PoseStamped) -> tuple[float, np.ndarray]:
     return msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec, np.array([p.x, p.y, p.z])
 
 
-class Watcher(Node):
+class Watcher(ProbeNode):
     def __init__(self) -> None:
         super().__init__("watcher")
         self.ee: list[tuple[float, np.ndarray]] = []  # (header stamp, position)
@@ -76,14 +76,6 @@ class Watcher(Node):
 
     def _on_target(self, msg: PoseStamped) -> None:
         self.targets.append(_stamped_position(msg))
-
-    def spin_for(self, seconds: float, until=None) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self, timeout_sec=0.02)
-            if until is not None and until():
-                return True
-        return False
 
     def executed_ids(self) -> list[int]:
         """Chunk ids in the order the executor started running them."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import rclpy  # noqa: E402
 from geometry_msgs.msg import PoseStamped, WrenchStamped  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from ros_probe import stop_process  # noqa: E402
 from sensor_msgs.msg import JointState, PointCloud2  # noqa: E402
 from std_msgs.msg import Float64  # noqa: E402
 
@@ -41,13 +41,7 @@ def sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     proc.log_path = log_path  # read back if the node dies early
     yield proc
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 0, f"sim_robot did not shut down cleanly:\n{log_path.read_text()}"
+    assert stop_process(proc) == 0, f"sim_robot did not shut down cleanly:\n{log_path.read_text()}"
 
 
 @pytest.fixture(scope="module")
