@@ -27,15 +27,13 @@ class ProbeNode(Node):
     def spin_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         return self.spin_for(timeout, predicate)
 
-    def wait(self, future, timeout: float = 120.0) -> Any:
-        assert self.spin_for(timeout, future.done), "no answer"
+    def wait(self, future, timeout: float = 120.0, what: str = "an answer") -> Any:
+        assert self.spin_for(timeout, future.done), f"no {what} within {timeout:.0f} s"
         return future.result()
 
     def call(self, client, request, timeout: float = 60.0) -> Any:
         assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
-        future = client.call_async(request)
-        assert self.spin_for(timeout, future.done), f"no response from {client.srv_name}"
-        return future.result()
+        return self.wait(client.call_async(request), timeout, f"response from {client.srv_name}")
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int | None:

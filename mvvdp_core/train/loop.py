@@ -626,7 +626,7 @@ class _Optimisers:
     schedules: list[torch.optim.lr_scheduler.LambdaLR]
     start_step: int
     ema: EMAModel | None = None  # the average of ema_params (settings.ema_decay > 0)
-    ema_params: list[torch.nn.Parameter] = field(default_factory=list)
+    ema_params: list[torch.nn.Parameter] = field(default_factory=list)  # transformer (trained) and head
 
     def state(self) -> dict[str, Any]:
         """What a resumed run needs: the AdamW states and, with EMA, the average and the raw weights (the
@@ -794,8 +794,8 @@ def _optimisers(run: _Run, model: _Model, generator: torch.Generator) -> _Optimi
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(settings))
                  for o in (video_optimizer, head_optimizer)]  # fmt: skip
     start_step = 0
-    ema_params = [*trainable, *parts.head.parameters()] if settings.ema_decay > 0 else []
-    ema = EMAModel(ema_params, decay=settings.ema_decay, use_ema_warmup=True) if ema_params else None
+    ema_params = [*trainable, *parts.head.parameters()]
+    ema = EMAModel(ema_params, decay=settings.ema_decay, use_ema_warmup=True) if settings.ema_decay else None
     if ema is not None:
         run.log(f"weights: checkpoints hold their moving average (EMA decay {settings.ema_decay})")
     if state is not None and previous is not None:
@@ -807,11 +807,12 @@ def _optimisers(run: _Run, model: _Model, generator: torch.Generator) -> _Optimi
             head_optimizer.load_state_dict(saved["head_optimizer"])
         else:
             run.log(f"{previous} keeps no optimiser state: AdamW moments start afresh")
-        if ema is not None and saved is not None and "ema" in saved:
-            ema.load_state_dict(saved["ema"])
+        if saved is not None and "training_weights" in saved:
             with torch.no_grad():  # the checkpoint's model files hold the average: back to the raw weights
                 for param, weights in zip(ema_params, saved["training_weights"], strict=True):
                     param.copy_(weights)
+        if ema is not None and saved is not None and "ema" in saved:
+            ema.load_state_dict(saved["ema"])
         elif ema is not None:
             run.log(f"{previous} keeps no weight average: EMA starts from its weights")
         for schedule, saved in zip(schedules, state.get("schedules", []), strict=False):
