@@ -16,7 +16,9 @@ from mvvdp_core.rotations import euler_to_matrix
 from mvvdp_core.train.head import head_objective
 from mvvdp_core.train.loop import (
     TrainSettings,
+    build_data,
     build_parts,
+    episode_task,
     latest_checkpoint,
     load_episodes,
     model_config,
@@ -29,9 +31,9 @@ FUTURE = 4  # short chunks keep the tests fast; the structure is the paper's (1 
 SIGMA = 3.0  # heatmap std in pixels: a wider blob at the tiny model's 64 px views
 
 
-def record_line_episode(root: Path, steps: int = 9) -> Path:
+def record_line_episode(root: Path, steps: int = 9, task: str = "reach") -> Path:
     """The end effector moves along a straight line, turning about z and closing the gripper half-way."""
-    writer = Recorder(root).start_episode(["cam_a", "cam_b"], task="reach")
+    writer = Recorder(root).start_episode(["cam_a", "cam_b"], task=task)
     for t in range(steps):
         ee = np.array([0.35 + 0.035 * t, -0.15 + 0.03 * t, 0.45 - 0.025 * t])
         rot = euler_to_matrix(np.array([0.0, 0.0, np.deg2rad(5.0 * t)]))
@@ -70,6 +72,23 @@ def plain_dataset(episodes, config) -> EpisodeDataset:
 @pytest.fixture(scope="module")
 def line_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return record_line_episode(tmp_path_factory.mktemp("line"))
+
+
+def test_validation_episodes_are_held_out_of_training(tmp_path: Path) -> None:
+    for task in ("reach", "push", "pull"):
+        record_line_episode(tmp_path, steps=5, task=task)
+    episodes = load_episodes(tmp_path)
+    run = settings(val_episodes=1)
+    data = build_data(run, model_config(run, episodes), episodes, 0)
+    assert data.held_out == 1 and data.validation == [0]
+    assert [e.root for e in data.train.episodes] == [e.root for e in episodes[1:]]
+    assert data.episode_tasks == [episode_task(e) for e in episodes[1:]]
+    assert data.tasks == sorted(episode_task(e) for e in episodes)
+    assert len(data.plain.episodes) == 3  # validation reads every episode
+    # Too few to spare one: all train, and validation measures the first training episode.
+    one = load_episodes(record_line_episode(tmp_path / "one"))
+    data = build_data(run, model_config(run, one), one, 0)
+    assert data.held_out == 0 and data.validation == [0] and len(data.train.episodes) == 1
 
 
 def test_training_lowers_both_losses(line_data: Path, tmp_path: Path) -> None:

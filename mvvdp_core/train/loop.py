@@ -66,7 +66,7 @@ from mvvdp_core.train.vae import (
     scene_background,
     scene_roundtrip_summary,
 )
-from mvvdp_core.train.video import VideoLoss, encode_latents, video_loss
+from mvvdp_core.train.video import VideoLoss, empty_heatmap_latents, encode_latents, video_loss
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -104,6 +104,9 @@ class TrainSettings:
     head_weight_decay: float = 1e-5  # head AdamW weight decay
     head_latent_noise: float = 0.05  # noise on the clean latents the head trains on
     rgb_loss_weight: float = 0.5  # weight of the RGB term of the video loss (heatmaps: 1 - this)
+    # heatmap latent pixels weigh 1 + this times their distance from the background (the blob, i.e. the
+    # end-effector path, dominates the heatmap term); 0: a plain MSE as in the paper
+    heatmap_blob_weight: float = 0.0
     # fit the VAE first; None: 300 for a model without a pretrained or given VAE (vae_from, init_from),
     # else 0; with a given VAE, steps > 0 fine-tune it
     vae_steps: int | None = None
@@ -174,6 +177,8 @@ class TrainSettings:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ValueError("steps, batch_size, checkpoint_every and keep_checkpoints must be >= 1")
+        if self.heatmap_blob_weight < 0:
+            raise ValueError(f"heatmap_blob_weight must be >= 0, got {self.heatmap_blob_weight}")
         if self.vae_foreground_weight < 0:
             raise ValueError(f"vae_foreground_weight must be >= 0, got {self.vae_foreground_weight}")
         if self.vae_condition_batch < 1:
@@ -478,13 +483,22 @@ def _lr_lambda(settings: TrainSettings) -> Callable[[int], float]:
 
 @dataclass
 class TrainData:
-    """The run's episodes and datasets (training samples, and unaugmented ones for validation)."""
+    """The run's episodes and datasets: training samples of the training episodes, and unaugmented samples
+    of every episode (`plain`, for validation and the VAE's measurements). The first `held_out` episodes
+    are validation episodes that training never sees; 0 when there are too few episodes to spare them,
+    and validation then measures training episodes."""
 
     episodes: list[Episode]
     tasks: list[str]
-    episode_tasks: list[str]
+    episode_tasks: list[str]  # task of each training episode, indexed like `train`'s episodes
     train: EpisodeDataset
     plain: EpisodeDataset
+    held_out: int = 0
+    validation: list[int] = field(default_factory=list)  # indices into `plain` of the validated episodes
+
+    @property
+    def train_episodes(self) -> list[Episode]:
+        return self.episodes[self.held_out :]
 
 
 def load_fitted_vae(path: str | Path, config: MVVDPConfig) -> VideoVAE:
@@ -507,9 +521,13 @@ def build_data(settings: TrainSettings, config: MVVDPConfig, episodes: list[Epis
     if sample_config.deterministic:  # every rendered step is reused by up to 1 + F samples
         sample_config = replace(sample_config, cache_views=100_000)
     plain = EpisodeDataset(episodes, replace(sample_config, augment=None, start_stride=1, cache_views=0))
-    train_set = EpisodeDataset(episodes, sample_config, seed=settings.seed + (0 if augment is None else rank))
+    held_out = settings.val_episodes if len(episodes) > settings.val_episodes else 0
+    training = episodes[held_out:]
+    train_set = EpisodeDataset(training, sample_config, seed=settings.seed + (0 if augment is None else rank))
     tasks = sorted({episode_task(e) for e in episodes})
-    return TrainData(episodes, tasks, [episode_task(e) for e in episodes], train_set, plain)
+    validation = list(range(held_out or min(settings.val_episodes, len(episodes))))
+    training_tasks = [episode_task(e) for e in training]
+    return TrainData(episodes, tasks, training_tasks, train_set, plain, held_out, validation)
 
 
 def _loader(dataset: EpisodeDataset, settings: TrainSettings) -> DataLoader:
@@ -555,9 +573,9 @@ def _prepare_vae(
         background = pool = None
         if settings.vae_foreground_weight > 0:
             background = scene_background(torch.stack([
-                render_step_views(e.step(0), config.workspace()) for e in data.episodes
+                render_step_views(e.step(0), config.workspace()) for e in data.train_episodes
             ]))  # fmt: skip
-            pool = condition_pool(data.episodes, config.workspace())
+            pool = condition_pool(data.train_episodes, config.workspace())
         losses = fit_vae(parts.vae, _cycle(_loader(data.train, settings)), vae_steps, settings.vae_lr,
                          foreground_weight=settings.vae_foreground_weight, generator=generator,
                          progress=settings.progress, background=background, condition_pool=pool,
@@ -742,6 +760,11 @@ def _datasets(run: _Run, config: MVVDPConfig, episodes: list[Episode]) -> tuple[
     """The training and validation datasets, and this process's random stream (noise, timesteps, draws)."""
     process = run.accelerator.process_index
     data = build_data(run.settings, config, episodes, process)
+    if data.held_out:
+        run.log(f"episodes: {len(data.train_episodes)} for training, {data.held_out} held out for validation")
+    elif data.validation:
+        run.log(f"episodes: all {len(episodes)} for training (too few to hold {run.settings.val_episodes} "
+                "out); validation measures training episodes")
     return data, torch.Generator().manual_seed(run.settings.seed + 1000 * process)
 
 
@@ -858,8 +881,14 @@ class _Loop:
         self.head.train()
         self.text = {task: emb.to(accelerator.device) for task, emb in parts.text_embeddings.items()}
         self.writer = _open_writer(run, model.previous is None, vae_losses, roundtrip)
-        self.val_indices = list(range(min(settings.val_episodes, len(data.episodes))))
+        self.val_indices = data.validation
         self.workspace = model.config.workspace()
+        self.heatmap_background = None
+        if settings.heatmap_blob_weight > 0:
+            config = model.config
+            self.heatmap_background = empty_heatmap_latents(
+                parts.vae, 1 + config.future_frames, config.image_size
+            ).to(accelerator.device)
 
     def _batch(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Latents and targets of one micro-batch: drawn from the latent store, else encoded from a batch."""
@@ -886,7 +915,8 @@ class _Loop:
                     sync.enter_context(accelerator.no_sync(self.head))
                 with accelerator.autocast():
                     vloss = video_loss(self.transformer, latents, task_text, config.num_train_timesteps,
-                                       config.flow_shift, config.rgb_loss_weight, self.generator)
+                                       config.flow_shift, config.rgb_loss_weight, self.generator,
+                                       settings.heatmap_blob_weight, self.heatmap_background)
                 accelerator.backward(vloss.total / accumulation)
                 with accelerator.autocast():
                     hloss = head_objective(self.head, latents, targets["positions"], targets["rotation_bins"],
