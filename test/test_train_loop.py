@@ -16,6 +16,7 @@ from mvvdp_core.rotations import euler_to_matrix
 from mvvdp_core.train.head import head_objective
 from mvvdp_core.train.loop import (
     TrainSettings,
+    _loader,
     build_data,
     build_parts,
     episode_task,
@@ -226,3 +227,28 @@ def test_ema_decay_outside_zero_one_is_refused() -> None:
     for decay in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match="ema_decay"):
             settings(ema_decay=decay)
+
+
+def test_first_chunks_are_drawn_as_often_as_their_weight_says(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(3):
+        record_line_episode(tmp_path, steps=5)
+    episodes = load_episodes(tmp_path)
+    run = settings(val_episodes=1, start_stride=2, first_chunk_weight=4.0, steps=2, checkpoint_every=2)
+    data = build_data(run, model_config(run, episodes), episodes, 0)
+    starts = [data.train.locate(i)[1] for i in range(len(data.train))]
+    assert starts == [0, 2, 4, 0, 2, 4]  # two training episodes, condition frames every 2nd step
+    weights = data.train.sample_weights(run.first_chunk_weight)
+    assert weights.tolist() == [4.0 if s == 0 else 1.0 for s in starts]
+    # The loader draws first chunks 4 / (4 + 2) of the time: 2 of 3 draws.
+    sampler = _loader(data.train, run).sampler
+    draws = [i for _ in range(500) for i in sampler]
+    first = np.mean([starts[i] == 0 for i in draws])
+    assert abs(first - 2 / 3) < 0.03, first
+    # The cached-latent loop draws with the same weights and says so.
+    train(tmp_path, tmp_path / "run", run)
+    assert "weigh 4 (67% of draws)" in capsys.readouterr().out
+    for weight in (0.0, -1.0):
+        with pytest.raises(ValueError, match="first_chunk_weight"):
+            settings(first_chunk_weight=weight)

@@ -136,6 +136,14 @@ class EpisodeDataset(Dataset):
         episode, start = self.index[position]
         return episode, start, copy
 
+    def sample_weights(self, first_chunk_weight: float) -> torch.Tensor:
+        """Sampling weight of every item: `first_chunk_weight` for the chunks whose condition frame is an
+        episode's first step (where only the scene, not the arm, tells where to go), 1 for the others."""
+        if not first_chunk_weight > 0:
+            raise ValueError(f"first_chunk_weight must be > 0, got {first_chunk_weight}")
+        first = torch.tensor([start == 0 for _episode, start in self.index] * self.config.copies)
+        return torch.where(first, float(first_chunk_weight), 1.0).double()
+
     def copy_transform(self, episode: int, copy: int) -> np.ndarray | None:
         """The fixed scene motion of one augmented copy of an episode (None for copy 0 or no augmentation)."""
         cfg = self.config

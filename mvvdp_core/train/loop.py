@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import tyro
 from diffusers.training_utils import EMAModel
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from tqdm import tqdm
 
 from mvvdp_core.data.augment import AugmentConfig
@@ -132,6 +132,8 @@ class TrainSettings:
     workspace_edge: float | None = None  # workspace cube edge (m); None: as workspace_center
     frame_stride: int = 1  # recorded steps between the frames of a chunk
     start_stride: int = 1  # condition frames at every start_stride-th recorded step
+    # chunks that start at an episode's first step are drawn this many times as often as the others
+    first_chunk_weight: float = 1.0
     augment: bool = True  # SE(3) scene augmentation of clouds and poses
     augment_copies: int = 0  # 0: a fresh scene motion per sample; k: k fixed copies per episode (cached)
     max_yaw_deg: float = 15.0  # largest augmentation yaw
@@ -183,6 +185,8 @@ class TrainSettings:
             raise ValueError(f"vae_foreground_weight must be >= 0, got {self.vae_foreground_weight}")
         if self.vae_condition_batch < 1:
             raise ValueError(f"vae_condition_batch must be >= 1, got {self.vae_condition_batch}")
+        if not self.first_chunk_weight > 0:
+            raise ValueError(f"first_chunk_weight must be > 0, got {self.first_chunk_weight}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.lr_warmup < 0 or self.augment_copies < 0 or self.start_stride < 1 or self.grad_clip < 0:
@@ -531,10 +535,15 @@ def build_data(settings: TrainSettings, config: MVVDPConfig, episodes: list[Epis
 
 
 def _loader(dataset: EpisodeDataset, settings: TrainSettings) -> DataLoader:
+    generator = torch.Generator().manual_seed(settings.seed)
+    sampler = None
+    if settings.first_chunk_weight != 1.0:
+        weights = dataset.sample_weights(settings.first_chunk_weight)
+        sampler = WeightedRandomSampler(weights, len(dataset), replacement=True, generator=generator)
     return DataLoader(
-        dataset, batch_size=settings.batch_size, shuffle=True, num_workers=settings.num_workers,
-        worker_init_fn=_seed_worker, drop_last=len(dataset) >= settings.batch_size,
-        generator=torch.Generator().manual_seed(settings.seed),
+        dataset, batch_size=settings.batch_size, shuffle=sampler is None, sampler=sampler,
+        num_workers=settings.num_workers, worker_init_fn=_seed_worker,
+        drop_last=len(dataset) >= settings.batch_size, generator=generator,
     )  # fmt: skip
 
 
@@ -762,6 +771,11 @@ def _datasets(run: _Run, config: MVVDPConfig, episodes: list[Episode]) -> tuple[
     data = build_data(run.settings, config, episodes, process)
     if data.held_out:
         run.log(f"episodes: {len(data.train_episodes)} for training, {data.held_out} held out for validation")
+    if run.settings.first_chunk_weight != 1.0:
+        weights = data.train.sample_weights(run.settings.first_chunk_weight)
+        share = float(weights[weights != 1.0].sum() / weights.sum())
+        run.log(f"sampling: chunks from an episode's first step weigh {run.settings.first_chunk_weight:g} "
+                f"({share:.0%} of draws)")
     elif data.validation:
         run.log(f"episodes: all {len(episodes)} for training (too few to hold {run.settings.val_episodes} "
                 "out); validation measures training episodes")
@@ -883,6 +897,9 @@ class _Loop:
         self.writer = _open_writer(run, model.previous is None, vae_losses, roundtrip)
         self.val_indices = data.validation
         self.workspace = model.config.workspace()
+        self.sample_weights = None
+        if store is not None and settings.first_chunk_weight != 1.0:
+            self.sample_weights = data.train.sample_weights(settings.first_chunk_weight)
         self.heatmap_background = None
         if settings.heatmap_blob_weight > 0:
             config = model.config
@@ -895,7 +912,12 @@ class _Loop:
         device = self.run.device
         if self.store is not None:
             batch_size = self.run.settings.batch_size
-            draw = torch.randint(0, len(self.data.train), (batch_size,), generator=self.generator)
+            if self.sample_weights is None:
+                draw = torch.randint(0, len(self.data.train), (batch_size,), generator=self.generator)
+            else:
+                draw = torch.multinomial(
+                    self.sample_weights, batch_size, replacement=True, generator=self.generator
+                )
             latents, targets = self.store.batch(draw.tolist())
             return latents.to(device), {k: v.to(device) for k, v in targets.items()}
         targets = next(self.batches)
