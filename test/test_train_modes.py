@@ -127,3 +127,22 @@ def test_latent_cache_is_keyed_by_content_augmentation_and_vae(tmp_path: Path) -
     with pytest.raises(ValueError, match="nothing to cache"):
         LatentStore(EpisodeDataset(episodes, SampleConfig(config.workspace(), future_frames=FUTURE,
                                                           augment=AugmentConfig())), vae, None)
+
+
+def test_cached_latents_take_the_episode_index_of_the_dataset_that_reads_them(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for _ in range(3):
+        record_line_episode(data, steps=3)
+    episodes = load_episodes(data)
+    config = MVVDPConfig.tiny(future_frames=FUTURE)
+    vae = build_model_parts(config).vae
+    sample = SampleConfig(config.workspace(), future_frames=FUTURE)
+    every = LatentStore(EpisodeDataset(episodes, sample), vae, tmp_path / "cache")
+    assert every.fill(progress=False) == 3  # three recordings of the same motion share their entries
+    assert torch.stack([t["episode"] for t in every.targets]).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # A run that holds the first episode out lists the other two at indices 0 and 1: same content, cached.
+    later = LatentStore(EpisodeDataset(episodes[1:], sample), vae, tmp_path / "cache")
+    assert later.fill(progress=False) == 0
+    _latents, targets = later.batch(list(range(6)))
+    assert targets["episode"].tolist() == [0, 0, 0, 1, 1, 1]
+    torch.testing.assert_close(targets["positions"], torch.stack([t["positions"] for t in every.targets[3:]]))

@@ -22,6 +22,9 @@ from mvvdp_core.model.vae import VideoVAE
 from mvvdp_core.train.video import encode_latents
 
 TARGET_KEYS = ("positions", "rotation_bins", "gripper", "episode")
+# what a cache file holds besides the latents: the episode's index in this dataset is not content (another
+# run may list the same episode at another place) and is set on loading
+CACHED_TARGETS = ("positions", "rotation_bins", "gripper")
 
 
 def vae_fingerprint(vae: VideoVAE) -> str:
@@ -81,11 +84,13 @@ class LatentStore:
         for item in tqdm(range(len(self.dataset)), desc="latents", disable=not progress):
             if self.latents[item] is not None:
                 continue
+            episode = {"episode": torch.tensor(self.dataset.locate(item)[0])}
             file = self._file(item)
             if file is not None and file.is_file():
                 try:
                     entry = torch.load(file, weights_only=True)
-                    self.latents[item], self.targets[item] = entry["latents"], entry["targets"]
+                    cached = {k: entry["targets"][k] for k in CACHED_TARGETS}
+                    self.latents[item], self.targets[item] = entry["latents"], {**cached, **episode}
                     self.hits += 1
                     continue
                 except (OSError, RuntimeError, KeyError, EOFError):
@@ -93,8 +98,8 @@ class LatentStore:
             sample = self.dataset[item]
             batch = {k: v.unsqueeze(0) for k, v in sample.items()}
             latents = encode_latents(self.vae, batch)[0].float().cpu()
-            targets = {k: sample[k] for k in TARGET_KEYS}
-            self.latents[item], self.targets[item] = latents, targets
+            targets = {k: sample[k] for k in CACHED_TARGETS}
+            self.latents[item], self.targets[item] = latents, {**targets, **episode}
             encoded += 1
             if file is not None:
                 tmp = file.with_suffix(f".tmp{os.getpid()}")
