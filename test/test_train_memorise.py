@@ -4,7 +4,8 @@ trajectories towards the demonstration's.
 The VAE is the shipped checkpoint's (fitted on the pick task's views); the transformer and the head start
 from random weights and train in full (no pretrained base), as `mvvdp train --config small` does. The goal of
 2 cm is out of reach while the fitted VAE blurs moving heatmaps in time (see test_shipped_policy); the test
-checks that training more than halves the error of the same model before training.
+checks that training more than halves the error of the same model before training (measured: 68 -> 10 cm
+with the heatmap blob weight, 68 -> 46 cm without it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def test_small_model_learns_one_demonstration(tmp_path: Path) -> None:
         config="small", config_overrides={"transformer": SMALLER, "view_attention_heads": 2},
         vae_from=str(shipped_checkpoint()), steps=STEPS, lr=1e-3, lr_warmup=50, lr_schedule="cosine",
         head_lr=1e-3, augment=False, start_stride=4, checkpoint_every=STEPS, val_episodes=0,
+        heatmap_blob_weight=30.0,
         vae_report_samples=0, progress=False, threads=1,
     )  # fmt: skip
     result = train(tmp_path / "data", tmp_path / "run", settings)
