@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default="", help="where a tiny checkpoint is built when none ships")
     parser.add_argument("--chunks", type=int, default=4, help="chunks to preview and execute at most "
                         "(stops once the cube is lifted)")
-    parser.add_argument("--scene-seed", type=int, default=1000, help="cube placement of the simulated scene "
-                        "(the shipped model was trained on seeds 0-19)")
+    parser.add_argument("--scene-seed", type=int, default=1009, help="cube placement of the simulated scene "
+                        "(the shipped model was trained on seeds 0-19; it picks in about half of the others)")
     parser.add_argument("--task", default="", help="task name stored in the checkpoint (default: its first)")
     parser.add_argument("--steps", type=int, default=0, help="denoising steps (0: the checkpoint's default)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (-1: random)")
