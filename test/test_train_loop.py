@@ -248,7 +248,9 @@ def test_first_chunks_are_drawn_as_often_as_their_weight_says(
     assert abs(first - 2 / 3) < 0.03, first
     # The cached-latent loop draws with the same weights and says so.
     train(tmp_path, tmp_path / "run", run)
-    assert "weigh 4 (67% of draws)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "weigh 4 (67% of draws)" in out
+    assert "2 for training, 1 held out" in out and "too few" not in out
     for weight in (0.0, -1.0):
         with pytest.raises(ValueError, match="first_chunk_weight"):
             settings(first_chunk_weight=weight)

@@ -771,14 +771,14 @@ def _datasets(run: _Run, config: MVVDPConfig, episodes: list[Episode]) -> tuple[
     data = build_data(run.settings, config, episodes, process)
     if data.held_out:
         run.log(f"episodes: {len(data.train_episodes)} for training, {data.held_out} held out for validation")
+    elif data.validation:
+        run.log(f"episodes: all {len(episodes)} for training (too few to hold {run.settings.val_episodes} "
+                "out); validation measures training episodes")
     if run.settings.first_chunk_weight != 1.0:
         weights = data.train.sample_weights(run.settings.first_chunk_weight)
         share = float(weights[weights != 1.0].sum() / weights.sum())
         run.log(f"sampling: chunks from an episode's first step weigh {run.settings.first_chunk_weight:g} "
                 f"({share:.0%} of draws)")
-    elif data.validation:
-        run.log(f"episodes: all {len(episodes)} for training (too few to hold {run.settings.val_episodes} "
-                "out); validation measures training episodes")
     return data, torch.Generator().manual_seed(run.settings.seed + 1000 * process)
 
 
