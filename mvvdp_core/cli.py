@@ -110,9 +110,14 @@ def record_command(argv: list[str]) -> int:
     parser.add_argument("--camera-height", type=int, default=240)
     parser.add_argument("--num-objects", type=int, default=PickTask.num_objects,
                         help="cubes on the table: the red target cube plus distractors")
+    parser.add_argument("--detour", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                        help="recovery demonstrations: go first to a random point MIN-MAX metres beside the "
+                        "cube, then pick; training learns the correction from there on, never the detour")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: half the cores)")
     args = parser.parse_args(argv)
+    if args.detour is not None and not 0 <= args.detour[0] <= args.detour[1]:
+        parser.error(f"--detour needs 0 <= MIN <= MAX metres, got {args.detour}")
     from mvvdp_core.data.episode import Episode
     from mvvdp_core.data.record import record_pick_demos
     from mvvdp_core.threads import set_torch_threads
@@ -121,6 +126,7 @@ def record_command(argv: list[str]) -> int:
     paths = record_pick_demos(
         args.out, args.episodes, args.seed, args.control_period, (args.camera_width, args.camera_height),
         task=PickTask(num_objects=args.num_objects),
+        detour_offset=None if args.detour is None else tuple(args.detour),
     )
     successes = sum(bool(Episode(p).success) for p in paths)
     print(f"recorded {len(paths)} episodes into {args.out}: {successes}/{len(paths)} successful picks")

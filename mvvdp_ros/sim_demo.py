@@ -26,7 +26,6 @@ from mvvdp_core.graph import build_graph
 from mvvdp_core.sim.pick import PickTask
 from mvvdp_ros.bringup import GraphProcesses
 
-PREVIEW_RETRIES = 20  # the first views take a while to arrive while the tiny checkpoint is being built
 TASK = PickTask()  # the simulated scene's task: success = the cube lifted and held
 TRANSIENT_REFUSALS = ("no views", "no end-effector", "stale")  # refusals worth waiting out
 CONTACT_FORCE_N = 2.0  # above this external force the arm presses on the table or a cube: its offset from the
@@ -179,16 +178,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             summary["initial_distance_m"] = float(np.linalg.norm(start - cube[-1][1]))
             summary["chunks"] = []
             for index in range(args.chunks):
-                reply = None
-                for _ in range(PREVIEW_RETRIES):
+                # A refusal for missing or stale inputs (a loaded machine starves perception) is retried
+                # once newer views have arrived, for up to --timeout seconds.
+                chunk_deadline = time.monotonic() + args.timeout
+                while True:
                     reply = call(preview, Preview.Request(task=args.task, num_steps=args.steps), args.timeout)
-                    if reply.success or not any(word in reply.message for word in TRANSIENT_REFUSALS):
+                    transient = any(word in reply.message for word in TRANSIENT_REFUSALS)
+                    if reply.success or not transient or time.monotonic() > chunk_deadline:
                         break
-                    print(f"  {reply.message}; retrying", flush=True)
-                    deadline = time.monotonic() + 2.0
-                    spin_until(lambda d=deadline: time.monotonic() > d, 5.0, "a retry")
-                if reply is None or not reply.success:
-                    raise RuntimeError(f"preview failed: {reply.message if reply else 'no reply'}")
+                    print(f"  {reply.message}; retrying with newer views", flush=True)
+                    seen_views, left = len(views), max(chunk_deadline - time.monotonic(), 1.0)
+                    spin_until(lambda n=seen_views: len(views) > n, left, "newer projected views")
+                if not reply.success:
+                    raise RuntimeError(f"preview failed: {reply.message}")
                 predicted = np.array([[p.x, p.y, p.z] for p in reply.positions])
                 print(f"chunk {index + 1}/{args.chunks} preview: {reply.message}", flush=True)
                 summary["chunks"].append(

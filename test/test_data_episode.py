@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mvvdp_core.data.dataset import EpisodeDataset, SampleConfig
 from mvvdp_core.data.episode import Episode, EpisodeFormatError, list_episodes
 from mvvdp_core.data.recorder import Recorder
 from mvvdp_core.step import CameraCloud, Step
@@ -87,6 +89,24 @@ def test_torn_index_line_is_ignored_and_corruption_is_named(tmp_path: Path) -> N
     (index.parent / "meta.json").write_text("{not json")
     with pytest.raises(EpisodeFormatError, match="meta.json"):
         Episode(index.parent)
+
+
+def test_train_from_step_is_read_and_checked(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path)
+    for train_from in (2, 3):
+        writer = recorder.start_episode(CAMERAS, train_from_step=train_from)
+        for i in range(3):
+            writer.add_step(make_step(i))
+        writer.close(success=True)
+    first, past_the_end = list_episodes(tmp_path)
+    assert first.train_from_step == 2 and Episode(tmp_path / "episode_000000").train_from_step == 2
+    with pytest.raises(ValueError, match="end before their train_from_step"):
+        EpisodeDataset([first, past_the_end], SampleConfig())
+    meta = tmp_path / "episode_000000" / "meta.json"
+    for bad in (-1, 1.5, "2", True):
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "train_from_step": bad}))
+        with pytest.raises(EpisodeFormatError, match="train_from_step"):
+            Episode(meta.parent)
 
 
 def test_corrupt_step_file_is_named(tmp_path: Path) -> None:

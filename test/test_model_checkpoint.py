@@ -91,6 +91,19 @@ def test_save_load_identical_outputs(saved):
     np.testing.assert_array_equal(restored.chunk.gripper, original.chunk.gripper)
 
 
+def test_saved_configs_name_no_source_folder(saved, tmp_path):
+    loaded, config = load_checkpoint(saved[1])  # from_pretrained records the folder it read
+    assert str(saved[1]) in str(loaded.head.config.get("_name_or_path", ""))
+    again = save_checkpoint(loaded, config, tmp_path / "again")
+    for config_file in sorted(again.glob("*/config.json")):
+        assert "_name_or_path" not in json.loads(config_file.read_text()), config_file
+    reloaded, _ = load_checkpoint(again)
+    def settings(model):
+        return {k: v for k, v in model.config.items() if k != "_name_or_path"}
+
+    assert settings(reloaded.head) == settings(loaded.head) and settings(reloaded.vae) == settings(loaded.vae)
+
+
 @pytest.mark.parametrize(
     "name",
     [

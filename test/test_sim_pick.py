@@ -10,7 +10,7 @@ from scipy.spatial.transform import Rotation
 
 from mvvdp_core.data.record import run_pick_demo
 from mvvdp_core.sim.franka import FrankaSim
-from mvvdp_core.sim.pick import PickScript, PickTask, grasp_yaw, pick_targets
+from mvvdp_core.sim.pick import PickScript, PickTask, detour_point, detour_targets, grasp_yaw, pick_targets
 
 TASK = PickTask()
 
@@ -90,3 +90,26 @@ def test_bad_task_definitions_are_named() -> None:
         PickTask(target="object1")
     with pytest.raises(ValueError, match="object_region"):
         PickTask(region=((0.7, 0.3), (0.0, 0.1))).sim_config()
+
+
+def test_detour_points_lie_in_the_ring_beside_the_cube_and_the_plan_reaches_them() -> None:
+    rng = np.random.default_rng(3)
+    cube = np.array([0.5, -0.1, 0.025])
+    points = np.stack([detour_point(rng, cube, (0.03, 0.08)) for _ in range(500)])
+    radius = np.linalg.norm(points[:, :2] - cube[:2], axis=1)
+    height = points[:, 2] - cube[2]
+    assert radius.min() >= 0.03 and radius.max() <= 0.08 and radius.max() - radius.min() > 0.04
+    assert height.min() >= 0.04 and height.max() <= 0.14
+    angles = np.arctan2(*(points[:, :2] - cube[:2]).T[::-1])
+    assert np.histogram(angles, bins=4, range=(-math.pi, math.pi))[0].min() > 80  # every direction
+    start, down = np.array([0.3, 0.0, 0.5]), Rotation.from_euler("x", 180, degrees=True).as_quat()
+    script = PickScript()
+    opening = detour_targets(start, down, points[0], script, 0.1)
+    steps = np.diff([p for p, _, _ in opening], axis=0, prepend=[start])
+    assert np.linalg.norm(steps, axis=1).max() <= script.speed * 0.1 + 1e-9
+    assert all(np.allclose(p, points[0]) for p, _, _ in opening[-3:])  # settles there, hand open
+    assert not any(closed for _, _, closed in opening)
+    with pytest.raises(ValueError, match="offset"):
+        detour_point(rng, cube, (0.08, 0.03))
+    with pytest.raises(ValueError, match="heights"):
+        detour_point(rng, cube, (0.03, 0.08), heights=(-0.01, 0.1))

@@ -115,11 +115,20 @@ class EpisodeDataset(Dataset):
         empty = [str(e.root) for e in episodes if len(e) == 0]
         if empty:
             raise ValueError(f"episodes without any step: {empty}")
+        too_short = [str(e.root) for e in episodes if e.train_from_step >= len(e)]
+        if too_short:
+            raise ValueError(f"episodes that end before their train_from_step: {too_short}")
         self.episodes = episodes
         self.config = config
         self.seed = seed
         stride = config.start_stride
-        self.index = [(e, s) for e in range(len(episodes)) for s in range(0, len(episodes[e]), stride)]
+        # Condition frames: every stride-th step from the episode's train_from_step (0 unless it opens with a
+        # detour that is not to be learned).
+        self.index = [
+            (e, s)
+            for e, episode in enumerate(episodes)
+            for s in range(episode.train_from_step, len(episode), stride)
+        ]
         self._rng = np.random.default_rng(seed)
         self._cache: OrderedDict[tuple[int, int], Step] = OrderedDict()
         self._views: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()

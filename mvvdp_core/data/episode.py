@@ -102,6 +102,12 @@ class Episode:
             raise EpisodeFormatError(
                 f"{meta_path}: format_version {self.meta.get('format_version')!r}, expected {FORMAT_VERSION}"
             )
+        train_from = self.meta.get("train_from_step", 0)
+        if isinstance(train_from, bool) or not isinstance(train_from, int) or train_from < 0:
+            raise EpisodeFormatError(
+                f"{meta_path}: train_from_step must be an integer >= 0, got {train_from!r}"
+            )
+        self.train_from_step: int = train_from  # first step a training sample may condition on
         self.records: list[StepRecord] = self._read_index()
         summary_path = self.root / SUMMARY_NAME
         self.summary: dict[str, Any] | None = (

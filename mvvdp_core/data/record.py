@@ -4,6 +4,11 @@ Each demonstration follows the pick task's scripted plan (`mvvdp_core.sim.pick`)
 hand turned to its faces, down to it, close the gripper, lift, hold. Every control period one step is recorded
 (the three camera clouds with their extrinsics, the end-effector pose, the gripper) and then that period's
 target is sent. The episode's summary holds `success` from `PickTask.pick_success`.
+
+Recovery demonstrations (`detour_offset`) first go to a random point beside the cube, where a wrong approach
+could have ended, and pick from there. Their meta's `train_from_step` is the step at which the arm has
+reached that point: training conditions only on steps from there on, so a policy learns the correction and
+never the detour.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from tqdm import tqdm
 
 from mvvdp_core.data.recorder import EpisodeWriter, Recorder
 from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.rotations import quaternion_to_matrix
-from mvvdp_core.sim.pick import PickScript, PickTask, PlanStep, pick_targets
+from mvvdp_core.sim.pick import PickScript, PickTask, PlanStep, detour_point, detour_targets, pick_targets
 from mvvdp_core.step import CameraCloud, Step
 
 if TYPE_CHECKING:
@@ -27,12 +33,23 @@ __all__ = ["PickScript", "PickTask", "PlanStep", "demo_plan", "pick_targets", "r
            "record_step", "run_pick_demo"]
 
 
-def demo_plan(sim: FrankaSim, task: PickTask, script: PickScript, control_period: float) -> list[PlanStep]:
-    """The scripted plan for the scene as it is now (call right after `sim.reset`)."""
+def demo_plan(
+    sim: FrankaSim,
+    task: PickTask,
+    script: PickScript,
+    control_period: float,
+    detour: np.ndarray | None = None,
+) -> list[PlanStep]:
+    """The scripted plan for the scene as it is now (call right after `sim.reset`), through the point
+    `detour` first when given (the first `len(detour_targets(...))` steps)."""
     cube_position, cube_quaternion = task.target_pose(sim)
     start_position, start_quaternion = sim.ee_pose()
-    return pick_targets(start_position, start_quaternion, cube_position, cube_quaternion, script,
-                        control_period)
+    opening: list[PlanStep] = []
+    if detour is not None:
+        opening = detour_targets(start_position, start_quaternion, detour, script, control_period)
+        start_position = opening[-1][0]
+    return opening + pick_targets(start_position, start_quaternion, cube_position, cube_quaternion, script,
+                                  control_period)
 
 
 def record_step(sim: FrankaSim, gripper_closed: bool) -> Step:
@@ -52,8 +69,10 @@ def run_pick_demo(
     script: PickScript,
     control_period: float,
     observe: Callable[[bool], object] | None = None,
+    plan: list[PlanStep] | None = None,
 ) -> tuple[bool, float]:
-    """Run the scripted pick on the scene as reset; returns (success, final lift of the cube in metres).
+    """Run the scripted pick on the scene as reset (or `plan`, a `demo_plan` of it); returns (success, final
+    lift of the cube in metres).
 
     `observe(gripper_closed)` is called at the start of every control period, before its target is sent, and
     once at the end (the recorder writes a step there).
@@ -63,7 +82,9 @@ def run_pick_demo(
     physics_steps = max(int(round(control_period / sim.timestep)), 1)
     rest_height = float(task.target_pose(sim)[0][2])
     closed, heights = False, []
-    for position, quaternion, close in demo_plan(sim, task, script, control_period):
+    if plan is None:
+        plan = demo_plan(sim, task, script, control_period)
+    for position, quaternion, close in plan:
         if observe is not None:
             observe(closed)
         heights.append(float(task.target_pose(sim)[0][2]))
@@ -86,8 +107,12 @@ def record_pick_demos(
     camera_size: tuple[int, int] = (320, 240),
     script: PickScript | None = None,
     task: PickTask | None = None,
+    detour_offset: tuple[float, float] | None = None,
 ) -> list[Path]:
-    """Record `episodes` scripted picks (scene seeds seed, seed + 1, ...); returns the episode folders."""
+    """Record `episodes` scripted picks (scene seeds seed, seed + 1, ...); returns the episode folders.
+
+    With `detour_offset` (min, max metres) every pick is a recovery demonstration through a point that far
+    from the cube's vertical (`detour_point`, drawn from the scene seed)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not control_period > 0:
@@ -101,14 +126,23 @@ def record_pick_demos(
     try:
         for k in tqdm(range(episodes), desc="record"):
             sim.reset(seed + k)
+            detour, recovery = None, {}
+            if detour_offset is not None:
+                rng = np.random.default_rng([seed + k, 1])
+                detour = detour_point(rng, task.target_pose(sim)[0], detour_offset)
+                start_position, start_quaternion = sim.ee_pose()
+                opening = detour_targets(start_position, start_quaternion, detour, script, control_period)
+                recovery = {"train_from_step": len(opening), "detour_point": detour.tolist()}
+            plan = demo_plan(sim, task, script, control_period, detour)
             writer = recorder.start_episode(
                 list(sim.camera_names), seed=seed + k, control_period=control_period,
                 workspace_center=list(workspace.center), workspace_edge=workspace.edge, **task.scene_meta(),
+                **recovery,
             )  # fmt: skip
             def observe(closed: bool, writer: EpisodeWriter = writer) -> None:
                 writer.add_step(record_step(sim, closed))
 
-            success, lift = run_pick_demo(sim, task, script, control_period, observe)
+            success, lift = run_pick_demo(sim, task, script, control_period, observe, plan)
             writer.close(success=success, final_lift=lift)
             paths.append(writer.root)
     finally:

@@ -189,7 +189,17 @@ def save_checkpoint(parts: ModelParts, config: MVVDPConfig, path: str | Path) ->
         lora_config(config).save_pretrained(str(lora_dir))
         _save(lora_state_dict(parts.transformer), lora_dir / LORA_WEIGHTS_FILE)
     _save(parts.text_embeddings, path / TEXT_FILE)
+    _drop_source_paths(path)
     return path
+
+
+def _drop_source_paths(path: Path) -> None:
+    """Remove diffusers' `_name_or_path` (the folder a model was loaded from, e.g. another run's checkpoint)
+    from the sub-configs: a checkpoint names no folder of the machine that wrote it."""
+    for config_file in sorted(path.glob(f"*/{CONFIG_FILE}")):
+        values = json.loads(config_file.read_text())
+        if values.pop("_name_or_path", None) is not None:
+            config_file.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
 
 def _save(state: dict[str, torch.Tensor], file: Path) -> None:

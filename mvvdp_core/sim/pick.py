@@ -179,3 +179,39 @@ def pick_targets(
     move(grasp, lifted, grasp_rot, grasp_rot, script.slow_speed, True)
     dwell(lifted, grasp_rot, script.hold_time, True)
     return plan
+
+
+def detour_point(rng: np.random.Generator, cube_position: np.ndarray, offset: tuple[float, float],
+                 heights: tuple[float, float] = (0.04, 0.14)) -> np.ndarray:
+    """A point beside the cube where a wrong approach could have ended: `offset` (min, max) metres from the
+    cube's vertical in a random direction, `heights` (min, max) metres above its centre."""
+    low, high = offset
+    if not 0 <= low <= high:
+        raise ValueError(f"detour offset must satisfy 0 <= min <= max metres, got {offset}")
+    if not 0 <= heights[0] <= heights[1]:
+        raise ValueError(f"detour heights must satisfy 0 <= min <= max metres, got {heights}")
+    angle = rng.uniform(-math.pi, math.pi)
+    radius = rng.uniform(low, high)
+    return np.asarray(cube_position, dtype=np.float64) + [
+        radius * math.cos(angle), radius * math.sin(angle), rng.uniform(*heights)
+    ]
+
+
+def detour_targets(
+    start_position: np.ndarray,
+    start_quaternion: np.ndarray,
+    point: np.ndarray,
+    script: PickScript,
+    control_period: float,
+) -> list[PlanStep]:
+    """Straight to `point` at the approach speed with the start orientation and the gripper open, then a
+    settle: the opening of a recovery demonstration, whose pick (`pick_targets` from `point`) follows."""
+    if not control_period > 0:
+        raise ValueError(f"control_period must be > 0 seconds, got {control_period!r}")
+    start = np.asarray(start_position, dtype=np.float64)
+    point = np.asarray(point, dtype=np.float64)
+    quaternion = np.asarray(start_quaternion, dtype=np.float64)
+    n = max(int(math.ceil(np.linalg.norm(point - start) / script.speed / control_period - 1e-9)), 1)
+    settle = int(math.ceil(script.settle_time / control_period - 1e-9))
+    plan = [(start + (point - start) * (j / n), quaternion.copy(), False) for j in range(1, n + 1)]
+    return plan + [(point.copy(), quaternion.copy(), False) for _ in range(settle)]

@@ -421,7 +421,8 @@ def validation_errors(
     try:
         for index in episodes:
             episode = dataset.episodes[index]
-            item = dataset.index.index((index, min(start_step, len(episode) - 1)))  # plain: every step
+            start = min(max(start_step, episode.train_from_step), len(episode) - 1)
+            item = dataset.index.index((index, start))  # plain: every step from train_from_step
             _, steps = dataset.frames(item)
             true = np.stack([episode.records[s].ee_position for s in steps[1:]])
             obs = observation_from_step(episode.step(int(steps[0])), policy, episode_task(episode))
