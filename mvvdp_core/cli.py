@@ -493,6 +493,8 @@ def metaworld_command(argv: list[str]) -> int:
     parser.add_argument("--inference-steps", type=int, default=None, help="denoising steps (default: 5)")
     parser.add_argument("--out", required=True, help="output folder (demos, checkpoint, results)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: half the cores)")
     args = parser.parse_args(argv)
     print(run_harness(**vars(args)))
     return 0

@@ -264,6 +264,7 @@ def run_harness(
     future_frames: int | None,
     inference_steps: int | None,
     seed: int,
+    threads: int | None = None,
 ) -> str:
     """Collect demos (where out/demos lacks them), train, evaluate; writes out/results.json and returns the
     success table. The options are those of `mvvdp metaworld`."""
@@ -271,7 +272,7 @@ def run_harness(
     from mvvdp_core.train.loop import TrainSettings, train_from_episodes
     from mvvdp_core.train.predictor import load_chunk_predictor
 
-    set_torch_threads()
+    set_torch_threads(threads)
     for task in tasks:
         _check_task(task)
     out = Path(out)
