@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from mvvdp_core.actions import ActionChunk
 from mvvdp_core.cli import metaworld_command as main
@@ -67,10 +68,15 @@ def test_one_task_one_trial_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
         "--tasks", "button-press-topdown-v3", "--demos", "1", "--trials", "1", "--max-steps", "8",
         "--config", "tiny", "--train-steps", "2", "--vae-steps", "2", "--future-frames", "4",
         "--inference-steps", "1", "--steps-per-chunk", "4", "--camera-resolution", "48",
-        "--out", str(tmp_path),
+        "--out", str(tmp_path), "--threads", "3",
     ]  # fmt: skip
-    assert main(argv) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
+    assert "; 3 CPU threads" in printed  # --threads reaches the training run
     assert "button-press-topdown" in printed and "Avg (%)" in printed
     assert ("0/1" in printed) or ("1/1" in printed)
     assert "train steps: 2" in printed and "M parameters" in printed

@@ -287,7 +287,7 @@ def run_harness(
         config=config, steps=train_steps, base_model=base_model, seed=seed,
         workspace_center=METAWORLD_WORKSPACE_CENTER, workspace_edge=METAWORLD_WORKSPACE_EDGE,
         vae_steps=vae_steps, config_overrides=overrides, checkpoint_every=max(train_steps // 4, 1),
-        augment_copies=augment_copies, start_stride=2, lr_warmup=min(200, train_steps // 10),
+        augment_copies=augment_copies, start_stride=2, lr_warmup=min(200, train_steps // 10), threads=threads,
         **({"lr": lr, "head_lr": lr} if lr else {}),
     )  # fmt: skip
     checkpoint, model_info = train_from_episodes([data_dir / t for t in tasks], out / "model", settings)
