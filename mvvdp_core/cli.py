@@ -489,6 +489,9 @@ def metaworld_command(argv: list[str]) -> int:
     parser.add_argument("--camera-resolution", type=int, default=128, help="RGB-D camera pixels per side")
     parser.add_argument("--steps-per-chunk", type=int, default=24, help="chunk targets run per prediction")
     parser.add_argument("--vae-steps", type=int, default=None, help="VAE fitting steps (tiny: default 300)")
+    parser.add_argument("--vae-from", default=None,
+                        help="start from the fitted VAE of this checkpoint (e.g. mvvdp_core/checkpoints/"
+                        "pick_small); --vae-steps then fine-tunes it")
     parser.add_argument("--future-frames", type=int, default=None, help="chunk length (model default 24)")
     parser.add_argument("--inference-steps", type=int, default=None, help="denoising steps (default: 5)")
     parser.add_argument("--out", required=True, help="output folder (demos, checkpoint, results)")

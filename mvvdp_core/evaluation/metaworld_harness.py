@@ -265,6 +265,7 @@ def run_harness(
     inference_steps: int | None,
     seed: int,
     threads: int | None = None,
+    vae_from: str | None = None,
 ) -> str:
     """Collect demos (where out/demos lacks them), train, evaluate; writes out/results.json and returns the
     success table. The options are those of `mvvdp metaworld`."""
@@ -286,7 +287,8 @@ def run_harness(
     settings = TrainSettings(
         config=config, steps=train_steps, base_model=base_model, seed=seed,
         workspace_center=METAWORLD_WORKSPACE_CENTER, workspace_edge=METAWORLD_WORKSPACE_EDGE,
-        vae_steps=vae_steps, config_overrides=overrides, checkpoint_every=max(train_steps // 4, 1),
+        vae_steps=vae_steps, vae_from=vae_from, config_overrides=overrides,
+        checkpoint_every=max(train_steps // 4, 1),
         augment_copies=augment_copies, start_stride=2, lr_warmup=min(200, train_steps // 10), threads=threads,
         **({"lr": lr, "head_lr": lr} if lr else {}),
     )  # fmt: skip
