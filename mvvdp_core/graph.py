@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from mvvdp_core.checkpoint_paths import checkpoint_image_size
+
 PACKAGE = "mvvdp_ros"
 MODES = ("preview", "auto")
 
@@ -171,10 +173,14 @@ def build_graph(
     if sim:
         nodes.append(NodeSpec("sim_robot", "mvvdp_ros.sim_robot_node", "sim_robot_node",
                               files("sim_robot", None), params("sim_robot", {}), rules, namespace))
+    # Views are projected at the resolution the model consumes (the policy resizes any other, a skew from
+    # training); overrides can still set another.
+    view_size = checkpoint_image_size(checkpoint) if checkpoint else None
+    perception = {"cameras_file": str(cameras), **({} if tf2_installed() else {"use_tf": False}),
+                  **({"resolution": view_size} if view_size else {})}
     nodes += [
         NodeSpec("perception", "mvvdp_ros.perception_node", "perception_node",
-                 files("perception", "perception.yaml"), params("perception", {"cameras_file": str(cameras),
-                                       **({} if tf2_installed() else {"use_tf": False})}), rules, namespace),
+                 files("perception", "perception.yaml"), params("perception", perception), rules, namespace),
         NodeSpec("policy", "mvvdp_ros.policy_node", "policy_node", files("policy", "policy.yaml"),
                  params("policy", {"checkpoint": checkpoint, "mode": mode, "output_dir": out_dir,
                                    "create_tiny_checkpoint": random_model}), rules, namespace),

@@ -35,6 +35,27 @@ def test_sim_and_robot_graphs() -> None:
         assert importlib.util.find_spec(spec.module) is not None
 
 
+def test_views_are_projected_at_the_checkpoints_resolution(tmp_path) -> None:
+    def resolution(**kwargs) -> object:
+        specs = {s.name: s for s in build_graph(**kwargs)}
+        return specs["perception"].parameters.get("resolution")
+
+    assert resolution(sim=True) == 64  # the shipped small model's views
+    # A training run folder: its newest checkpoint (the `latest` pointer) decides.
+    step = tmp_path / "run" / "checkpoints" / "step_0000010"
+    step.mkdir(parents=True)
+    (step / "config.json").write_text('{"image_size": 128}')
+    (step.parent / "latest").write_text("step_0000010\n")
+    assert resolution(sim=False, checkpoint=str(tmp_path / "run")) == 128
+    # Unreadable or missing configs leave the file's value (the policy node reports the checkpoint).
+    (step / "config.json").write_text("{not json")
+    assert resolution(sim=False, checkpoint=str(step)) is None
+    assert resolution(sim=False, checkpoint=str(tmp_path / "missing")) is None
+    # An explicit override wins.
+    overrides = {"perception": {"resolution": 256}}
+    assert resolution(sim=True, overrides=overrides) == 256
+
+
 def test_bad_graph_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="mode"):
         build_graph(mode="fast")

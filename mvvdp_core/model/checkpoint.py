@@ -34,6 +34,13 @@ from peft import LoraConfig
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mvvdp_core.checkpoint_paths import (  # noqa: F401  (re-exported: the model's checkpoint API)
+    CONFIG_FILE,
+    LATEST_POINTER,
+    RUN_CHECKPOINTS_DIR,
+    CheckpointError,
+    resolve_checkpoint,
+)
 from mvvdp_core.model.config import MVVDPConfig
 from mvvdp_core.model.head import RotationGripperHead
 from mvvdp_core.model.lora import (
@@ -46,7 +53,6 @@ from mvvdp_core.model.lora import (
 from mvvdp_core.model.transformer import MultiViewWanTransformer, cast_transformer
 from mvvdp_core.model.vae import VideoVAE
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"  # diffusers' weights file name
 TRANSFORMER_DIR = "transformer"
 VAE_DIR = "vae"
@@ -56,30 +62,11 @@ LORA_CONFIG_FILE = "adapter_config.json"
 LORA_WEIGHTS_FILE = "adapter_model.safetensors"
 VIEW_ATTENTION_FILE = "view_attention.safetensors"  # in transformer/ when the base lives elsewhere
 TEXT_FILE = "text_embeddings.safetensors"
-RUN_CHECKPOINTS_DIR = "checkpoints"  # a training run keeps its checkpoints here ...
-LATEST_POINTER = "latest"  # ... and names the newest one in this file
 UPGRADE_COMMAND = "mvvdp upgrade-checkpoint"
 # The older layout's model files (top level of the folder).
 OLD_VIEW_ATTENTION_FILE = "view_attention.safetensors"
 OLD_HEAD_FILE = "head.safetensors"
 OLD_BASE_DIR = "base"
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder as given, or the newest checkpoint of a training run (its folder or its
-    checkpoints/latest pointer file)."""
-    path = Path(path).expanduser()
-    for pointer in (path, path / RUN_CHECKPOINTS_DIR / LATEST_POINTER):
-        if pointer.name == LATEST_POINTER and pointer.is_file():
-            name = pointer.read_text().strip()
-            if not name:
-                raise CheckpointError(f"empty checkpoint pointer: {pointer}")
-            return pointer.parent / name
-    return path
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable or does not match the model."""
 
 
 @dataclass
