@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "mvvdp_core.cameras": 0,
     "mvvdp_core.fileio": 0,
     "mvvdp_core.threads": 0,
+    "mvvdp_core.checkpoint_paths": 0,
     "mvvdp_core.actions": 1,
     "mvvdp_core.safety": 1,
     "mvvdp_core.serving": 1,
