@@ -41,18 +41,19 @@ def test_shipped_checkpoint_is_small_and_loads() -> None:
 
 
 def test_vae_round_trip_on_a_held_out_demonstration(held_out_demo: Episode) -> None:
-    """Heatmap -> fitted VAE -> back-projection. The condition frame survives to a few millimetres; the
-    future frames of a moving end effector come back within a few centimetres (the 4x temporal compression
-    blurs them): the bounds are the shipped VAE's measured quality with a margin, not the goal of 1 cm."""
+    """Heatmap -> fitted VAE -> back-projection on a demonstration the VAE never saw: averaged over the
+    chunks of the episode, every frame of a chunk comes back within 1 cm (measured on seeds 91000-91002:
+    condition frame 0.11-0.12 cm, the worst future frame 0.66-0.75 cm)."""
     parts, config = load_checkpoint(shipped_checkpoint())
     sample = SampleConfig(config.workspace(), future_frames=config.future_frames, sigma=config.sigma)
     dataset = EpisodeDataset([held_out_demo], sample)
-    starts = range(0, len(dataset), max(len(dataset) // 6, 1))
+    starts = range(0, len(dataset), max(len(dataset) // 12, 1))
     batches = iter([torch.utils.data.default_collate([dataset[i]]) for i in starts])
     errors = heatmap_roundtrip_errors(parts.vae, batches, config.workspace(), len(starts))  # (S, 1 + F) m
     per_frame = errors.mean(0)
-    assert per_frame[0] <= 0.01, f"condition frame {100 * per_frame[0]:.2f} cm"
-    assert per_frame[1:].mean() <= 0.04, f"future frames (cm): {np.round(100 * per_frame[1:], 1)}"
+    assert len(starts) >= 10 and per_frame.shape[0] == 1 + config.future_frames
+    assert per_frame[0] <= 0.005, f"condition frame {100 * per_frame[0]:.2f} cm"
+    assert per_frame.max() <= 0.01, f"per frame (cm): {np.round(100 * per_frame, 2)}"
 
 
 def test_shipped_model_runs_closed_loop_through_the_executor() -> None:
@@ -66,7 +67,7 @@ def test_shipped_model_runs_closed_loop_through_the_executor() -> None:
 
 def test_shipped_model_picks_the_cube_on_fixed_held_out_scenes() -> None:
     """Closed loop through the executor path on three fixed scenes it was not trained on (seeds 2003-2005:
-    three of the 12 successes of `mvvdp evaluate --episodes 20 --seed 2000`, 60 %); at least two picks."""
+    three of the 13 successes of `mvvdp evaluate --episodes 20 --seed 2000`, 65 %); at least two picks."""
     torch.set_num_threads(1)
     policy = MVVDPPolicy.from_checkpoint(shipped_checkpoint())
     result = evaluate_policy(make_chunk_predictor(policy), 3, 2003)
