@@ -175,9 +175,11 @@ def build_graph(
                               files("sim_robot", None), params("sim_robot", {}), rules, namespace))
     # Views are projected at the resolution the model consumes (the policy resizes any other, a skew from
     # training); overrides can still set another.
-    view_size = checkpoint_image_size(checkpoint) if checkpoint else None
-    perception = {"cameras_file": str(cameras), **({} if tf2_installed() else {"use_tf": False}),
-                  **({"resolution": view_size} if view_size else {})}
+    perception: dict[str, Any] = {"cameras_file": str(cameras)}
+    if not tf2_installed():
+        perception["use_tf"] = False
+    if checkpoint and (view_size := checkpoint_image_size(checkpoint)):
+        perception["resolution"] = view_size
     nodes += [
         NodeSpec("perception", "mvvdp_ros.perception_node", "perception_node",
                  files("perception", "perception.yaml"), params("perception", perception), rules, namespace),
