@@ -498,8 +498,14 @@ def metaworld_command(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: half the cores)")
+    parser.add_argument("--train-settings", type=Path, default=None,
+                        help="YAML file of TrainSettings keys (as `mvvdp train --settings`) that replace the "
+                        "harness's own, e.g. heatmap_blob_weight: 30")
+    parser.add_argument("--checkpoint", default=None,
+                        help="evaluate this checkpoint (or run folder) instead of collecting and training")
     args = parser.parse_args(argv)
-    print(run_harness(**vars(args)))
+    extra = None if args.train_settings is None else load_settings_file(args.train_settings)
+    print(run_harness(**{**vars(args), "train_settings": extra}))
     return 0
 
 

@@ -64,11 +64,15 @@ def test_cameras_see_the_hand_where_the_env_says_it_is() -> None:
 
 
 def test_one_task_one_trial_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings_file = tmp_path / "train.yaml"  # replaces the harness's own settings: 2 steps, not 5
+    settings_file.write_text("steps: 2\nheatmap_blob_weight: 3.0\n")
+    common = [
+        "--tasks", "button-press-topdown-v3", "--trials", "1", "--max-steps", "8", "--config", "tiny",
+        "--inference-steps", "1", "--steps-per-chunk", "4", "--camera-resolution", "48", "--threads", "3",
+    ]  # fmt: skip
     argv = [
-        "--tasks", "button-press-topdown-v3", "--demos", "1", "--trials", "1", "--max-steps", "8",
-        "--config", "tiny", "--train-steps", "2", "--vae-steps", "2", "--future-frames", "4",
-        "--inference-steps", "1", "--steps-per-chunk", "4", "--camera-resolution", "48",
-        "--out", str(tmp_path), "--threads", "3",
+        *common, "--demos", "1", "--train-steps", "5", "--vae-steps", "2", "--future-frames", "4",
+        "--train-settings", str(settings_file), "--out", str(tmp_path),
     ]  # fmt: skip
     threads = torch.get_num_threads()
     try:
@@ -80,12 +84,24 @@ def test_one_task_one_trial_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
     assert "button-press-topdown" in printed and "Avg (%)" in printed
     assert ("0/1" in printed) or ("1/1" in printed)
     assert "train steps: 2" in printed and "M parameters" in printed
+    saved = json.loads((tmp_path / "model" / "train_settings.json").read_text())
+    assert saved["steps"] == 2 and saved["heatmap_blob_weight"] == 3.0 and saved["start_stride"] == 2
     demos = list_episodes(tmp_path / "demos" / "button-press-topdown-v3")
     assert len(demos) == 1 and demos[0].success is True  # the scripted expert succeeded
     assert len(demos[0]) > 10 and demos[0].meta["task"] == "button-press-topdown-v3"
     trials = json.loads((tmp_path / "results.json").read_text())["trials"]["button-press-topdown-v3"]
     assert len(trials) == 1 and 1 <= trials[0]["steps"] <= 8
     assert trials[0]["success"] or trials[0]["chunks"] == 2  # 8 steps, 4 targets per chunk
+    # --checkpoint evaluates a trained model without collecting or training.
+    try:
+        assert main([*common, "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path / "eval")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert f"checkpoint: {tmp_path / 'model'}" in printed and "train steps" not in printed
+    assert not (tmp_path / "eval" / "demos").exists()
+    evaluated = json.loads((tmp_path / "eval" / "results.json").read_text())["trials"]
+    assert len(evaluated["button-press-topdown-v3"]) == 1
 
 
 def test_bad_arguments_are_named() -> None:

@@ -190,6 +190,14 @@ def test_init_from_starts_a_new_run_from_the_weights_and_fine_tunes_the_vae(
     moved, _ = load_checkpoint(tuned.checkpoint)
     assert any(not torch.equal(a, b) for a, b in zip(source.vae.parameters(), moved.vae.parameters(),
                                                       strict=True))
+    # A new task starts from these weights: the source's embeddings are kept, the new task gets its own.
+    other = train(record_line_episode(tmp_path / "push_data", task="push"), tmp_path / "e",
+                  settings(steps=1, checkpoint_every=1, val_episodes=0, init_from=str(tmp_path / "a")))
+    both, _ = load_checkpoint(other.checkpoint)
+    assert sorted(both.text_embeddings) == ["push", "reach"]
+    assert torch.equal(both.text_embeddings["reach"], source.text_embeddings["reach"])
+    assert both.text_embeddings["push"].shape == source.text_embeddings["reach"].shape
+    assert not torch.equal(both.text_embeddings["push"], source.text_embeddings["reach"])
     # Other model sizes cannot start from these weights.
     with pytest.raises(ValueError, match="cannot initialise"):
         train(line_data, tmp_path / "d", settings(steps=1, init_from=str(tmp_path / "a"),

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -266,9 +267,13 @@ def run_harness(
     seed: int,
     threads: int | None = None,
     vae_from: str | None = None,
+    checkpoint: str | None = None,
+    train_settings: dict[str, Any] | None = None,
 ) -> str:
     """Collect demos (where out/demos lacks them), train, evaluate; writes out/results.json and returns the
-    success table. The options are those of `mvvdp metaworld`."""
+    success table. With `checkpoint` it only evaluates that checkpoint. train_settings: TrainSettings keys
+    that replace the harness's own (e.g. heatmap_blob_weight, init_from). The options are those of
+    `mvvdp metaworld`."""
     from mvvdp_core.threads import set_torch_threads
     from mvvdp_core.train.loop import TrainSettings, train_from_episodes
     from mvvdp_core.train.predictor import load_chunk_predictor
@@ -277,35 +282,40 @@ def run_harness(
     for task in tasks:
         _check_task(task)
     out = Path(out)
-    data_dir = out / "demos"
     started = time.time()
-    for task in tasks:
-        task_dir = data_dir / task
-        if not (task_dir.is_dir() and any(task_dir.iterdir())):
-            collect_demos(task, demos, task_dir, camera_resolution)
-    overrides = {} if future_frames is None else {"future_frames": future_frames}
-    settings = TrainSettings(
-        config=config, steps=train_steps, base_model=base_model, seed=seed,
-        workspace_center=METAWORLD_WORKSPACE_CENTER, workspace_edge=METAWORLD_WORKSPACE_EDGE,
-        vae_steps=vae_steps, vae_from=vae_from, config_overrides=overrides,
-        checkpoint_every=max(train_steps // 4, 1),
-        augment_copies=augment_copies, start_stride=2, lr_warmup=min(200, train_steps // 10), threads=threads,
-        **({"lr": lr, "head_lr": lr} if lr else {}),
-    )  # fmt: skip
-    checkpoint, model_info = train_from_episodes([data_dir / t for t in tasks], out / "model", settings)
-    predictor = load_chunk_predictor(checkpoint, inference_steps)
+    if checkpoint is None:
+        data_dir = out / "demos"
+        for task in tasks:
+            task_dir = data_dir / task
+            if not (task_dir.is_dir() and any(task_dir.iterdir())):
+                collect_demos(task, demos, task_dir, camera_resolution)
+        overrides = {} if future_frames is None else {"future_frames": future_frames}
+        values: dict[str, Any] = dict(
+            config=config, steps=train_steps, base_model=base_model, seed=seed,
+            workspace_center=METAWORLD_WORKSPACE_CENTER, workspace_edge=METAWORLD_WORKSPACE_EDGE,
+            vae_steps=vae_steps, vae_from=vae_from, config_overrides=overrides,
+            checkpoint_every=max(train_steps // 4, 1),
+            augment_copies=augment_copies, start_stride=2, lr_warmup=min(200, train_steps // 10),
+            threads=threads, **({"lr": lr, "head_lr": lr} if lr else {}),
+        )  # fmt: skip
+        values.update(train_settings or {})
+        trained, model_info = train_from_episodes([data_dir / t for t in tasks], out / "model",
+                                                  TrainSettings(**values))
+        model = (f"model: {values['config']} ({model_info['parameters'] / 1e6:.2f} M parameters, "
+                 f"{model_info['trainable'] / 1e6:.3f} M trained), train steps: {values['steps']}")
+    else:
+        trained, model = Path(checkpoint), f"checkpoint: {checkpoint}"
+    predictor = load_chunk_predictor(trained, inference_steps)
     results = evaluate(tasks, predictor, trials, max_steps, camera_resolution, steps_per_chunk, eval_seed)
     notes = (
-        f"demos/task: {demos}, trials/task: {trials} (seed {eval_seed}), "
-        f"max steps: {max_steps}, "
-        f"model: {config} ({model_info['parameters'] / 1e6:.2f} M parameters, "
-        f"{model_info['trainable'] / 1e6:.3f} M trained), train steps: {train_steps}, "
-        f"wall time: {time.time() - started:.0f} s"
+        f"demos/task: {demos if checkpoint is None else '-'}, trials/task: {trials} (seed {eval_seed}), "
+        f"max steps: {max_steps}, {model}, wall time: {time.time() - started:.0f} s"
     )
     table = success_table(f"MV-VDP ({config})", results, notes)
     summary = {
         task: [{"success": r.success, "steps": r.steps, "chunks": r.chunks} for r in runs]
         for task, runs in results.items()
     }
+    out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"table": table, "trials": summary}, indent=1))
     return table

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -128,9 +129,11 @@ def build_transformer(
 
 
 def random_text_embeddings(config: MVVDPConfig, tasks: list[str], seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
+    """A random embedding per task, drawn from the seed and the task's name: a task gets the same one whatever
+    other tasks a run has, and two tasks never share one."""
     return {
-        task: torch.randn(config.text_len, config.text_dim, generator=generator, device="cpu")
+        task: torch.randn(config.text_len, config.text_dim, device="cpu",
+                          generator=torch.Generator().manual_seed(seed + zlib.crc32(task.encode())))
         for task in tasks
     }
 

@@ -714,7 +714,7 @@ def _model(run: _Run, episodes: list[Episode], tasks: list[str], resume: bool) -
                              "new --out")
         log(f"text embeddings: from the resumed checkpoint {previous}")
     elif settings.init_from is not None:
-        parts, config = _initial_weights(settings, model_config(settings, episodes), tasks)
+        parts, config = _initial_weights(settings, model_config(settings, episodes), tasks, log)
         state = None
         log(f"weights: from {settings.init_from} (a new run: step 0, fresh optimisers)")
     else:
@@ -751,9 +751,10 @@ def _sizes(config: MVVDPConfig) -> dict[str, Any]:
 
 
 def _initial_weights(
-    settings: TrainSettings, config: MVVDPConfig, tasks: list[str]
+    settings: TrainSettings, config: MVVDPConfig, tasks: list[str], log: Callable[[str], None]
 ) -> tuple[ModelParts, MVVDPConfig]:
-    """The parts of settings.init_from, checked against the run's model config (its sizes and tasks)."""
+    """The parts of settings.init_from, checked against the run's model config (its sizes); tasks it has no
+    text embedding for get new ones (a model trained on one task starting another)."""
     source = resolve_checkpoint(settings.init_from)
     parts, theirs = load_checkpoint(source)
     if _sizes(theirs) != _sizes(config):
@@ -761,7 +762,9 @@ def _initial_weights(
                          f"this run (compare its config.json with --config / --override)")
     missing = sorted(set(tasks) - set(parts.text_embeddings))
     if missing:
-        raise ValueError(f"{source} has no text embedding for tasks {missing}")
+        text, how = task_text_embeddings(settings, config, tasks)
+        parts.text_embeddings.update({task: text[task] for task in missing})
+        log(f"{how}; kept from {source}: {sorted(set(tasks) - set(missing))}, new: {missing}")
     workspace = {"workspace_center": config.workspace_center, "workspace_edge": config.workspace_edge}
     return parts, replace(theirs, **workspace)
 
