@@ -258,20 +258,44 @@ class TrainRun:
     )
 
 
-def load_settings_file(path: Path) -> dict[str, Any]:
-    from mvvdp_core.train.loop import TrainSettings
-
+def _read_settings_yaml(path: Path) -> Any:
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f"cannot read training settings {path}: {error}") from error
+
+
+def _checked_settings(loaded: Any, where: str) -> dict[str, Any]:
+    from mvvdp_core.train.loop import TrainSettings
+
     if not isinstance(loaded, dict):
-        raise ValueError(f"training settings {path} must be a mapping of TrainSettings keys")
+        raise ValueError(f"training settings {where} must be a mapping of TrainSettings keys")
     known = {f.name for f in fields(TrainSettings)}
     unknown = sorted(set(loaded) - known)
     if unknown:
-        raise ValueError(f"unknown training settings in {path}: {unknown}; known: {sorted(known)}")
+        raise ValueError(f"unknown training settings in {where}: {unknown}; known: {sorted(known)}")
     return loaded
+
+
+def load_settings_file(path: Path) -> dict[str, Any]:
+    return _checked_settings(_read_settings_yaml(path), str(path))
+
+
+def load_stage_settings(path: Path) -> list[dict[str, Any]]:
+    """Training stages from a YAML file: a mapping of TrainSettings keys is one stage; a mapping with
+    `stages` (a list of such mappings) and optionally `common` (keys every stage shares) is several, run
+    in order, each from the previous one's weights."""
+    loaded = _read_settings_yaml(path)
+    if not (isinstance(loaded, dict) and "stages" in loaded):
+        return [load_settings_file(path)]
+    extra = sorted(set(loaded) - {"stages", "common"})
+    if extra:
+        raise ValueError(f"staged training settings {path} take `stages` and `common`, not {extra}")
+    stages, common = loaded["stages"], _checked_settings(loaded.get("common") or {}, f"{path} (common)")
+    if not isinstance(stages, list) or not stages:
+        raise ValueError(f"`stages` in {path} must be a non-empty list of mappings")
+    return [{**common, **_checked_settings(stage or {}, f"{path} (stage {k + 1})")}
+            for k, stage in enumerate(stages)]
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -500,12 +524,13 @@ def metaworld_command(argv: list[str]) -> int:
                         help="torch CPU threads (default: half the cores)")
     parser.add_argument("--train-settings", type=Path, default=None,
                         help="YAML file of TrainSettings keys (as `mvvdp train --settings`) that replace the "
-                        "harness's own, e.g. heatmap_blob_weight: 30")
+                        "harness's own, e.g. heatmap_blob_weight: 30; or `stages:` (a list of such mappings, "
+                        "with `common:` keys) trained one after another, e.g. config/metaworld_staged.yaml")
     parser.add_argument("--checkpoint", default=None,
                         help="evaluate this checkpoint (or run folder) instead of collecting and training")
     args = parser.parse_args(argv)
-    extra = None if args.train_settings is None else load_settings_file(args.train_settings)
-    print(run_harness(**{**vars(args), "train_settings": extra}))
+    stages = None if args.train_settings is None else load_stage_settings(args.train_settings)
+    print(run_harness(**{**vars(args), "train_settings": stages}))
     return 0
 
 

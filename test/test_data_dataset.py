@@ -141,3 +141,12 @@ def test_sampled_transform_keeps_positions_inside_and_is_rigid() -> None:
     with pytest.raises(ValueError, match="max_yaw_deg"):
         AugmentConfig(max_yaw_deg=-1.0)
     assert int(euler_to_bins(np.array(0.0))) == 36
+
+
+def test_episode_leaving_the_workspace_is_named(episode_dir: Path) -> None:
+    episodes = list_episodes(episode_dir)
+    EpisodeDataset(episodes, SampleConfig(workspace=WORKSPACE, future_frames=4))  # x 0.45..0.60 fits
+    narrow = Workspace(center=(0.3, 0.0, 0.4), edge=0.56, resolution=64)  # x <= 0.58: only step 5 (0.60) out
+    with pytest.raises(ValueError, match=r"outside the workspace cube .*step 5 at \[0\.6") as error:
+        EpisodeDataset(episodes, SampleConfig(workspace=narrow, future_frames=4))
+    assert str(episodes[0].root) in str(error.value)

@@ -100,6 +100,16 @@ def render_step_views(
     return project_views(points, colors, workspace, splat_radius, backend="torch").rgb
 
 
+def _leaves_workspace(episode: Episode, workspace: Workspace) -> str:
+    """'' if every trained step's end-effector lies in the cube, else where the first one leaves it."""
+    positions = episode.ee_positions()[episode.train_from_step:]
+    outside = np.flatnonzero(~workspace.contains(positions))
+    if outside.size == 0:
+        return ""
+    step = episode.train_from_step + int(outside[0])
+    return f"{episode.root} step {step} at {positions[outside[0]].round(3).tolist()} ({outside.size} steps)"
+
+
 class EpisodeDataset(Dataset):
     """Samples (condition frame, future frames) from a list of episodes.
 
@@ -118,6 +128,11 @@ class EpisodeDataset(Dataset):
         too_short = [str(e.root) for e in episodes if e.train_from_step >= len(e)]
         if too_short:
             raise ValueError(f"episodes that end before their train_from_step: {too_short}")
+        outside = [_leaves_workspace(e, config.workspace) for e in episodes]
+        if any(outside):
+            cube = f"{config.workspace.lower.round(3).tolist()}..{config.workspace.upper.round(3).tolist()} m"
+            raise ValueError(f"end-effector outside the workspace cube {cube}: "
+                             f"{'; '.join(o for o in outside if o)}; record with a cube that holds the task")
         self.episodes = episodes
         self.config = config
         self.seed = seed

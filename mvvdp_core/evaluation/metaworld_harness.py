@@ -43,22 +43,30 @@ TASK_INSTRUCTIONS: dict[str, str] = {
     "faucet-open-v3": "open the faucet",
     "handle-press-v3": "press the handle down",
 }
-# Cube around the Sawyer's reachable hand positions (x in [-0.2, 0.2], y in [0.4, 0.9], z in [0.05, 0.3]).
-METAWORLD_WORKSPACE_CENTER = (0.0, 0.65, 0.2)
-METAWORLD_WORKSPACE_EDGE = 0.8
+# Workspace cubes (centre, edge in m) around the Sawyer hand's reach in the experts' demos (measured on seeds
+# 0, 1000 and 2000): the five tasks in front of the robot stay within x -0.21..0.18, y 0.39..0.89,
+# z 0.05..0.43; the door tasks swing the hand out to x -0.50 (close) and +0.45 (open).
+FRONT_WORKSPACE = ((0.0, 0.65, 0.2), 0.8)
+DOOR_WORKSPACE = ((-0.025, 0.65, 0.2), 1.0)
+DOOR_TASKS = frozenset({"door-open-v3", "door-close-v3"})
 DEMO_SEED = 0  # Meta-World task seeds: demos and evaluation draw initialisations from different seeds
 EVAL_SEED = 1000
 
 ChunkPredictor = Callable[[Step, str], ActionChunk]
 
 
-def metaworld_workspace(resolution: int = 256) -> Workspace:
-    return Workspace(center=METAWORLD_WORKSPACE_CENTER, edge=METAWORLD_WORKSPACE_EDGE, resolution=resolution)
-
-
 def _check_task(task: str) -> None:
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+
+
+def metaworld_workspace(tasks: Sequence[str], resolution: int = 256) -> Workspace:
+    """The cube the tasks' demos are recorded and trained in: the door tasks' wider one where any of them is
+    among the tasks (it holds the other five too), else the front one."""
+    for task in tasks:
+        _check_task(task)
+    center, edge = DOOR_WORKSPACE if DOOR_TASKS.intersection(tasks) else FRONT_WORKSPACE
+    return Workspace(center=center, edge=edge, resolution=resolution)
 
 
 def expert_policy(task: str) -> object:
@@ -132,11 +140,14 @@ def collect_demos(
     camera_resolution: int = 128,
     max_steps: int = 500,
     tail_steps: int = 10,
+    workspace: Workspace | None = None,
 ) -> list[Path]:
     """Record num_demos expert episodes (variations 0..num_demos-1 of the demo seed); returns their dirs.
 
     Recording stops tail_steps after the success flag (the expert keeps its final pose) or at max_steps.
+    The episodes carry the workspace cube training uses (default: the task's own, metaworld_workspace).
     """
+    workspace = workspace or metaworld_workspace([task])
     if num_demos < 1 or max_steps < 1:
         raise ValueError(f"num_demos and max_steps must be >= 1, got {num_demos}, {max_steps}")
     sim = TaskEnv(task, DEMO_SEED, camera_resolution, max_path_length=max(max_steps, 500))
@@ -148,8 +159,7 @@ def collect_demos(
             obs = sim.reset(demo)
             writer = recorder.start_episode(
                 sim.cameras.names, task=task, instruction=TASK_INSTRUCTIONS[task], variation=demo,
-                dt=sim.env.dt, workspace_center=METAWORLD_WORKSPACE_CENTER,
-                workspace_edge=METAWORLD_WORKSPACE_EDGE,
+                dt=sim.env.dt, workspace_center=list(workspace.center), workspace_edge=workspace.edge,
             )  # fmt: skip
             success_at = None
             for t in range(max_steps):
@@ -268,12 +278,14 @@ def run_harness(
     threads: int | None = None,
     vae_from: str | None = None,
     checkpoint: str | None = None,
-    train_settings: dict[str, Any] | None = None,
+    train_settings: dict[str, Any] | list[dict[str, Any]] | None = None,
 ) -> str:
     """Collect demos (where out/demos lacks them), train, evaluate; writes out/results.json and returns the
     success table. With `checkpoint` it only evaluates that checkpoint. train_settings: TrainSettings keys
-    that replace the harness's own (e.g. heatmap_blob_weight, init_from). The options are those of
-    `mvvdp metaworld`."""
+    that replace the harness's own (e.g. heatmap_blob_weight, init_from), or a list of them: training
+    stages run in order into out/stage_1, out/stage_2, ..., the last into out/model; each later stage starts
+    from the previous one's weights and reuses the first one's VAE and latent cache unless it says otherwise.
+    The options are those of `mvvdp metaworld`."""
     from mvvdp_core.threads import set_torch_threads
     from mvvdp_core.train.loop import TrainSettings, train_from_episodes
     from mvvdp_core.train.predictor import load_chunk_predictor
@@ -285,33 +297,45 @@ def run_harness(
     started = time.time()
     if checkpoint is None:
         data_dir = out / "demos"
+        workspace = metaworld_workspace(tasks)
         for task in tasks:
             task_dir = data_dir / task
             if not (task_dir.is_dir() and any(task_dir.iterdir())):
-                collect_demos(task, demos, task_dir, camera_resolution)
+                collect_demos(task, demos, task_dir, camera_resolution, workspace=workspace)
         overrides = {} if future_frames is None else {"future_frames": future_frames}
         values: dict[str, Any] = dict(
             config=config, steps=train_steps, base_model=base_model, seed=seed,
-            workspace_center=METAWORLD_WORKSPACE_CENTER, workspace_edge=METAWORLD_WORKSPACE_EDGE,
+            workspace_center=workspace.center, workspace_edge=workspace.edge,
             vae_steps=vae_steps, vae_from=vae_from, config_overrides=overrides,
             checkpoint_every=max(train_steps // 4, 1),
             augment_copies=augment_copies, start_stride=2, lr_warmup=min(200, train_steps // 10),
             threads=threads, **({"lr": lr, "head_lr": lr} if lr else {}),
         )  # fmt: skip
-        values.update(train_settings or {})
-        trained, model_info = train_from_episodes([data_dir / t for t in tasks], out / "model",
-                                                  TrainSettings(**values))
-        model = (f"model: {values['config']} ({model_info['parameters'] / 1e6:.2f} M parameters, "
-                 f"{model_info['trainable'] / 1e6:.3f} M trained), train steps: {values['steps']}")
+        stages = train_settings if isinstance(train_settings, list) else [train_settings or {}]
+        run_dirs = [out / f"stage_{k + 1}" for k in range(len(stages) - 1)] + [out / "model"]
+        steps = []
+        for k, (stage, run_dir) in enumerate(zip(stages, run_dirs, strict=True)):
+            first = {**values, **stages[0]}
+            chained = {} if k == 0 else {
+                "init_from": str(run_dirs[k - 1]), "vae_from": str(run_dirs[0]), "vae_steps": 0,
+                "latent_cache": first.get("latent_cache") or str(run_dirs[0] / "latent_cache"),
+            }  # fmt: skip
+            settings = {**values, **chained, **stage}
+            trained, model_info = train_from_episodes([data_dir / t for t in tasks], run_dir,
+                                                      TrainSettings(**settings))
+            steps.append(str(settings["steps"]))
+        method = f"MV-VDP ({settings['config']})"
+        model = (f"model: {settings['config']} ({model_info['parameters'] / 1e6:.2f} M parameters, "
+                 f"{model_info['trainable'] / 1e6:.3f} M trained), train steps: {' + '.join(steps)}")
     else:
-        trained, model = Path(checkpoint), f"checkpoint: {checkpoint}"
+        trained, model, method = Path(checkpoint), f"checkpoint: {checkpoint}", "MV-VDP (checkpoint)"
     predictor = load_chunk_predictor(trained, inference_steps)
     results = evaluate(tasks, predictor, trials, max_steps, camera_resolution, steps_per_chunk, eval_seed)
     notes = (
         f"demos/task: {demos if checkpoint is None else '-'}, trials/task: {trials} (seed {eval_seed}), "
         f"max steps: {max_steps}, {model}, wall time: {time.time() - started:.0f} s"
     )
-    table = success_table(f"MV-VDP ({config})", results, notes)
+    table = success_table(method, results, notes)
     summary = {
         task: [{"success": r.success, "steps": r.steps, "chunks": r.chunks} for r in runs]
         for task, runs in results.items()
