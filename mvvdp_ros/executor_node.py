@@ -224,8 +224,11 @@ class ExecutorNode(ManagedNode):
         self._gripper_opening = float(np.clip((width - p["gripper_closed_width"]) / span, 0.0, 1.0))
 
     def _on_heartbeat(self, _msg: Header) -> None:
+        first = not np.isfinite(self._last_beat)
         self._last_beat = self._now()
         self.core.heartbeat(self._last_beat)
+        if first:
+            self._report("policy heartbeat received", DiagnosticStatus.OK)
 
     def _on_liveliness(self, info: QoSLivelinessChangedInfo) -> None:
         live = info.alive_count > 0
@@ -365,7 +368,8 @@ class ExecutorNode(ManagedNode):
         core = self.core
         counters = {} if core is None else {
             "rejected_chunks": core.rejected_chunks, "dropped_while_stopped": core.dropped_while_stopped,
-            "stopped": core.stopped}
+            "stopped": core.stopped,
+            "policy_heard": bool(np.isfinite(getattr(self, "_last_beat", -np.inf)))}
         self.diagnostics.report("safety", level, message, callback_errors=getattr(self, "callback_errors", 0),
                                 **counters)
 

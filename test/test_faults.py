@@ -255,6 +255,9 @@ def preview_graph(tmp_path_factory, checkpoint):
         assert wait_until(lambda: robot.triggers["stop"].service_is_ready(), 60), "executor did not start"
         # Configured is not active: on a busy machine activation (and DDS matching) can lag the services.
         assert wait_until(lambda: len(robot.beats) >= 5, 60), "the policy never published a heartbeat"
+        heard = lambda: any(n == "executor: safety" and v.get("policy_heard") == "True"  # noqa: E731
+                            for n, _m, v in list(robot.diagnostics))
+        assert wait_until(heard, 60), "the executor never heard the policy's heartbeat"
         yield robot, procs
     finally:
         close()
