@@ -313,12 +313,12 @@ def run_harness(
         )  # fmt: skip
         stages = train_settings if isinstance(train_settings, list) else [train_settings or {}]
         run_dirs = [out / f"stage_{k + 1}" for k in range(len(stages) - 1)] + [out / "model"]
+        first_cache = {**values, **stages[0]}.get("latent_cache") or str(run_dirs[0] / "latent_cache")
         steps = []
         for k, (stage, run_dir) in enumerate(zip(stages, run_dirs, strict=True)):
-            first = {**values, **stages[0]}
             chained = {} if k == 0 else {
                 "init_from": str(run_dirs[k - 1]), "vae_from": str(run_dirs[0]), "vae_steps": 0,
-                "latent_cache": first.get("latent_cache") or str(run_dirs[0] / "latent_cache"),
+                "latent_cache": first_cache,
             }  # fmt: skip
             settings = {**values, **chained, **stage}
             trained, model_info = train_from_episodes([data_dir / t for t in tasks], run_dir,
