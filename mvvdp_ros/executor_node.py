@@ -133,14 +133,14 @@ class ExecutorNode(ManagedNode):
         self._period_waiters: list[Future] = []  # Execute goals awaiting the next control period
         self._last_command = Command(None, "idle")
         self._goal_active = False
+        self._policy_live = False
+        self._last_beat = -np.inf  # node time of the last heartbeat message
 
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         sensor = qos_profile_sensor_data  # best effort: matches reliable and best-effort publishers
         self.create_subscription(PoseStamped, p["ee_pose_topic"], self._on_pose, sensor)
         self.create_subscription(JointState, p["gripper_state_topic"], self._on_gripper, sensor)
         self.create_subscription(ActionChunk, p["chunk_topic"], self._on_chunk, reliable)
-        self._policy_live = False
-        self._last_beat = -np.inf  # node time of the last heartbeat message
         liveliness = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT,
                                 liveliness=LivelinessPolicy.AUTOMATIC,
                                 liveliness_lease_duration=Duration(seconds=p["heartbeat_timeout"]))
@@ -369,7 +369,7 @@ class ExecutorNode(ManagedNode):
         counters = {} if core is None else {
             "rejected_chunks": core.rejected_chunks, "dropped_while_stopped": core.dropped_while_stopped,
             "stopped": core.stopped,
-            "policy_heard": bool(np.isfinite(getattr(self, "_last_beat", -np.inf)))}
+            "policy_heard": bool(np.isfinite(self._last_beat))}
         self.diagnostics.report("safety", level, message, callback_errors=getattr(self, "callback_errors", 0),
                                 **counters)
 
