@@ -95,7 +95,7 @@ def upgrade_checkpoint_command(argv: list[str]) -> int:
 
 # ---- record -------------------------------------------------------------------------------------------
 def record_command(argv: list[str]) -> int:
-    from mvvdp_core.sim.pick import PickTask
+    from mvvdp_core.sim.pick import CUBE_LAYOUTS, PickTask
 
     parser = argparse.ArgumentParser(
         prog="mvvdp record",
@@ -113,6 +113,9 @@ def record_command(argv: list[str]) -> int:
     parser.add_argument("--detour", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
                         help="recovery demonstrations: go first to a random point MIN-MAX metres beside the "
                         "cube, then pick; training learns the correction from there on, never the detour")
+    parser.add_argument("--layout", choices=CUBE_LAYOUTS, default="random",
+                        help="target cube placement: random per scene seed, or spread over the task's region "
+                        "(a grid of cells, one cube in each drawn cell) so few demonstrations cover it")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: half the cores)")
     args = parser.parse_args(argv)
@@ -126,7 +129,7 @@ def record_command(argv: list[str]) -> int:
     paths = record_pick_demos(
         args.out, args.episodes, args.seed, args.control_period, (args.camera_width, args.camera_height),
         task=PickTask(num_objects=args.num_objects),
-        detour_offset=None if args.detour is None else tuple(args.detour),
+        detour_offset=None if args.detour is None else tuple(args.detour), layout=args.layout,
     )
     successes = sum(bool(Episode(p).success) for p in paths)
     print(f"recorded {len(paths)} episodes into {args.out}: {successes}/{len(paths)} successful picks")

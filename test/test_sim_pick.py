@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from mvvdp_core.data.record import run_pick_demo
+from mvvdp_core.data.episode import list_episodes
+from mvvdp_core.data.record import record_pick_demos, run_pick_demo
 from mvvdp_core.sim.franka import FrankaSim
-from mvvdp_core.sim.pick import PickScript, PickTask, detour_point, detour_targets, grasp_yaw, pick_targets
+from mvvdp_core.sim.pick import (
+    PickScript,
+    PickTask,
+    detour_point,
+    detour_targets,
+    grasp_yaw,
+    pick_targets,
+    spread_positions,
+)
 
 TASK = PickTask()
 
@@ -113,3 +122,47 @@ def test_detour_points_lie_in_the_ring_beside_the_cube_and_the_plan_reaches_them
         detour_point(rng, cube, (0.08, 0.03))
     with pytest.raises(ValueError, match="heights"):
         detour_point(rng, cube, (0.03, 0.08), heights=(-0.01, 0.1))
+
+
+@pytest.mark.parametrize("count", [1, 7, 20, 50])
+def test_spread_positions_put_one_cube_in_each_drawn_cell_of_a_grid_over_the_region(count: int) -> None:
+    (x0, x1), (y0, y1) = region = TASK.region
+    rng = np.random.default_rng(count)
+    points = spread_positions(region, count, rng)
+    assert points.shape == (count, 2)
+    assert ((points >= [x0, y0]) & (points <= [x1, y1])).all()
+    columns = max(1, min(count, round(math.sqrt(count * (x1 - x0) / (y1 - y0)))))
+    rows = math.ceil(count / columns)
+    cell = np.floor((points - [x0, y0]) / [(x1 - x0) / columns, (y1 - y0) / rows]).astype(int)
+    assert len({tuple(c) for c in cell}) == count  # never two in one cell
+    # Every band of rows holds all its cells but the few left empty: no gap wider than two cells.
+    band_counts = np.bincount(cell[:, 1], minlength=rows)
+    assert band_counts.min() >= columns - (columns * rows - count)
+    np.testing.assert_array_equal(points, spread_positions(region, count, np.random.default_rng(count)))
+    with pytest.raises(ValueError, match="count"):
+        spread_positions(region, 0, rng)
+    with pytest.raises(ValueError, match="region"):
+        spread_positions(((0.5, 0.4), (0.0, 0.1)), 3, rng)
+
+
+def test_reset_places_the_target_where_asked_and_keeps_the_seeds_yaw(sim: FrankaSim) -> None:
+    sim.reset(7)
+    _, quat = TASK.target_pose(sim)
+    sim.reset(7, first_object_xy=(0.4, -0.2))
+    position, placed_quat = TASK.target_pose(sim)
+    np.testing.assert_allclose(position[:2], [0.4, -0.2], atol=1e-9)
+    np.testing.assert_allclose(placed_quat, quat, atol=1e-12)
+    for bad in [(0.9, 0.0), (0.5, math.nan), (0.5,)]:
+        with pytest.raises(ValueError, match="first_object_xy"):
+            sim.reset(7, first_object_xy=bad)
+
+
+def test_spread_recording_grasps_the_cubes_at_the_spread_positions(tmp_path) -> None:
+    record_pick_demos(tmp_path, 3, seed=40, camera_size=(32, 32), layout="spread")
+    expected = spread_positions(TASK.region, 3, np.random.default_rng([40, 2]))
+    for episode, xy in zip(list_episodes(tmp_path), expected, strict=True):
+        assert episode.success and episode.meta["layout"] == "spread"
+        grasp = episode.ee_positions()[np.argmax(episode.gripper_closed())]
+        np.testing.assert_allclose(grasp[:2], xy, atol=0.01)  # the hand closes on the cube placed there
+    with pytest.raises(ValueError, match="layout"):
+        record_pick_demos(tmp_path, 1, layout="grid")

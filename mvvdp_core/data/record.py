@@ -23,7 +23,16 @@ from tqdm import tqdm
 from mvvdp_core.data.recorder import EpisodeWriter, Recorder
 from mvvdp_core.geometry.workspace import Workspace
 from mvvdp_core.rotations import quaternion_to_matrix
-from mvvdp_core.sim.pick import PickScript, PickTask, PlanStep, detour_point, detour_targets, pick_targets
+from mvvdp_core.sim.pick import (
+    CUBE_LAYOUTS,
+    PickScript,
+    PickTask,
+    PlanStep,
+    detour_point,
+    detour_targets,
+    pick_targets,
+    spread_positions,
+)
 from mvvdp_core.step import CameraCloud, Step
 
 if TYPE_CHECKING:
@@ -108,8 +117,12 @@ def record_pick_demos(
     script: PickScript | None = None,
     task: PickTask | None = None,
     detour_offset: tuple[float, float] | None = None,
+    layout: str = "random",
 ) -> list[Path]:
     """Record `episodes` scripted picks (scene seeds seed, seed + 1, ...); returns the episode folders.
+
+    `layout` places the target cube: "random" draws it from the scene seed, "spread" spreads the episodes'
+    cubes over the task's region (`spread_positions`, drawn from `seed`); the yaw comes from the scene seed.
 
     With `detour_offset` (min, max metres) every pick is a recovery demonstration through a point that far
     from the cube's vertical (`detour_point`, drawn from the scene seed)."""
@@ -117,15 +130,19 @@ def record_pick_demos(
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not control_period > 0:
         raise ValueError(f"control_period must be > 0 seconds, got {control_period!r}")
+    if layout not in CUBE_LAYOUTS:
+        raise ValueError(f"layout must be one of {CUBE_LAYOUTS}, got {layout!r}")
     script = script or PickScript()
     task = task or PickTask()
+    spread = layout == "spread"
+    cube_xy = spread_positions(task.region, episodes, np.random.default_rng([seed, 2])) if spread else None
     workspace = Workspace()
     sim = task.make_sim(*camera_size)
     recorder = Recorder(out)
     paths = []
     try:
         for k in tqdm(range(episodes), desc="record"):
-            sim.reset(seed + k)
+            sim.reset(seed + k, first_object_xy=None if cube_xy is None else cube_xy[k])
             detour, recovery = None, {}
             if detour_offset is not None:
                 rng = np.random.default_rng([seed + k, 1])
@@ -137,7 +154,7 @@ def record_pick_demos(
             writer = recorder.start_episode(
                 list(sim.camera_names), seed=seed + k, control_period=control_period,
                 workspace_center=list(workspace.center), workspace_edge=workspace.edge, **task.scene_meta(),
-                **recovery,
+                layout=layout, **recovery,
             )  # fmt: skip
             def observe(closed: bool, writer: EpisodeWriter = writer) -> None:
                 writer.add_step(record_step(sim, closed))

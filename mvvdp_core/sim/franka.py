@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -235,18 +236,27 @@ class FrankaSim:
         """Simulated seconds since the last reset."""
         return float(self.data.time)
 
-    def reset(self, seed: int | None = None) -> None:
-        """Home the arm, open the gripper and scatter the cubes on the table (reproducible for a seed)."""
+    def reset(self, seed: int | None = None, first_object_xy: Sequence[float] | None = None) -> None:
+        """Home the arm, open the gripper and scatter the cubes on the table (reproducible for a seed); with
+        `first_object_xy` the first cube (the pick task's target) stands there, inside the object region."""
         rng = np.random.default_rng(seed)
+        (x_min, x_max), (y_min, y_max) = self.config.object_region
+        if first_object_xy is not None:
+            first = np.asarray(first_object_xy, dtype=np.float64)
+            if first.shape != (2,) or not (np.isfinite(first).all() and x_min <= first[0] <= x_max
+                                           and y_min <= first[1] <= y_max):
+                raise ValueError(f"first_object_xy must be an (x, y) inside the object region "
+                                 f"{self.config.object_region}, got {first_object_xy!r}")
         mujoco.mj_resetData(self.model, self.data)
         self.data.qpos[self._arm_qpos] = HOME_Q
         self.data.qpos[self._finger_qpos] = MAX_GRIPPER_WIDTH / 2
         placed: list[np.ndarray] = []
         h = self.config.cube_half
-        (x_min, x_max), (y_min, y_max) = self.config.object_region
-        for adr in self._object_qpos:
+        for k, adr in enumerate(self._object_qpos):
             for _ in range(1000):
                 xy = np.array([rng.uniform(x_min, x_max), rng.uniform(y_min, y_max)])
+                if k == 0 and first_object_xy is not None:
+                    xy = first
                 if all(np.linalg.norm(xy - p) > 6 * h for p in placed):
                     break
             else:

@@ -181,6 +181,29 @@ def pick_targets(
     return plan
 
 
+CUBE_LAYOUTS = ("random", "spread")  # recorded episodes: a cube per scene seed, or `spread_positions`
+
+
+def spread_positions(region: Sequence[Sequence[float]], count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` (x, y) cube positions spread over `region` ((x_min, x_max), (y_min, y_max)): a grid of cells
+    shaped like the region, `count` of its cells drawn without replacement, one uniform point in each.
+
+    Independent uniform draws leave gaps and clusters; a policy learns the positions its demonstrations
+    cover."""
+    bounds = np.asarray(region, dtype=np.float64)
+    if bounds.shape != (2, 2) or not np.isfinite(bounds).all() or np.any(bounds[:, 0] > bounds[:, 1]):
+        raise ValueError(f"region must be ((x_min, x_max), (y_min, y_max)), got {region!r}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    width, depth = np.maximum(bounds[:, 1] - bounds[:, 0], 1e-9)
+    columns = int(np.clip(round(math.sqrt(count * width / depth)), 1, count))
+    rows = math.ceil(count / columns)
+    cells = rng.choice(columns * rows, size=count, replace=False)
+    corner = np.stack([cells % columns, cells // columns], axis=1).astype(np.float64)
+    unit = (corner + rng.uniform(size=(count, 2))) / [columns, rows]
+    return bounds[:, 0] + unit * (bounds[:, 1] - bounds[:, 0])
+
+
 def detour_point(rng: np.random.Generator, cube_position: np.ndarray, offset: tuple[float, float],
                  heights: tuple[float, float] = (0.04, 0.14)) -> np.ndarray:
     """A point beside the cube where a wrong approach could have ended: `offset` (min, max) metres from the
