@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,7 +136,7 @@ def test_spread_positions_put_one_cube_in_each_drawn_cell_of_a_grid_over_the_reg
     rows = math.ceil(count / columns)
     cell = np.floor((points - [x0, y0]) / [(x1 - x0) / columns, (y1 - y0) / rows]).astype(int)
     assert len({tuple(c) for c in cell}) == count  # never two in one cell
-    # Every band of rows holds all its cells but the few left empty: no gap wider than two cells.
+    # A band of the grid's rows misses at most the grid's few empty cells: no band is left bare.
     band_counts = np.bincount(cell[:, 1], minlength=rows)
     assert band_counts.min() >= columns - (columns * rows - count)
     np.testing.assert_array_equal(points, spread_positions(region, count, np.random.default_rng(count)))
@@ -157,7 +158,7 @@ def test_reset_places_the_target_where_asked_and_keeps_the_seeds_yaw(sim: Franka
             sim.reset(7, first_object_xy=bad)
 
 
-def test_spread_recording_grasps_the_cubes_at_the_spread_positions(tmp_path) -> None:
+def test_spread_recording_grasps_the_cubes_at_the_spread_positions(tmp_path: Path) -> None:
     record_pick_demos(tmp_path, 3, seed=40, camera_size=(32, 32), layout="spread")
     expected = spread_positions(TASK.region, 3, np.random.default_rng([40, 2]))
     for episode, xy in zip(list_episodes(tmp_path), expected, strict=True):
