@@ -134,8 +134,8 @@ def record_pick_demos(
         raise ValueError(f"layout must be one of {CUBE_LAYOUTS}, got {layout!r}")
     script = script or PickScript()
     task = task or PickTask()
-    spread = layout == "spread"
-    cube_xy = spread_positions(task.region, episodes, np.random.default_rng([seed, 2])) if spread else None
+    cube_xy = None if layout == "random" else spread_positions(task.region, episodes,
+                                                                 np.random.default_rng([seed, 2]))
     workspace = Workspace()
     sim = task.make_sim(*camera_size)
     recorder = Recorder(out)

@@ -254,6 +254,7 @@ class FrankaSim:
         h = self.config.cube_half
         for k, adr in enumerate(self._object_qpos):
             for _ in range(1000):
+                # Drawn even when replaced: the seed's yaws and other cubes stay as without it.
                 xy = np.array([rng.uniform(x_min, x_max), rng.uniform(y_min, y_max)])
                 if k == 0 and first_object_xy is not None:
                     xy = first
